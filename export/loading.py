@@ -1,0 +1,65 @@
+"""Load a Hugging Face checkpoint folder into a family's typed config, reference model and tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mcpm.errors import CheckpointError
+from mcpm.export.checkpoint import TensorReader
+from mcpm.export.families import Family, family_for
+from mcpm.export.hf_config import parse_config, read_config_json
+from mcpm.export.name_map import check_no_extra_tensors, load_weights
+from mcpm.export.tokenizer import Tokenizer, read_json_object
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+
+@dataclass
+class LoadedModel:
+    model_dir: Path
+    family: Family
+    config: Any
+    model: nn.Module
+    tokenizer: Tokenizer | None
+
+
+def load_config(model_dir: Path) -> tuple[Family, Any]:
+    data = read_config_json(model_dir)
+    family = family_for(data.get("model_type"))
+    return family, parse_config(family.config_cls, data)
+
+
+def load_tokenizer(model_dir: Path, family: Family, config: Any) -> Tokenizer:
+    template = family.chat_template
+    tok_config = model_dir / "tokenizer_config.json"
+    if tok_config.is_file():
+        template = str(read_json_object(tok_config).get("mcpm_chat_template", template))
+    return Tokenizer.from_dir(model_dir, template, bos_id=config.bos_token_id)
+
+
+def load_model(
+    model_dir: Path, dtype: torch.dtype = torch.float32, progress: bool = False, tokenizer: bool = True
+) -> LoadedModel:
+    """Config + weights (+ tokenizer) of ``model_dir``; every bad input is a one-line McpmError."""
+    model_dir = Path(model_dir)
+    family, config = load_config(model_dir)
+    with torch.device("meta"):
+        model = family.model_cls(config)
+    model = model.to_empty(device="cpu").to(dtype)
+    with TensorReader(model_dir) as reader:
+        load_weights(model, reader, family.names, dtype, progress)
+        tied_extra = ["lm_head.weight"] if config.tie_word_embeddings else []
+        check_no_extra_tensors(reader, family.names, model, ignore=tied_extra)
+    model.eval()
+    tok = load_tokenizer(model_dir, family, config) if tokenizer else None
+    if tok is not None and tok.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}",
+            "the tokenizer files belong to another model",
+        )
+    return LoadedModel(model_dir, family, config, model, tok)

@@ -1,0 +1,90 @@
+"""Typed config of the ``minicpm`` family: MiniCPM-1B/2B, 2B-128k (dynamic NTK RoPE) and MoE-8x2B."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpm.export.hf_config import require
+
+
+@dataclass(frozen=True)
+class MiniCPMConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    hidden_act: str = "silu"
+    # muP scales (read from config, never hard-coded)
+    scale_emb: float = 1.0
+    scale_depth: float = 1.0
+    dim_model_base: int | None = None
+    tie_word_embeddings: bool = True
+    bos_token_id: int = 1
+    eos_token_id: tuple[int, ...] = (2,)
+    # MoE-8x2B (0 = dense)
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    model_type: str = "minicpm"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # derived once
+    num_kv_heads: int = field(init=False)
+    head_dim: int = field(init=False)
+    residual_scale: float = field(init=False)
+    logit_divisor: float = field(init=False)
+    rope_dynamic_factor: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        require(self.hidden_size > 0 and self.num_hidden_layers > 0, "hidden_size and num_hidden_layers must be > 0")
+        require(self.vocab_size > 0 and self.intermediate_size > 0, "vocab_size and intermediate_size must be > 0")
+        require(self.num_attention_heads > 0, "num_attention_heads must be > 0")
+        require(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})",
+        )
+        kv = self.num_key_value_heads or self.num_attention_heads
+        require(
+            kv > 0 and self.num_attention_heads % kv == 0,
+            f"num_key_value_heads ({kv}) must divide num_attention_heads ({self.num_attention_heads})",
+        )
+        require(self.hidden_act == "silu", f"hidden_act {self.hidden_act!r} is not supported (MiniCPM uses silu)")
+        head_dim = self.hidden_size // self.num_attention_heads
+        require(head_dim % 2 == 0, f"head dimension {head_dim} must be even for rotary embeddings")
+        if self.num_experts:
+            require(
+                0 < self.num_experts_per_tok <= self.num_experts,
+                f"num_experts_per_tok ({self.num_experts_per_tok}) must be in 1..num_experts ({self.num_experts})",
+            )
+        factor = 1.0
+        if self.rope_scaling:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            require(kind == "dynamic", f"rope_scaling type {kind!r} is not supported for minicpm (only 'dynamic')")
+            factor = float(self.rope_scaling.get("factor", 1.0))
+            require(factor >= 1.0, f"rope_scaling factor ({factor}) must be >= 1")
+        base = self.dim_model_base or self.hidden_size
+        set_ = object.__setattr__
+        set_(self, "num_kv_heads", kv)
+        set_(self, "head_dim", head_dim)
+        set_(self, "residual_scale", self.scale_depth / math.sqrt(self.num_hidden_layers))
+        set_(self, "logit_divisor", self.hidden_size / base)
+        set_(self, "rope_dynamic_factor", factor)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def rope_base(self, seq_len: int) -> float:
+        """RoPE base for a sequence of ``seq_len`` tokens (dynamic NTK grows it past the trained length)."""
+        if self.rope_dynamic_factor == 1.0 or seq_len <= self.max_position_embeddings:
+            return self.rope_theta
+        f = self.rope_dynamic_factor
+        ratio = f * seq_len / self.max_position_embeddings - (f - 1)
+        return self.rope_theta * ratio ** (self.head_dim / (self.head_dim - 2))

@@ -1,0 +1,61 @@
+"""Tensor-name mapping between a model's own parameter names and a checkpoint's (Hugging Face) names.
+
+A family's loader declares an ordered list of ``(own, hf)`` patterns where ``{i}`` (layer) and ``{e}``
+(expert) stand for integers; the first pattern that matches a name wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mcpm.errors import CheckpointError
+from mcpm.export.checkpoint import TensorReader
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    regex = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{e\}", r"(?P<e>\d+)")
+    return re.compile(f"^{regex}$")
+
+
+class NameMap:
+    def __init__(self, rules: Sequence[tuple[str, str]]) -> None:
+        self.rules = [(own, hf, _compile(own), _compile(hf)) for own, hf in rules]
+
+    def to_hf(self, own_name: str) -> str:
+        for _, hf, own_re, _ in self.rules:
+            m = own_re.match(own_name)
+            if m:
+                return hf.format(**m.groupdict())
+        raise KeyError(f"no checkpoint name for parameter {own_name!r}")
+
+    def to_own(self, hf_name: str) -> str | None:
+        for own, _, _, hf_re in self.rules:
+            m = hf_re.match(hf_name)
+            if m:
+                return own.format(**m.groupdict())
+        return None
+
+
+def load_weights(model: nn.Module, reader: TensorReader, names: NameMap, dtype: torch.dtype, progress: bool) -> None:
+    """Copy every parameter of ``model`` from the checkpoint, checking names and shapes."""
+    params = dict(model.named_parameters())
+    for own_name, param in tqdm(params.items(), desc="loading weights", unit="tensor", disable=not progress):
+        tensor = reader.get(names.to_hf(own_name), tuple(param.shape))
+        with torch.no_grad():
+            param.copy_(tensor.to(dtype))
+
+
+def check_no_extra_tensors(reader: TensorReader, names: NameMap, model: nn.Module, ignore: Sequence[str] = ()) -> None:
+    """Refuse tensors of known shape-class that the model lacks (e.g. more layers than config.json says)."""
+    own = {n for n, _ in model.named_parameters()}
+    extra = [n for n in reader.names() if (o := names.to_own(n)) is not None and o not in own and n not in ignore]
+    if extra:
+        raise CheckpointError(
+            f"checkpoint has tensors the config does not account for (e.g. {extra[0]!r})",
+            "config.json and the weights do not belong together",
+        )

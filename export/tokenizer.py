@@ -1,0 +1,175 @@
+"""Tokenizer of a checkpoint: SentencePiece ``tokenizer.model`` (or ``tokenizer.json``), added tokens, chat template.
+
+Tokens declared in ``tokenizer_config.json`` / ``added_tokens.json`` that the SentencePiece model does not
+contain (chat markers of some models) are matched in the text first, longest first, then the pieces between
+them go through SentencePiece.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from mcpm.errors import TokenizerError
+from mcpm.export.chat_templates import ChatTemplate, get_template
+
+
+class Tokenizer:
+    def __init__(self, backend: Any, kind: str, added: dict[str, int], template: ChatTemplate, bos_id: int) -> None:
+        self._backend = backend
+        self.kind = kind  # "sentencepiece" or "tokenizers"
+        self.added = added
+        self.template = template
+        self.bos_id = bos_id
+        self._id_to_added = {v: k for k, v in added.items()}
+        pattern = "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))
+        self._split = re.compile(f"({pattern})") if added else None
+        self.stop_ids = tuple(i for s in template.stop if (i := self.token_id(s)) is not None)
+
+    # -- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dir(cls, model_dir: Path, template_name: str, bos_id: int = 1) -> Tokenizer:
+        added = _added_tokens(model_dir)
+        sp_path, json_path = model_dir / "tokenizer.model", model_dir / "tokenizer.json"
+        if sp_path.is_file():
+            import sentencepiece as spm
+
+            try:
+                backend: Any = spm.SentencePieceProcessor(model_file=str(sp_path))
+            except (RuntimeError, OSError) as exc:
+                raise TokenizerError(f"{sp_path} is not a SentencePiece model ({exc})", "restore it from the checkpoint") from None
+            kind = "sentencepiece"
+            added = {t: i for t, i in added.items() if backend.piece_to_id(t) == backend.unk_id() or t == "<unk>"}
+        elif json_path.is_file():
+            from tokenizers import Tokenizer as HFTokenizer
+
+            try:
+                backend = HFTokenizer.from_file(str(json_path))
+            except Exception as exc:  # the tokenizers library raises its own exception type
+                raise TokenizerError(f"{json_path} is not a valid tokenizer.json ({exc})") from None
+            kind = "tokenizers"
+            added = {}  # tokenizer.json carries its added tokens itself
+        else:
+            raise TokenizerError(
+                f"no tokenizer.model or tokenizer.json in {model_dir}", "copy the tokenizer files from the checkpoint"
+            )
+        return cls(backend, kind, added, get_template(template_name), bos_id)
+
+    # -- vocabulary ----------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        if self.kind == "sentencepiece":
+            base = self._backend.get_piece_size()
+        else:
+            base = self._backend.get_vocab_size(with_added_tokens=False)
+        return max([base - 1, *self.added.values()]) + 1
+
+    def token_id(self, token: str) -> int | None:
+        if token in self.added:
+            return self.added[token]
+        if self.kind == "sentencepiece":
+            i = self._backend.piece_to_id(token)
+            return None if i == self._backend.unk_id() and token != "<unk>" else int(i)
+        return self._backend.token_to_id(token)
+
+    # -- encode / decode -----------------------------------------------------------------------------------
+    def _encode_plain(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if self.kind == "sentencepiece":
+            return list(self._backend.encode(text))
+        return list(self._backend.encode(text, add_special_tokens=False).ids)
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = [self.bos_id] if add_bos else []
+        pieces = self._split.split(text) if self._split else [text]
+        for piece in pieces:
+            ids += [self.added[piece]] if piece in self.added else self._encode_plain(piece)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        out, run = [], []
+        for i in ids:
+            if i in self._id_to_added:
+                out.append(self._decode_plain(run))
+                out.append(self._id_to_added[i])
+                run = []
+            else:
+                run.append(i)
+        out.append(self._decode_plain(run))
+        return "".join(out)
+
+    def _decode_plain(self, ids: list[int]) -> str:
+        if not ids:
+            return ""
+        if self.kind == "sentencepiece":
+            return str(self._backend.decode(ids))
+        return str(self._backend.decode(ids, skip_special_tokens=False))
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.encode(self.template.render(messages), add_bos=self.template.add_bos)
+
+    def stream_decoder(self, context: list[int]) -> StreamDecoder:
+        return StreamDecoder(self, context[-1:] if context else [])
+
+
+class StreamDecoder:
+    """Turns generated ids into text increments: no split UTF-8 characters, spaces kept after the prompt."""
+
+    def __init__(self, tokenizer: Tokenizer, anchor: list[int]) -> None:
+        self.tok = tokenizer
+        self.anchor = anchor  # the last prompt token, so the first piece's leading space survives decoding
+        self.ids: list[int] = []
+        self.emitted = len(tokenizer.decode(anchor))
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tok.decode(self.anchor + self.ids)
+        if text.endswith("\ufffd"):
+            return ""  # wait for the rest of a multi-byte character
+        new, self.emitted = text[self.emitted :], len(text)
+        return new
+
+
+def _added_tokens(model_dir: Path) -> dict[str, int]:
+    added: dict[str, int] = {}
+    path = model_dir / "added_tokens.json"
+    if path.is_file():
+        added.update({str(k): int(v) for k, v in read_json_object(path).items()})
+    path = model_dir / "tokenizer_config.json"
+    if path.is_file():
+        for key, entry in read_json_object(path).get("added_tokens_decoder", {}).items():
+            if isinstance(entry, dict) and "content" in entry:
+                added[str(entry["content"])] = int(key)
+    return added
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{path} is not valid JSON ({exc})", "restore it from the checkpoint") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} must hold a JSON object")
+    return data
+
+
+def write_tokenizer_files(out_dir: Path, chat_template: str, added: dict[str, int] | None = None) -> None:
+    """tokenizer_config.json (LlamaTokenizer, template in Jinja) and, if any, added_tokens.json."""
+    template = get_template(chat_template)
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "legacy": True,
+        "chat_template": template.jinja(),
+        "mcpm_chat_template": template.name,
+    }
+    if added:
+        config["added_tokens_decoder"] = {str(i): {"content": t, "special": True} for t, i in added.items()}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

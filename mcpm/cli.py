@@ -1,0 +1,124 @@
+"""``mcpm``: run and inspect models. Commands only parse options and call interface functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from mcpm import __version__
+from mcpm.cli_util import model_dir_argument, run_main
+from mcpm.errors import McpmError
+
+
+def resolve_model_dir(model_dir: str) -> Path:
+    from mcpm.export.loading import DEFAULT_MODEL_DIR
+
+    return DEFAULT_MODEL_DIR if model_dir == "default" else Path(model_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mcpm")
+def cli() -> None:
+    """Run MiniCPM models and make checkpoints to work with.
+
+    MODEL_DIR is a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.model);
+    the word `default` names the tiny model shipped with mcpm.
+    """
+
+
+@cli.command()
+@model_dir_argument
+@click.option("-p", "--prompt", required=True, help="Text to continue (or the user's message with --chat).")
+@click.option("-n", "--max-new-tokens", default=64, show_default=True, help="Tokens to generate at most.")
+@click.option("--reference", is_flag=True, help="Run the PyTorch reference model (the compiled runtime comes later).")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0 = off).")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")
+@click.option("--seed", default=0, show_default=True, help="Random seed for sampling.")
+@click.option("--threads", "-t", default=0, help="CPU threads for PyTorch (0 = its default).")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on the last line.")
+def generate(
+    model_dir: str, prompt: str, max_new_tokens: int, reference: bool, chat: bool, temperature: float,
+    top_k: int, top_p: float, seed: int, threads: int, as_json: bool,
+) -> None:
+    """Generate text from MODEL_DIR, streaming tokens, then print tokens/s."""
+    if not reference:
+        raise McpmError(
+            "running compiled bundles needs the C runtime, which is not built yet",
+            "pass --reference to run the PyTorch reference model on a checkpoint folder",
+        )
+    import torch
+
+    from mcpm.export.loading import load_model
+    from mcpm.export.reference_generate import SamplingParams
+    from mcpm.export.reference_generate import generate as run_generate
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    loaded = load_model(resolve_model_dir(model_dir), progress=sys.stderr.isatty())
+    load_ms = (time.perf_counter() - t0) * 1000
+    tok = loaded.tokenizer
+    assert tok is not None
+    ids = tok.encode_chat([{"role": "user", "content": prompt}]) if chat else tok.encode(prompt, add_bos=True)
+    context = loaded.config.max_position_embeddings
+    stream = tok.stream_decoder(ids)
+    if not chat:
+        click.echo(prompt, nl=False)
+
+    def on_token(token: int) -> None:
+        if token not in tok.stop_ids:
+            click.echo(stream.push(token), nl=False)
+
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    result = run_generate(loaded.model, ids, max_new_tokens, context, tok.stop_ids, params, on_token)
+    click.echo()
+    stats = {"load_ms": round(load_ms, 1), **{k: round(v, 2) for k, v in result.stats().items()},
+             "threads": torch.get_num_threads(), "engine": "pytorch-reference"}
+    click.echo(
+        f"[{stats['prompt_tokens']} prompt tokens, {stats['prefill_tok_s']:.1f} tok/s prefill; "
+        f"{stats['generated_tokens']} generated, {stats['decode_tok_s']:.1f} tok/s decode; "
+        f"{stats['threads']} threads, PyTorch reference]",
+        err=not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(stats))
+
+
+@cli.command("make-checkpoint")
+@click.option("--preset", required=True, help="minicpm-2b, minicpm-1b, minicpm-2b-128k, minicpm-moe-8x2b, minicpm3-4b.")
+@click.option("--random", "random_", is_flag=True, required=True, help="Random weights (the only kind available).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (new or empty).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
+def make_checkpoint(preset: str, random_: bool, out: Path, seed: int, dtype: str) -> None:
+    """Write a random-weight checkpoint with the real shapes and config keys of PRESET."""
+    from mcpm.export.make_checkpoint import make_preset_checkpoint
+
+    make_preset_checkpoint(preset, out, seed=seed, dtype=dtype, progress=True)
+    click.echo(f"wrote {preset} (random weights, {dtype}) to {out}")
+
+
+@cli.command()
+@model_dir_argument
+def info(model_dir: str) -> None:
+    """Print the family, derived config values and parameter count of MODEL_DIR (weights are not loaded)."""
+    from mcpm.export.hf_config import config_to_dict
+    from mcpm.export.loading import load_config
+
+    family, config = load_config(resolve_model_dir(model_dir))
+    derived = {k: v for k, v in vars(config).items() if k not in config_to_dict(config) and k != "extra"}
+    click.echo(json.dumps({"family": family.model_type, "chat_template": family.chat_template, **derived}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(cli, argv)
+
+
+if __name__ == "__main__":
+    main()

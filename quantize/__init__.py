@@ -1,0 +1,1 @@
+"""Quantization schemes, packing and quality measurement (int4 group quantization arrives with the compiler)."""

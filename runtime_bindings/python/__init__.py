@@ -1,0 +1,1 @@
+"""Python binding of the C runtime (arrives with the runtime issue)."""

@@ -1,0 +1,79 @@
+"""Tiny MiniCPM-architecture configs where every muP scale differs from 1, and a writer for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mcpm.export.families import FAMILIES
+from mcpm.export.make_checkpoint import write_random_checkpoint
+
+
+def tiny_minicpm(**overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "model_type": "minicpm",
+        "vocab_size": 4096,  # >= the default tokenizer's vocabulary
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,  # GQA
+        "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 5000.0,
+        "scale_emb": 3.5,
+        "scale_depth": 1.7,
+        "dim_model_base": 16,  # logit divisor 4
+        "tie_word_embeddings": True,
+        "some_unknown_key": {"kept": True},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def tiny_minicpm3(**overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "model_type": "minicpm3",
+        "vocab_size": 4096,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "q_lora_rank": 24,
+        "kv_lora_rank": 20,
+        "qk_nope_head_dim": 12,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 10,
+        "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 5000.0,
+        "rope_scaling": {
+            "type": "longrope",
+            "short_factor": [1.0, 1.3, 1.9, 2.7],
+            "long_factor": [1.5, 2.5, 4.0, 7.0],
+            "original_max_position_embeddings": 128,
+        },
+        "scale_emb": 3.5,
+        "scale_depth": 1.7,
+        "dim_model_base": 16,
+        "tie_word_embeddings": True,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def write_tiny(path: Path, config: dict[str, Any], dtype: str = "fp32", seed: int = 0, **kw: Any) -> Path:
+    write_random_checkpoint(
+        FAMILIES[config["model_type"]], config, path, seed=seed, dtype=dtype, init_std=1.0, progress=False, **kw
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
