@@ -41,7 +41,8 @@ class ChatTemplate:
             keyword = "if" if i == 0 else "elif"
             before, after = fmt.split("{content}")
             branches.append(
-                f"{{% {keyword} message['role'] == '{role}' %}}{{{{{before!r} + message['content'].strip() + {after!r}}}}}"
+                f"{{% {keyword} message['role'] == '{role}' %}}"
+                f"{{{{{before!r} + message['content'].strip() + {after!r}}}}}"
             )
         body = "".join(branches) + "{% endif %}"
         gen = f"{{% if add_generation_prompt %}}{{{{{self.generation_prompt!r}}}}}{{% endif %}}"

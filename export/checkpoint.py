@@ -30,11 +30,11 @@ def _shard_map(model_dir: Path) -> dict[str, Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map)") from None
-        files = {name: model_dir / str(fname) for name, fname in weight_map.items()}
-        for path in set(files.values()):
+        indexed = {name: model_dir / str(fname) for name, fname in weight_map.items()}
+        for path in set(indexed.values()):
             if not path.is_file():
                 raise CheckpointError(f"shard {path.name} named in {INDEX_NAME} is missing", "download every shard")
-        return files
+        return indexed
     shards = sorted(model_dir.glob("*.safetensors"))
     if not shards:
         pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)

@@ -33,7 +33,7 @@ def read_config_json(model_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})", "restore the file from the original checkpoint") from None
+        raise CheckpointError(f"{path} is not valid JSON ({exc})", "restore it from the original checkpoint") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data

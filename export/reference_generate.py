@@ -78,7 +78,7 @@ def generate(
     max_new_tokens = min(max_new_tokens, context_length - len(prompt))
     gen = torch.Generator().manual_seed(params.seed)
     result = GenerationResult(prompt_tokens=len(prompt))
-    cache = model.new_cache() if use_cache else None
+    cache = model.new_cache() if use_cache else None  # type: ignore[operator]
     ids = torch.tensor([prompt])
     t0 = time.perf_counter()
     for step in range(max_new_tokens):

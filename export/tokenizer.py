@@ -39,7 +39,8 @@ class Tokenizer:
             try:
                 backend: Any = spm.SentencePieceProcessor(model_file=str(sp_path))
             except (RuntimeError, OSError) as exc:
-                raise TokenizerError(f"{sp_path} is not a SentencePiece model ({exc})", "restore it from the checkpoint") from None
+                problem = f"{sp_path} is not a SentencePiece model ({exc})"
+                raise TokenizerError(problem, "restore it from the checkpoint") from None
             kind = "sentencepiece"
             added = {t: i for t, i in added.items() if backend.piece_to_id(t) == backend.unk_id() or t == "<unk>"}
         elif json_path.is_file():
@@ -90,7 +91,8 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        out, run = [], []
+        out: list[str] = []
+        run: list[int] = []
         for i in ids:
             if i in self._id_to_added:
                 out.append(self._decode_plain(run))

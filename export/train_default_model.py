@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -36,7 +37,7 @@ CACHE = Path.home() / ".cache" / "mcpm" / "corpus"
 HELDOUT_EVERY = 20
 SEQ_LEN = 256
 
-MODEL_CONFIG = dict(
+MODEL_CONFIG: dict[str, Any] = dict(
     vocab_size=4096,
     hidden_size=256,
     intermediate_size=640,

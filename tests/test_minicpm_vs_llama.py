@@ -62,7 +62,8 @@ def test_dense_matches_llama_with_folded_scales(tmp_path: Path, tied: bool, seq:
     cfg = tiny_minicpm(tie_word_embeddings=tied)
     write_tiny(tmp_path, cfg, seed=3)
     llama = llama_for(cfg)
-    missing, unexpected = llama.load_state_dict(folded_state(load_file(tmp_path / "model.safetensors"), cfg), strict=False)
+    state = folded_state(load_file(tmp_path / "model.safetensors"), cfg)
+    missing, unexpected = llama.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary" in m for m in missing)
     ids = torch.randint(0, cfg["vocab_size"], (2, seq))
     with torch.no_grad():

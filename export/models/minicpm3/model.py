@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcpm.export.models.layers import MLP, KVCache, RMSNorm, apply_rope, causal_attention, default_inv_freq, rope_cos_sin
+from mcpm.export.models.layers import (
+    MLP,
+    KVCache,
+    RMSNorm,
+    apply_rope,
+    causal_attention,
+    default_inv_freq,
+    rope_cos_sin,
+)
 from mcpm.export.models.minicpm3.config import MiniCPM3Config
 
 
@@ -97,7 +105,10 @@ class MiniCPM3(nn.Module):
         self, ids: torch.Tensor | None = None, cache: KVCache | None = None, embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
         """ids: [B, n] (or embeds [B, n, hidden]) continuing ``cache``; returns logits [B, n, vocab]."""
-        h = self.embed_tokens(ids) if embeds is None else embeds
+        if embeds is None:
+            assert ids is not None, "pass token ids or embeddings"
+            embeds = self.embed_tokens(ids)
+        h = embeds
         start = cache.length if cache is not None else 0
         cos, sin = self.rope_tables(start, h.shape[1], h.dtype)
         for i, layer in enumerate(self.layers):
