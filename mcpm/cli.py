@@ -116,6 +116,71 @@ def info(model_dir: str) -> None:
     click.echo(json.dumps({"family": family.model_type, "chat_template": family.chat_template, **derived}, indent=2))
 
 
+@cli.command("eval")
+@model_dir_argument
+@click.option("--quant", "schemes", multiple=True, help="Scheme(s) to compare with float (default: all).")
+@click.option("--quant-rule", "rules", multiple=True, help="PATTERN=SCHEME override applied to every scheme.")
+@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Held-out text (default: the default model's heldout.txt).")
+@click.option("--max-tokens", default=4096, show_default=True, help="Tokens of text to score.")
+@click.option("--seq-len", default=256, show_default=True, help="Window length.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def eval_(model_dir: str, schemes: tuple[str, ...], rules: tuple[str, ...], text: Path | None, max_tokens: int,
+          seq_len: int, as_json: bool) -> None:
+    """Quality of quantized weights vs float on MODEL_DIR: perplexity, mean KL, top-1 agreement."""
+    from mcpm.export.loading import DEFAULT_MODEL_DIR, load_model
+    from mcpm.quantize.quality import evaluate
+    from mcpm.quantize.recipe import Recipe
+    from mcpm.quantize.schemes import SCHEMES
+
+    recipes = [Recipe.parse(name, rules) for name in (schemes or tuple(SCHEMES))]
+    loaded = load_model(resolve_model_dir(model_dir), progress=sys.stderr.isatty())
+    assert loaded.tokenizer is not None
+    source = text or DEFAULT_MODEL_DIR / "heldout.txt"
+    tokens = loaded.tokenizer.encode(source.read_text(encoding="utf-8"), add_bos=True)[:max_tokens]
+    if len(tokens) < 2:
+        raise McpmError(f"{source} holds too little text to evaluate", "give a file with at least a few sentences")
+    rows = evaluate(loaded.model, recipes, tokens, seq_len=seq_len, progress=sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps({"model": str(loaded.model_dir), "tokens": len(tokens),
+                               "results": [r.as_dict() for r in rows]}))
+        return
+    click.echo(f"{len(tokens)} tokens of {source.name}, windows of {seq_len}")
+    click.echo(f"{'recipe':<24}{'bits/w':>8}{'MiB':>9}{'ppl':>10}{'mean KL':>10}{'top-1':>8}")
+    for r in rows:
+        click.echo(f"{r.recipe:<24}{r.bits_per_weight:>8.3f}{r.weight_mib:>9.2f}{r.perplexity:>10.3f}"
+                   f"{r.mean_kl:>10.5f}{r.top1_agreement:>8.3f}")
+
+
+@cli.command("quant-size")
+@click.argument("model_dir", metavar="MODEL_DIR|PRESET", default="default")
+@click.option("--quant-rule", "rules", multiple=True, help="PATTERN=SCHEME override applied to every scheme.")
+def quant_size(model_dir: str, rules: tuple[str, ...]) -> None:
+    """Weight bytes and bits/weight of every scheme for a checkpoint or a preset (from shapes only)."""
+    import torch
+
+    from mcpm.export.families import all_presets
+    from mcpm.export.hf_config import parse_config
+    from mcpm.export.loading import load_config
+    from mcpm.quantize.apply import weight_bytes
+    from mcpm.quantize.recipe import Recipe
+    from mcpm.quantize.schemes import SCHEMES
+
+    presets = all_presets()
+    if model_dir in presets:
+        family, data = presets[model_dir]
+        config = parse_config(family.config_cls, data)
+    else:
+        family, config = load_config(resolve_model_dir(model_dir))
+    with torch.device("meta"):
+        model = family.model_cls(config)
+    click.echo(f"{'scheme':<24}{'bits/w':>8}{'GiB':>9}")
+    for name in SCHEMES:
+        recipe = Recipe.parse(name, rules)
+        nbytes, count = weight_bytes(model, recipe)
+        click.echo(f"{recipe.name:<24}{8 * nbytes / count:>8.3f}{nbytes / 2**30:>9.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     run_main(cli, argv)
 

@@ -1,0 +1,60 @@
+"""Named quantization schemes (frozen dataclasses in a registry, never loose strings).
+
+Every scheme quantizes a 2-D weight ``W[N, K]`` (output rows, input columns) along K; the packed layout is
+documented in ``docs/quantization.md`` and implemented in :mod:`mcpm.quantize.packing`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mcpm.errors import McpmError
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    name: str
+    kind: Literal["int4-sym", "int4-asym", "int8-channel", "float"]
+    group_size: int = 0  # along K; 0 = not grouped
+    float_dtype: Literal["float16", "float32"] = "float16"  # storage of float weights / of scales
+    description: str = ""
+
+    def bits_per_weight(self, k: int) -> float:
+        """Storage bits per weight of one row of K inputs (scales and zeros included, padding excluded)."""
+        if self.kind == "float":
+            return 16.0 if self.float_dtype == "float16" else 32.0
+        if self.kind == "int8-channel":
+            return 8.0 + 16.0 / k
+        per_group = 16 if self.kind == "int4-sym" else 32  # fp16 scale (+ fp16 min)
+        return 4.0 + per_group / self.group_size
+
+    def packed_bytes(self, n: int, k: int) -> int:
+        """Bytes of the packed tensors of one W[N, K] (K padded to a whole group)."""
+        if self.kind == "float":
+            return n * k * (2 if self.float_dtype == "float16" else 4)
+        if self.kind == "int8-channel":
+            return n * k + 2 * n
+        groups = -(-k // self.group_size)
+        per_group = self.group_size // 2 + (2 if self.kind == "int4-sym" else 4)
+        return n * groups * per_group
+
+
+SCHEMES: dict[str, QuantScheme] = {
+    s.name: s
+    for s in (
+        QuantScheme("q4g32", "int4-sym", 32, description="int4 symmetric, group 32 along K, fp16 scale (default)"),
+        QuantScheme("q4g128", "int4-sym", 128, description="int4 symmetric, group 128 along K, fp16 scale"),
+        QuantScheme("q4g32-asym", "int4-asym", 32, description="int4 asymmetric, group 32, fp16 scale + fp16 min"),
+        QuantScheme("q8", "int8-channel", description="int8 symmetric per output channel, fp16 scale"),
+        QuantScheme("f16", "float", float_dtype="float16", description="float16 weights"),
+        QuantScheme("f32", "float", float_dtype="float32", description="float32 weights (no quantization)"),
+    )
+}
+DEFAULT_SCHEME = "q4g32"
+
+
+def get_scheme(name: str) -> QuantScheme:
+    if name not in SCHEMES:
+        raise McpmError(f"unknown quantization scheme {name!r}", f"use one of {', '.join(SCHEMES)}")
+    return SCHEMES[name]
