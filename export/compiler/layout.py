@@ -1,0 +1,57 @@
+"""The ordered weight parameters of the compiled functions (shared by the model definition and the exporter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mcpm.export.compiler.spec import CompileSpec
+from mcpm.export.models.minicpm.config import MiniCPMConfig
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def linear_shapes(cfg: MiniCPMConfig) -> dict[str, tuple[int, int]]:
+    """Per-layer linear weights [N out, K in] (fused where the inputs are shared)."""
+    d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_kv_heads
+    inter, hid = cfg.intermediate_size, cfg.hidden_size
+    return {
+        "wqkv": ((hq + 2 * hkv) * d, hid),  # rows: [q heads | k heads | v heads]
+        "wo": (hid, hq * d),  # * residual_scale
+        "w_gate_up": (2 * inter, hid),  # rows: [gate | up]
+        "w_down": (hid, inter),  # * residual_scale
+    }
+
+
+def linear_params(name: str, n: int, k: int, spec: CompileSpec) -> list[Param]:
+    """A float32 weight [N, K], or int4 packed qweight uint32[N, Kp/8] + scales float16[N, Kp/G]."""
+    if not spec.int4_group:
+        return [Param(name, (n, k), "float32")]
+    g = spec.int4_group
+    kp = -(-k // g) * g
+    return [Param(name + ".qweight", (n, kp // 8), "uint32"), Param(name + ".scales", (n, kp // g), "float16")]
+
+
+def weight_params(cfg: MiniCPMConfig, spec: CompileSpec) -> list[Param]:
+    hid, d = cfg.hidden_size, cfg.head_dim
+    # [V, D] unscaled (scale_emb is applied after the lookup); int4: packed like a linear, tied lm_head = this copy
+    params = linear_params("embed", cfg.vocab_size, hid, spec)
+    for i in range(cfg.num_hidden_layers):
+        p = f"layers.{i}."
+        shapes = linear_shapes(cfg)
+        params.append(Param(p + "attn_norm", (hid,), "float32"))
+        params += linear_params(p + "wqkv", *shapes["wqkv"], spec)
+        params += linear_params(p + "wo", *shapes["wo"], spec)
+        params.append(Param(p + "mlp_norm", (hid,), "float32"))
+        params += linear_params(p + "w_gate_up", *shapes["w_gate_up"], spec)
+        params += linear_params(p + "w_down", *shapes["w_down"], spec)
+    params.append(Param("final_norm", (hid,), "float32"))  # / logit_divisor
+    if not cfg.tie_word_embeddings:
+        params += linear_params("lm_head", cfg.vocab_size, hid, spec)
+    params.append(Param("rope_cos", (spec.max_ctx, d), "float32"))  # [C, d] cos(pos * inv_freq), halves repeated
+    params.append(Param("rope_sin", (spec.max_ctx, d), "float32"))  # [C, d]
+    return params

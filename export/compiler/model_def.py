@@ -1,0 +1,124 @@
+"""Relax definition (BlockBuilder) of a dense ``minicpm`` model: ``prefill`` and ``decode``.
+
+Both functions take (tokens int32[n], pos int64, k_cache_0, v_cache_0, ..., weights...) and return logits:
+[1, vocab] for the last position (or [n, vocab] with ``spec.all_logits``). The caches [C, Hkv, d] are written
+in place at rows pos .. pos+n-1. prefill has a symbolic n <= spec.chunk (``tir_var_upper_bound``); decode has n = 1.
+muP: scale_emb is applied after the embedding lookup; residual and logit scales are folded into the weights.
+"""
+
+from __future__ import annotations
+
+from tvm import IRModule, relax, tirx
+
+from mcpm.export.compiler import kernels, quant_kernels
+from mcpm.export.compiler.layout import linear_shapes, weight_params
+from mcpm.export.compiler.spec import CompileSpec
+from mcpm.export.models.minicpm.config import MiniCPMConfig
+
+
+def _t(shape, dtype: str = "float32") -> relax.TensorType:
+    return relax.TensorType(list(shape), dtype)
+
+
+class _Builder:
+    def __init__(self, cfg: MiniCPMConfig, spec: CompileSpec) -> None:
+        self.cfg, self.spec = cfg, spec
+        self.bb = relax.BlockBuilder()
+        self.gvars: dict[tuple, relax.GlobalVar] = {}
+
+    def kernel(self, key: tuple, make) -> relax.GlobalVar:
+        if key not in self.gvars:
+            self.gvars[key] = self.bb.add_func(make(), "_".join(str(k) for k in key if k != ""))
+        return self.gvars[key]
+
+    def emit(self, expr, name: str | None = None):
+        return self.bb.emit(expr, name) if name else self.bb.emit(expr)
+
+    def linear(self, x, w: dict, name: str, n, shape: tuple[int, int], residual=None):
+        """x [n, K] -> [n, N] (+ residual [n, N]) with weight ``name`` of ``shape`` (N, K): float32 or int4 packed."""
+        (out, k), g, res = shape, self.spec.int4_group, residual is not None
+        if g:
+            gv = self.kernel(("linear_q4", k, out, g, "add" * res), lambda: quant_kernels.linear_q4(k, out, g, res))
+            args = [x, w[name + ".qweight"], w[name + ".scales"]]
+        else:
+            gv = self.kernel(("linear", k, out, "add" * res), lambda: kernels.linear_nt(k, out, res))
+            args = [x, w[name]]
+        return self.emit(relax.op.call_tir(gv, args + ([residual] if res else []), _t([n, out])))
+
+    def body(self, n, tokens, pos, caches, w: dict):
+        cfg, spec = self.cfg, self.spec
+        hid, hq, hkv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_kv_heads, cfg.head_dim
+        shapes = linear_shapes(cfg)
+        cache_t = _t([spec.max_ctx, hkv, d])
+        append = self.kernel(("kv_append", hq, hkv, d), lambda: kernels.kv_append(hq, hkv, d, spec.max_ctx))
+        attn = self.kernel(("attention", hq, hkv, d), lambda: kernels.attention(hq, hkv, d, spec.max_ctx))
+        op = relax.op
+        if spec.int4_group:
+            emb = self.kernel(
+                ("embed_q4", cfg.vocab_size, hid, spec.int4_group),
+                lambda: quant_kernels.embed_q4(cfg.vocab_size, hid, spec.int4_group),
+            )
+            h = self.emit(op.call_tir(emb, [tokens, w["embed.qweight"], w["embed.scales"]], _t([n, hid])))  # [n, D]
+        else:
+            h = self.emit(op.take(w["embed"], tokens, axis=0, mode="clip"))  # [n, D]
+        h = self.emit(op.multiply(h, relax.const(cfg.scale_emb, "float32")))  # [n, D]
+        for i in range(cfg.num_hidden_layers):
+            p = f"layers.{i}."
+            x = self.emit(op.nn.rms_norm(h, w[p + "attn_norm"], axes=[-1], epsilon=cfg.rms_norm_eps))  # [n, D]
+            qkv = self.linear(x, w, p + "wqkv", n, shapes["wqkv"])  # [n, (Hq+2Hkv)*d]
+            kv = self.emit(
+                op.call_tir_inplace(
+                    append,
+                    [qkv, caches[2 * i], caches[2 * i + 1], w["rope_cos"], w["rope_sin"], pos],
+                    [1, 2],
+                    [cache_t, cache_t],
+                )
+            )  # (k_cache', v_cache') aliases of the params; attention MUST read these (else the append is dead code)
+            k_new, v_new = self.emit(relax.TupleGetItem(kv, 0)), self.emit(relax.TupleGetItem(kv, 1))
+            a = self.emit(
+                op.call_tir(attn, [qkv, k_new, v_new, w["rope_cos"], w["rope_sin"], pos], _t([n, hq * d]))
+            )  # [n, Hq*d]
+            h = self.linear(a, w, p + "wo", n, shapes["wo"], residual=h)  # [n, D] = h + attn @ wo^T
+            x = self.emit(op.nn.rms_norm(h, w[p + "mlp_norm"], axes=[-1], epsilon=cfg.rms_norm_eps))  # [n, D]
+            gu = self.linear(x, w, p + "w_gate_up", n, shapes["w_gate_up"])  # [n, 2I]
+            parts = self.emit(op.split(gu, 2, axis=1))  # ([n, I], [n, I])
+            gate, up = self.emit(relax.TupleGetItem(parts, 0)), self.emit(relax.TupleGetItem(parts, 1))
+            act = self.emit(op.multiply(op.nn.silu(gate), up))  # [n, I]
+            h = self.linear(act, w, p + "w_down", n, shapes["w_down"], residual=h)  # [n, D] = h + mlp
+        rows = n
+        if not spec.all_logits and not (isinstance(n, int) and n == 1):  # (decode: the slice would be a view op)
+            # a 1-input call_tir kernel here would be probed as a reshape by RewriteDataflowReshape and crash on
+            # blockless TIR ("Check failed: func->body->IsInstance<s_tir::SBlockRealizeNode>()"): use strided_slice
+            h = self.emit(op.strided_slice(h, axes=[0], begin=[n - 1], end=[n]))  # [1, D]
+            rows = 1
+        x = self.emit(op.nn.rms_norm(h, w["final_norm"], axes=[-1], epsilon=cfg.rms_norm_eps))  # [rows, D]
+        head = "lm_head" if ("lm_head" in w or "lm_head.qweight" in w) else "embed"
+        return self.linear(x, w, head, rows, (cfg.vocab_size, hid))  # [rows, V]
+
+    def function(self, name: str, n) -> None:
+        cfg, spec = self.cfg, self.spec
+        tokens = relax.Var("tokens", _t([n], "int32"))  # [n]
+        pos = tirx.Var("pos", "int64")  # first cache row written; pos + n <= max_ctx (driver check + kv_append assert)
+        caches = [
+            relax.Var(f"{kind}_cache_{i}", _t([spec.max_ctx, cfg.num_kv_heads, cfg.head_dim]))  # [C, Hkv, d]
+            for i in range(cfg.num_hidden_layers)
+            for kind in ("k", "v")
+        ]
+        params = weight_params(cfg, spec)
+        wvars = [relax.Var(p.name.replace(".", "_"), _t(p.shape, p.dtype)) for p in params]
+        w = {p.name: v for p, v in zip(params, wvars, strict=True)}
+        with self.bb.function(name, [tokens, pos, *caches, *wvars]):
+            with self.bb.dataflow():
+                logits = self.bb.emit_output(self.body(n, tokens, pos, caches, w))
+            self.bb.emit_func_output(logits)
+
+
+def build_module(cfg: MiniCPMConfig, spec: CompileSpec) -> IRModule:
+    """IRModule with ``prefill`` (symbolic n <= chunk) and ``decode`` (n = 1)."""
+    b = _Builder(cfg, spec)
+    b.function("prefill", tirx.Var("n", "int64"))
+    b.function("decode", 1)
+    mod = b.bb.get()
+    gv = mod.get_global_var("prefill")
+    mod[gv] = mod[gv].with_attr("tir_var_upper_bound", {"n": spec.chunk})
+    return mod
