@@ -1,0 +1,111 @@
+"""Open and validate a bundle folder (every field of mcpm-config.json, file sizes, checksums on request)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcpm.export.bundle.weights_file import BundleError, WeightsFile
+
+CONFIG_NAME = "mcpm-config.json"
+FORMAT_VERSION = 1
+PLAN_MAGIC = "MCPMPLAN"
+
+# key -> expected JSON type(s)
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "format_version": int,
+    "exporter_version": str,
+    "family": str,
+    "model_config": dict,
+    "quantization": str,
+    "context_length": int,
+    "prefill_chunk": int,
+    "chat_template": dict,
+    "bos_token_id": int,
+    "stop_token_ids": list,
+    "tokenizer": dict,
+    "target": dict,
+    "files": dict,
+}
+
+
+@dataclass
+class Bundle:
+    path: Path
+    config: dict[str, Any]
+    plan: dict[str, Any]
+    weights: WeightsFile
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_config(bundle_dir: Path) -> dict[str, Any]:
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle folder {bundle_dir} does not exist", "pass the folder mcpm-export wrote")
+    path = bundle_dir / CONFIG_NAME
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: {bundle_dir} is not an mcpm bundle", "pass the folder mcpm-export wrote")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc})", "re-export the bundle") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"{path} must hold a JSON object", "re-export the bundle")
+    for key, kind in REQUIRED.items():
+        if key not in config:
+            raise BundleError(f"{path}: required field {key!r} is missing", "re-export the bundle")
+        if not isinstance(config[key], kind) or isinstance(config[key], bool) and kind is int:
+            raise BundleError(f"{path}: field {key!r} has the wrong type", "re-export the bundle")
+    if config["format_version"] != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle format version {config['format_version']} is not supported (this mcpm reads {FORMAT_VERSION})",
+            "re-export the bundle with this mcpm",
+        )
+    if not 0 < config["prefill_chunk"] <= config["context_length"]:
+        raise BundleError(f"{path}: prefill_chunk must be in 1..context_length", "re-export the bundle")
+    return config
+
+
+def check_files(bundle_dir: Path, files: dict[str, Any], verify: bool) -> None:
+    for name, info in files.items():
+        path = bundle_dir / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise BundleError(f"bundle file name {name!r} leaves the bundle folder", "re-export the bundle")
+        if not path.is_file():
+            raise BundleError(f"bundle file {name} is missing", "re-copy the whole bundle folder")
+        size = path.stat().st_size
+        if size != info.get("bytes"):
+            raise BundleError(f"bundle file {name} has {size} bytes, expected {info.get('bytes')} (truncated?)",
+                              "re-copy the whole bundle folder")
+        if verify and sha256_of(path) != info.get("sha256"):
+            raise BundleError(f"bundle file {name} fails its SHA-256 check", "re-copy the whole bundle folder")
+
+
+def read_plan(bundle_dir: Path) -> dict[str, Any]:
+    path = bundle_dir / "plan.json"
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is unreadable ({exc})", "re-export the bundle") from None
+    if not isinstance(plan, dict) or plan.get("magic") != PLAN_MAGIC:
+        raise BundleError(f"{path} is not an mcpm plan (bad magic)", "re-export the bundle")
+    return plan
+
+
+def open_bundle(bundle_dir: Path, verify: bool = False) -> Bundle:
+    """Validated bundle; ``verify`` checks SHA-256 of every file and CRC-32 of every tensor."""
+    bundle_dir = Path(bundle_dir)
+    config = read_config(bundle_dir)
+    check_files(bundle_dir, config["files"], verify)
+    plan = read_plan(bundle_dir)
+    weights = WeightsFile(bundle_dir / "weights.bin", verify=verify)
+    return Bundle(bundle_dir, config, plan, weights)
