@@ -1,10 +1,12 @@
-"""Token generation with the PyTorch reference model (KV cache, streaming callback, timing)."""
+"""Token generation loop (streaming callback, sampling, timing) over any model that can prefill and decode:
+the PyTorch reference (with or without a KV cache) or a compiled bundle."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -39,7 +41,7 @@ class GenerationResult:
         }
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
+def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
     """logits: [vocab] float32."""
     if params.temperature <= 0.0:
         return int(torch.argmax(logits))
@@ -55,9 +57,35 @@ def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) 
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-@torch.no_grad()
+class Stepper(Protocol):
+    """A model with a KV cache: logits [vocab] of the last position after each call."""
+
+    def prefill(self, ids: list[int]) -> torch.Tensor: ...
+
+    def decode(self, token: int) -> torch.Tensor: ...
+
+
+class TorchStepper:
+    """The PyTorch reference as a Stepper; without ``use_cache`` every step re-runs the whole sequence."""
+
+    def __init__(self, model: nn.Module, use_cache: bool = True) -> None:
+        self.model, self.use_cache = model, use_cache
+        self.cache = model.new_cache() if use_cache else None  # type: ignore[operator]
+        self.ids: list[int] = []
+
+    @torch.no_grad()
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        self.ids += ids
+        if self.use_cache:
+            return self.model(torch.tensor([ids]), self.cache)[0, -1]
+        return self.model(torch.tensor([self.ids]))[0, -1]
+
+    def decode(self, token: int) -> torch.Tensor:
+        return self.prefill([token])
+
+
 def generate(
-    model: nn.Module,
+    model: nn.Module | Stepper,
     prompt: list[int],
     max_new_tokens: int,
     context_length: int,
@@ -66,7 +94,7 @@ def generate(
     on_token: Callable[[int], None] | None = None,
     use_cache: bool = True,
 ) -> GenerationResult:
-    """Generate up to ``max_new_tokens`` after ``prompt``; without ``use_cache`` every step re-runs the prefix."""
+    """Generate up to ``max_new_tokens`` after ``prompt`` (a torch reference model or any Stepper)."""
     params = params or SamplingParams()
     if not prompt:
         raise ContextOverflowError("the prompt is empty", "give at least one token (e.g. a BOS)")
@@ -75,15 +103,16 @@ def generate(
             f"prompt of {len(prompt)} tokens does not fit the context of {context_length} tokens",
             "shorten the prompt or use a model/bundle with a longer context",
         )
+    stepper = TorchStepper(model, use_cache) if isinstance(model, nn.Module) else model
     max_new_tokens = min(max_new_tokens, context_length - len(prompt))
     gen = torch.Generator().manual_seed(params.seed)
     result = GenerationResult(prompt_tokens=len(prompt))
-    cache = model.new_cache() if use_cache else None  # type: ignore[operator]
-    ids = torch.tensor([prompt])
     t0 = time.perf_counter()
+    logits = stepper.prefill(prompt)
     for step in range(max_new_tokens):
-        logits = model(ids, cache) if use_cache else model(torch.tensor([prompt + result.tokens]))
-        token = _sample(logits[0, -1].float(), params, gen)
+        if step > 0:
+            logits = stepper.decode(result.tokens[-1])
+        token = sample_token(logits.float(), params, gen)
         now = time.perf_counter()
         if step == 0:
             result.prefill_s = now - t0
@@ -95,5 +124,4 @@ def generate(
         if token in stop_ids:
             result.stopped_by = "stop"
             break
-        ids = torch.tensor([[token]])
     return result

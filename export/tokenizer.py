@@ -31,32 +31,18 @@ class Tokenizer:
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     def from_dir(cls, model_dir: Path, template_name: str, bos_id: int = 1) -> Tokenizer:
-        added = _added_tokens(model_dir)
-        sp_path, json_path = model_dir / "tokenizer.model", model_dir / "tokenizer.json"
-        if sp_path.is_file():
-            import sentencepiece as spm
-
-            try:
-                backend: Any = spm.SentencePieceProcessor(model_file=str(sp_path))
-            except (RuntimeError, OSError) as exc:
-                problem = f"{sp_path} is not a SentencePiece model ({exc})"
-                raise TokenizerError(problem, "restore it from the checkpoint") from None
-            kind = "sentencepiece"
-            added = {t: i for t, i in added.items() if backend.piece_to_id(t) == backend.unk_id() or t == "<unk>"}
-        elif json_path.is_file():
-            from tokenizers import Tokenizer as HFTokenizer
-
-            try:
-                backend = HFTokenizer.from_file(str(json_path))
-            except Exception as exc:  # the tokenizers library raises its own exception type
-                raise TokenizerError(f"{json_path} is not a valid tokenizer.json ({exc})") from None
-            kind = "tokenizers"
-            added = {}  # tokenizer.json carries its added tokens itself
-        else:
-            raise TokenizerError(
-                f"no tokenizer.model or tokenizer.json in {model_dir}", "copy the tokenizer files from the checkpoint"
-            )
+        """tokenizer.model (or tokenizer.json) plus the added tokens of tokenizer_config.json / added_tokens.json."""
+        backend, kind = _load_backend(model_dir)
+        added = _outside(backend, kind, _added_tokens(model_dir))
         return cls(backend, kind, added, get_template(template_name), bos_id)
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: Path, record: dict[str, Any], template: dict[str, Any], bos_id: int) -> Tokenizer:
+        """The tokenizer of an exported bundle (its mcpm-config.json ``tokenizer`` and ``chat_template`` records)."""
+        backend, kind = _load_backend(bundle_dir)
+        added = {str(k): int(v) for k, v in record.get("added_tokens", {}).items()}
+        chat = ChatTemplate(**{**template, "stop": tuple(template.get("stop", ()))})
+        return cls(backend, kind, added, chat, bos_id)
 
     # -- vocabulary ----------------------------------------------------------------------------------------
     @property
@@ -133,6 +119,33 @@ class StreamDecoder:
             return ""  # wait for the rest of a multi-byte character
         new, self.emitted = text[self.emitted :], len(text)
         return new
+
+
+def _load_backend(model_dir: Path) -> tuple[Any, str]:
+    sp_path, json_path = model_dir / "tokenizer.model", model_dir / "tokenizer.json"
+    if sp_path.is_file():
+        import sentencepiece as spm
+
+        try:
+            return spm.SentencePieceProcessor(model_file=str(sp_path)), "sentencepiece"
+        except (RuntimeError, OSError) as exc:
+            problem = f"{sp_path} is not a SentencePiece model ({exc})"
+            raise TokenizerError(problem, "restore it from the checkpoint") from None
+    if json_path.is_file():
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            return HFTokenizer.from_file(str(json_path)), "tokenizers"
+        except Exception as exc:  # the tokenizers library raises its own exception type
+            raise TokenizerError(f"{json_path} is not a valid tokenizer.json ({exc})") from None
+    raise TokenizerError(f"no tokenizer.model or tokenizer.json in {model_dir}", "copy the tokenizer files")
+
+
+def _outside(backend: Any, kind: str, added: dict[str, int]) -> dict[str, int]:
+    """The added tokens the backend does not know itself (tokenizer.json carries its added tokens)."""
+    if kind == "tokenizers":
+        return {}
+    return {t: i for t, i in added.items() if backend.piece_to_id(t) == backend.unk_id() and t != "<unk>"}
 
 
 def _added_tokens(model_dir: Path) -> dict[str, int]:

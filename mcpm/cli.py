@@ -31,10 +31,10 @@ def cli() -> None:
 
 
 @cli.command()
-@model_dir_argument
+@click.argument("path", metavar="BUNDLE|MODEL_DIR", default="default")
 @click.option("-p", "--prompt", required=True, help="Text to continue (or the user's message with --chat).")
 @click.option("-n", "--max-new-tokens", default=64, show_default=True, help="Tokens to generate at most.")
-@click.option("--reference", is_flag=True, help="Run the PyTorch reference model (the compiled runtime comes later).")
+@click.option("--reference", is_flag=True, help="Run a checkpoint folder with the PyTorch reference model.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0 = off).")
@@ -43,30 +43,45 @@ def cli() -> None:
 @click.option("--threads", "-t", default=0, help="CPU threads for PyTorch (0 = its default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on the last line.")
 def generate(
-    model_dir: str, prompt: str, max_new_tokens: int, reference: bool, chat: bool, temperature: float,
+    path: str, prompt: str, max_new_tokens: int, reference: bool, chat: bool, temperature: float,
     top_k: int, top_p: float, seed: int, threads: int, as_json: bool,
 ) -> None:
-    """Generate text from MODEL_DIR, streaming tokens, then print tokens/s."""
-    if not reference:
-        raise McpmError(
-            "running compiled bundles needs the C runtime, which is not built yet",
-            "pass --reference to run the PyTorch reference model on a checkpoint folder",
-        )
+    """Generate text, streaming tokens, then print tokens/s.
+
+    BUNDLE is a folder written by mcpm-export (run through its plan on this host); with --reference,
+    MODEL_DIR is a checkpoint folder run by the PyTorch reference (`default` = the shipped model).
+    """
     import torch
 
-    from mcpm.export.loading import load_model
+    from mcpm.export.bundle.reader import CONFIG_NAME
     from mcpm.export.reference_generate import SamplingParams
     from mcpm.export.reference_generate import generate as run_generate
 
     if threads > 0:
         torch.set_num_threads(threads)
+    folder = resolve_model_dir(path)
+    is_bundle = (folder / CONFIG_NAME).is_file()
     t0 = time.perf_counter()
-    loaded = load_model(resolve_model_dir(model_dir), progress=sys.stderr.isatty())
+    if is_bundle and not reference:
+        from mcpm.export.bundle.host_runner import BundleStepper, load_bundle
+
+        bundle, plan_model, tok = load_bundle(folder)
+        model: object = BundleStepper(plan_model)
+        context, engine = bundle.config["context_length"], f"bundle ({bundle.config['quantization']}, TVM kernels)"
+    elif reference and not is_bundle:
+        from mcpm.export.loading import load_model
+
+        loaded = load_model(folder, progress=sys.stderr.isatty())
+        assert loaded.tokenizer is not None
+        model, tok = loaded.model, loaded.tokenizer
+        context, engine = loaded.config.max_position_embeddings, "PyTorch reference"
+    elif is_bundle:
+        raise McpmError(f"{folder} is a bundle; --reference runs checkpoint folders", "drop --reference")
+    else:
+        raise McpmError(f"{folder} is a checkpoint folder, not a bundle",
+                        "export it with mcpm-export, or pass --reference to run the PyTorch reference")
     load_ms = (time.perf_counter() - t0) * 1000
-    tok = loaded.tokenizer
-    assert tok is not None
     ids = tok.encode_chat([{"role": "user", "content": prompt}]) if chat else tok.encode(prompt, add_bos=True)
-    context = loaded.config.max_position_embeddings
     stream = tok.stream_decoder(ids)
     if not chat:
         click.echo(prompt, nl=False)
@@ -76,14 +91,13 @@ def generate(
             click.echo(stream.push(token), nl=False)
 
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    result = run_generate(loaded.model, ids, max_new_tokens, context, tok.stop_ids, params, on_token)
+    result = run_generate(model, ids, max_new_tokens, context, tok.stop_ids, params, on_token)  # type: ignore[arg-type]
     click.echo()
     stats = {"load_ms": round(load_ms, 1), **{k: round(v, 2) for k, v in result.stats().items()},
-             "threads": torch.get_num_threads(), "engine": "pytorch-reference"}
+             "threads": torch.get_num_threads(), "engine": engine}
     click.echo(
         f"[{stats['prompt_tokens']} prompt tokens, {stats['prefill_tok_s']:.1f} tok/s prefill; "
-        f"{stats['generated_tokens']} generated, {stats['decode_tok_s']:.1f} tok/s decode; "
-        f"{stats['threads']} threads, PyTorch reference]",
+        f"{stats['generated_tokens']} generated, {stats['decode_tok_s']:.1f} tok/s decode; {engine}]",
         err=not as_json,
     )
     if as_json:

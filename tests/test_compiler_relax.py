@@ -14,7 +14,7 @@ from mcpm.export.compiler.layout import weight_params
 from mcpm.export.compiler.model_def import build_module
 from mcpm.export.compiler.runner import CompiledModel, compile_model, compile_module
 from mcpm.export.compiler.spec import CompileSpec
-from mcpm.export.compiler.weights import float_weights
+from mcpm.export.compiler.weights import logical_weight
 from mcpm.export.loading import load_model
 from mcpm.quantize.packing import PackedWeight, dequantize
 from mcpm.quantize.schemes import QuantScheme
@@ -157,7 +157,6 @@ def test_int4_kernel_reads_packed_weights(loaded, group):
     assert floats2d == ["rope_cos", "rope_sin"]  # every linear and the embedding (= tied lm_head) are packed
     scheme = QuantScheme(f"q4g{group}", "int4-sym", group)
     cfg_f = dataclasses.replace(cfg, tie_word_embeddings=False)
-    floats = float_weights(loaded.model, cfg, spec32)
     twin = []
     for p in weight_params(cfg_f, spec32):
         src = "embed" if p.name == "lm_head" and cfg.tie_word_embeddings else p.name
@@ -165,7 +164,7 @@ def test_int4_kernel_reads_packed_weights(loaded, group):
             t = {"qweight": packed[src + ".qweight"].numpy(), "scales": packed[src + ".scales"].numpy()}
             twin.append(dequantize(PackedWeight(scheme, p.shape, t)))
         else:
-            twin.append(floats[p.name])
+            twin.append(logical_weight(loaded.model, cfg, spec32, p.name))
     key = repr(cfg_f)
     if key not in _TWIN_EXE:  # the float twin is the same for every group
         _TWIN_EXE[key] = compile_module(build_module(cfg_f, spec32))

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcpm.errors import McpmError
 from mcpm.export.bundle.weights_file import BundleError, WeightsFile
+from mcpm.export.compiler.plan import Plan
 
 CONFIG_NAME = "mcpm-config.json"
 FORMAT_VERSION = 1
-PLAN_MAGIC = "MCPMPLAN"
 
 # key -> expected JSON type(s)
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -36,7 +37,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
 class Bundle:
     path: Path
     config: dict[str, Any]
-    plan: dict[str, Any]
+    plan: Plan
     weights: WeightsFile
 
 
@@ -90,15 +91,17 @@ def check_files(bundle_dir: Path, files: dict[str, Any], verify: bool) -> None:
             raise BundleError(f"bundle file {name} fails its SHA-256 check", "re-copy the whole bundle folder")
 
 
-def read_plan(bundle_dir: Path) -> dict[str, Any]:
+def read_plan(bundle_dir: Path) -> Plan:
+    """The validated plan (magic, version, every storage, offset, dtype and kernel name)."""
     path = bundle_dir / "plan.json"
     try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is unreadable ({exc})", "re-export the bundle") from None
-    if not isinstance(plan, dict) or plan.get("magic") != PLAN_MAGIC:
-        raise BundleError(f"{path} is not an mcpm plan (bad magic)", "re-export the bundle")
-    return plan
+    try:
+        return Plan.from_json(text)
+    except McpmError as exc:
+        raise BundleError(f"{path}: {exc.problem}", "re-export the bundle") from None
 
 
 def open_bundle(bundle_dir: Path, verify: bool = False) -> Bundle:

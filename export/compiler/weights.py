@@ -6,11 +6,13 @@ multiply after the lookup (the embedding doubles as the tied lm_head). RoPE cos/
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
 from mcpm.errors import McpmError
-from mcpm.export.compiler.layout import weight_params
+from mcpm.export.compiler.layout import Param, weight_params
 from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.models.layers import default_inv_freq, rope_cos_sin
 from mcpm.export.models.minicpm.config import MiniCPMConfig
@@ -39,40 +41,54 @@ def rope_tables(cfg: MiniCPMConfig, max_ctx: int) -> tuple[np.ndarray, np.ndarra
     return _np(cos), _np(sin)
 
 
-def float_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> dict[str, np.ndarray]:
-    """Every logical float32 weight by its layout name (before int4 packing)."""
+def logical_weight(model, cfg: MiniCPMConfig, spec: CompileSpec, name: str) -> np.ndarray:
+    """One logical float32 weight by its layout name (before int4 packing), muP scales folded."""
     rs = np.float32(cfg.residual_scale)
-    out = {"embed": _np(model.embed.weight)}  # [V, D]
-    for i, layer in enumerate(model.layers):
-        p, a, m = f"layers.{i}.", layer.attn, layer.mlp
-        out[p + "attn_norm"] = _np(layer.attn_norm.weight)  # [D]
-        out[p + "wqkv"] = np.concatenate([_np(a.wq.weight), _np(a.wk.weight), _np(a.wv.weight)])  # [(Hq+2Hkv)d, D]
-        out[p + "wo"] = _np(a.wo.weight) * rs  # [D, Hq*d]
-        out[p + "mlp_norm"] = _np(layer.mlp_norm.weight)  # [D]
-        out[p + "w_gate_up"] = np.concatenate([_np(m.w_gate.weight), _np(m.w_up.weight)])  # [2I, D]
-        out[p + "w_down"] = _np(m.w_down.weight) * rs  # [D, I]
-    out["final_norm"] = _np(model.final_norm.weight) / np.float32(cfg.logit_divisor)  # [D]
-    out["lm_head"] = out["embed"] if model.lm_head is None else _np(model.lm_head.weight)  # [V, D]
-    out["rope_cos"], out["rope_sin"] = rope_tables(cfg, spec.max_ctx)  # [C, d] each
-    return out
+    if name == "embed" or (name == "lm_head" and model.lm_head is None):
+        return _np(model.embed.weight)  # [V, D]
+    if name == "lm_head":
+        return _np(model.lm_head.weight)  # [V, D]
+    if name == "final_norm":
+        return _np(model.final_norm.weight) / np.float32(cfg.logit_divisor)  # [D]
+    if name in ("rope_cos", "rope_sin"):
+        return rope_tables(cfg, spec.max_ctx)[name == "rope_sin"]  # [C, d]
+    _, index, part = name.split(".")
+    layer = model.layers[int(index)]
+    a, m = layer.attn, layer.mlp
+    if part == "attn_norm":
+        return _np(layer.attn_norm.weight)  # [D]
+    if part == "mlp_norm":
+        return _np(layer.mlp_norm.weight)  # [D]
+    if part == "wqkv":
+        return np.concatenate([_np(a.wq.weight), _np(a.wk.weight), _np(a.wv.weight)])  # [(Hq+2Hkv)d, D]
+    if part == "wo":
+        return _np(a.wo.weight) * rs  # [D, Hq*d]
+    if part == "w_gate_up":
+        return np.concatenate([_np(m.w_gate.weight), _np(m.w_up.weight)])  # [2I, D]
+    if part == "w_down":
+        return _np(m.w_down.weight) * rs  # [D, I]
+    raise KeyError(name)
 
 
-def export_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> list[np.ndarray]:
-    """Arrays in ``weight_params`` order (int4 linears packed as qweight/scales when spec.int4_group)."""
+def iter_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> Iterator[tuple[Param, np.ndarray]]:
+    """(param, array) in ``weight_params`` order, one logical weight in memory at a time (int4 linears packed as
+    qweight/scales when spec.int4_group)."""
     check_supported(cfg, spec)
-    logical = float_weights(model, cfg, spec)
     scheme = QuantScheme(f"q4g{spec.int4_group}", "int4-sym", spec.int4_group) if spec.int4_group else None
-    packed: dict[str, dict[str, np.ndarray]] = {}
-    arrays = []
+    packed: tuple[str, dict[str, np.ndarray]] = ("", {})
     for p in weight_params(cfg, spec):
         base, _, part = p.name.rpartition(".")
         if part in ("qweight", "scales"):
-            if base not in packed:
-                packed[base] = quantize(logical[base], scheme).tensors
-            arr = packed[base][part]
+            if packed[0] != base:
+                packed = (base, quantize(logical_weight(model, cfg, spec, base), scheme).tensors)
+            arr = packed[1][part]
         else:
-            arr = logical[p.name]
+            arr = logical_weight(model, cfg, spec, p.name)
         arr = np.ascontiguousarray(arr, dtype=p.dtype)
         assert arr.shape == p.shape, (p.name, arr.shape, p.shape)
-        arrays.append(arr)
-    return arrays
+        yield p, arr
+
+
+def export_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> list[np.ndarray]:
+    """Arrays in ``weight_params`` order."""
+    return [arr for _, arr in iter_weights(model, cfg, spec)]

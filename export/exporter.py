@@ -1,0 +1,154 @@
+"""``mcpm-export``'s pipeline in named phases: load → weights → define → lower → bundle.
+
+Each phase is timed (and shown with a progress bar); the summary lists time per phase, bundle size and
+bits/weight. ``debug_dump`` writes the IR after every compiler phase.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from mcpm import __version__
+from mcpm.errors import McpmError
+from mcpm.export.bundle.reader import CONFIG_NAME, FORMAT_VERSION, sha256_of
+from mcpm.export.bundle.target import Target, get_target
+from mcpm.export.bundle.weights_file import write_weights
+from mcpm.export.hf_config import config_to_dict
+from mcpm.export.loading import LoadedModel, load_config, load_model
+from mcpm.quantize.recipe import Recipe
+
+# schemes the compiler's kernels read today (others are measured by `mcpm eval` but not yet compiled)
+COMPILED_SCHEMES = {"q4g32": 32, "q4g128": 128, "f32": 0}
+
+
+@dataclass
+class ExportOptions:
+    model_dir: Path
+    out_dir: Path
+    target: str = "host"
+    quant: str = "q4g32"
+    context_length: int = 2048
+    prefill_chunk: int = 64
+    debug_dump: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class ExportReport:
+    phases: dict[str, float] = field(default_factory=dict)  # name -> seconds
+    bundle_bytes: int = 0
+    weight_bytes: int = 0
+    weight_count: int = 0
+
+    def table(self) -> str:
+        lines = [f"{'phase':<12}{'seconds':>10}"]
+        lines += [f"{name:<12}{secs:>10.2f}" for name, secs in self.phases.items()]
+        bpw = 8 * self.weight_bytes / max(self.weight_count, 1)
+        lines.append(f"bundle {self.bundle_bytes / 2**20:.2f} MiB, weights {bpw:.3f} bits/weight")
+        return "\n".join(lines)
+
+
+def _recipe_to_group(recipe: Recipe) -> int:
+    if recipe.rules or recipe.default.name not in COMPILED_SCHEMES:
+        raise McpmError(
+            f"quantization {recipe.name!r} is not compiled yet (kernels exist for {', '.join(COMPILED_SCHEMES)})",
+            "use --quant q4g32 (default), q4g128 or f32",
+        )
+    return COMPILED_SCHEMES[recipe.default.name]
+
+
+def bundle_config(loaded: LoadedModel, recipe: Recipe, target: Target, opts: ExportOptions) -> dict[str, Any]:
+    tok = loaded.tokenizer
+    assert tok is not None
+    tokenizer_file = "tokenizer.model" if tok.kind == "sentencepiece" else "tokenizer.json"
+    return {
+        "format_version": FORMAT_VERSION,
+        "exporter_version": __version__,
+        "family": loaded.family.model_type,
+        "model_config": config_to_dict(loaded.config),
+        "quantization": recipe.name,
+        "context_length": opts.context_length,
+        "prefill_chunk": opts.prefill_chunk,
+        "chat_template": tok.template.to_json(),
+        "bos_token_id": tok.bos_id,
+        "stop_token_ids": list(tok.stop_ids),
+        "tokenizer": {"kind": tok.kind, "file": tokenizer_file, "added_tokens": tok.added},
+        "target": target.record(),
+        "files": {},
+    }
+
+
+def run_export(opts: ExportOptions) -> ExportReport:
+    from mcpm.export.compiler.layout import weight_params
+    from mcpm.export.compiler.lower import export_plan
+    from mcpm.export.compiler.spec import CompileSpec
+    from mcpm.export.compiler.weights import check_supported, iter_weights
+
+    report = ExportReport()
+    target = get_target(opts.target)
+    recipe = Recipe.parse(opts.quant)
+    group = _recipe_to_group(recipe)
+    out = opts.out_dir
+    if out.exists() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
+        raise McpmError(f"output folder {out} is not empty and holds no bundle", "choose a new folder")
+
+    def phase(name: str):
+        return _Phase(name, report, opts.progress)
+
+    family, cfg = load_config(opts.model_dir)
+    if family.model_type != "minicpm" or cfg.is_moe:
+        kind = "MiniCPM-MoE" if family.model_type == "minicpm" else family.model_type
+        raise McpmError(f"exporting {kind} is not supported yet", "export a dense minicpm model (1B/2B)")
+    with phase("load"):  # in the checkpoint's own dtype: a 2B model stays 5 GB, not 11
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.extra.get("torch_dtype"), torch.float32)
+        loaded = load_model(opts.model_dir, dtype=dtype, progress=False)
+    if opts.context_length > loaded.config.max_position_embeddings:
+        raise McpmError(f"--context-length {opts.context_length} exceeds the model's max_position_embeddings "
+                        f"({loaded.config.max_position_embeddings})", "choose a shorter context")
+    spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, int4_group=group)
+    check_supported(loaded.config, spec)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    with phase("compile"):  # define -> legalize -> fuse -> lower -> memory plan -> extract -> kernels.o
+        exported = export_plan(loaded.config, spec, out, target.tvm_target, opts.debug_dump)
+    with phase("weights"):  # quantize and write one tensor at a time
+        params = weight_params(loaded.config, spec)
+        written = write_weights(out / "weights.bin", ((p.name, a) for p, a in iter_weights(loaded.model,
+                                loaded.config, spec)), len(params))
+    with phase("bundle"):
+        config = bundle_config(loaded, recipe, target, opts)
+        shutil.copy(loaded.model_dir / config["tokenizer"]["file"], out / config["tokenizer"]["file"])
+        files = ["plan.json", "weights.bin", config["tokenizer"]["file"], exported.plan.object_file]
+        config["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_of(out / f)} for f in files}
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    report.bundle_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    report.weight_bytes = sum(e.nbytes for e in written if not e.name.startswith("rope_"))
+    report.weight_count = sum(p.numel() for p in loaded.model.parameters())
+    return report
+
+
+class _Phase:
+    """Times a phase and shows it as a one-step progress bar."""
+
+    def __init__(self, name: str, report: ExportReport, progress: bool) -> None:
+        self.name, self.report = name, report
+        self.bar = tqdm(total=1, desc=f"{name:<8}", disable=not progress, leave=True,
+                        bar_format="{desc} {bar:20} {elapsed}")
+
+    def __enter__(self) -> _Phase:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.report.phases[self.name] = time.perf_counter() - self.t0
+        self.bar.update(1)
+        self.bar.close()
