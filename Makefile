@@ -2,6 +2,7 @@
 PYTHON ?= python3
 PROMPT ?= The people of the United States
 MODEL ?= default
+BUNDLE ?= dist/host-bundle
 
 .PHONY: help setup demo test test-all lint bench train-default
 
@@ -12,9 +13,9 @@ setup:  ## install mcpm and its dependencies (pip; system packages as later stag
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 
-demo:  ## main job on the shipped default model: check it for export, then generate text with tokens/s
-	-mcpm-export $(MODEL) --target android -o dist
-	mcpm generate $(MODEL) --reference -p "$(PROMPT)" -n 48
+demo:  ## main job on the shipped default model: export a host bundle (q4g32), run it: text and tokens/s
+	mcpm-export $(MODEL) --target host -o $(BUNDLE)
+	mcpm generate $(BUNDLE) -p "$(PROMPT)" -n 48
 
 test:  ## run the test suite (pytest's "no tests collected" counts as a failure)
 	$(PYTHON) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
@@ -26,7 +27,9 @@ lint:  ## ruff and mypy
 	$(PYTHON) -m ruff check mcpm export quantize runtime_bindings tests
 	$(PYTHON) -m mypy mcpm export quantize runtime_bindings/python
 
-bench:  ## PyTorch-reference speed on the default model, as JSON (the C runtime's bench arrives later)
+bench:  ## speed of the exported host bundle and of the PyTorch reference, as JSON (llama-bench style comes later)
+	mcpm-export $(MODEL) --target host -o $(BUNDLE)
+	mcpm generate $(BUNDLE) -p "$(PROMPT)" -n 64 --json
 	mcpm generate $(MODEL) --reference -p "$(PROMPT)" -n 64 --json
 
 train-default:  ## retrain the shipped default model from its corpus (~35 min on 2 cores; needs npm)
