@@ -90,3 +90,62 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     q_pos = torch.arange(total - n, total)[:, None]
     k_pos = torch.arange(total)[None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=k_pos <= q_pos, scale=scale)
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block with MiniCPM's scaled residuals: h += sublayer(norm(h)) * residual_scale."""
+
+    def __init__(self, hidden: int, eps: float, residual_scale: float, attn: nn.Module, mlp: nn.Module) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(hidden, eps)
+        self.attn = attn
+        self.mlp_norm = RMSNorm(hidden, eps)
+        self.mlp = mlp
+        self.residual_scale = residual_scale
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor:
+        h = h + self.attn(self.attn_norm(h), cos, sin, cache) * self.residual_scale
+        return h + self.mlp(self.mlp_norm(h)) * self.residual_scale
+
+
+class MuPCausalLM(nn.Module):
+    """The muP skeleton shared by every MiniCPM LM; a family supplies its blocks and its RoPE tables.
+
+        h0 = embed(ids) * scale_emb;  h = blocks(h0);  logits = head(final_norm(h) / logit_divisor)
+    """
+
+    def __init__(self, cfg, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(blocks)
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def rope_tables(self, start: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [n, rot_dim] for positions start .. start+n-1."""
+        raise NotImplementedError
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, n] token ids -> [B, n, hidden], scaled by scale_emb (image features are inserted after this)."""
+        return self.embed(ids) * self.cfg.scale_emb
+
+    def forward(
+        self, ids: torch.Tensor | None = None, cache: KVCache | None = None, embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ids: [B, n] (or embeds [B, n, hidden]) continuing ``cache``; returns logits [B, n, vocab]."""
+        if embeds is None:
+            assert ids is not None, "pass token ids or embeddings"
+            embeds = self.embed_tokens(ids)
+        h = embeds
+        start = cache.length if cache is not None else 0
+        cos, sin = self.rope_tables(start, h.shape[1], h.dtype)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.advance(h.shape[1])
+        h = self.final_norm(h) / self.cfg.logit_divisor
+        return F.linear(h, self.embed.weight if self.lm_head is None else self.lm_head.weight)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.num_hidden_layers)

@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mcpm.export.models.layers import (
     MLP,
-    KVCache,
-    RMSNorm,
+    Block,
+    MuPCausalLM,
     apply_rope,
     causal_attention,
     default_inv_freq,
@@ -71,52 +70,16 @@ class MoE(nn.Module):
         return out.view_as(x)
 
 
-class Block(nn.Module):
+class MiniCPM(MuPCausalLM):
     def __init__(self, cfg: MiniCPMConfig) -> None:
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp: nn.Module = MoE(cfg) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
-        self.residual_scale = cfg.residual_scale
+        def mlp() -> nn.Module:
+            return MoE(cfg) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor:
-        h = h + self.attn(self.attn_norm(h), cos, sin, cache) * self.residual_scale
-        return h + self.mlp(self.mlp_norm(h)) * self.residual_scale
+        blocks = [Block(cfg.hidden_size, cfg.rms_norm_eps, cfg.residual_scale, Attention(cfg), mlp())
+                  for _ in range(cfg.num_hidden_layers)]
+        super().__init__(cfg, blocks)
 
-
-class MiniCPM(nn.Module):
-    def __init__(self, cfg: MiniCPMConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, n] token ids -> [B, n, hidden], scaled by scale_emb (image features are inserted after this)."""
-        return self.embed(ids) * self.cfg.scale_emb
-
-    def forward(
-        self, ids: torch.Tensor | None = None, cache: KVCache | None = None, embeds: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """ids: [B, n] (or embeds [B, n, hidden]) continuing ``cache``; returns logits [B, n, vocab]."""
-        if embeds is None:
-            assert ids is not None, "pass token ids or embeddings"
-            embeds = self.embed_tokens(ids)
-        h = embeds
-        start = cache.length if cache is not None else 0
-        n = h.shape[1]
+    def rope_tables(self, start: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # dynamic NTK (2B-128k): the base depends on the total length, as in the published implementation
         inv_freq = default_inv_freq(self.cfg.rope_base(start + n), self.cfg.head_dim)
-        cos, sin = rope_cos_sin(torch.arange(start, start + n), inv_freq, h.dtype)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, cache.layers[i] if cache is not None else None)
-        if cache is not None:
-            cache.advance(n)
-        h = self.final_norm(h) / self.cfg.logit_divisor
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight)
-
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.num_hidden_layers)
+        return rope_cos_sin(torch.arange(start, start + n), inv_freq, dtype)

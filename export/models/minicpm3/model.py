@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mcpm.export.models.layers import (
     MLP,
-    KVCache,
+    Block,
+    MuPCausalLM,
     RMSNorm,
     apply_rope,
     causal_attention,
@@ -65,31 +65,11 @@ class MLAttention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
 
-class Block(nn.Module):
+class MiniCPM3(MuPCausalLM):
     def __init__(self, cfg: MiniCPM3Config) -> None:
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = MLAttention(cfg)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
-        self.residual_scale = cfg.residual_scale
-
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor:
-        h = h + self.attn(self.attn_norm(h), cos, sin, cache) * self.residual_scale
-        return h + self.mlp(self.mlp_norm(h)) * self.residual_scale
-
-
-class MiniCPM3(nn.Module):
-    def __init__(self, cfg: MiniCPM3Config) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embed(ids) * self.cfg.scale_emb
+        blocks = [Block(cfg.hidden_size, cfg.rms_norm_eps, cfg.residual_scale, MLAttention(cfg),
+                        MLP(cfg.hidden_size, cfg.intermediate_size)) for _ in range(cfg.num_hidden_layers)]
+        super().__init__(cfg, blocks)
 
     def rope_tables(self, start: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
@@ -100,23 +80,3 @@ class MiniCPM3(nn.Module):
             factors = torch.tensor(c.longrope["long_factor" if long else "short_factor"], dtype=torch.float32)
             inv_freq, scale = inv_freq / factors, c.longrope_attention_factor
         return rope_cos_sin(torch.arange(start, start + n), inv_freq, dtype, scale)
-
-    def forward(
-        self, ids: torch.Tensor | None = None, cache: KVCache | None = None, embeds: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """ids: [B, n] (or embeds [B, n, hidden]) continuing ``cache``; returns logits [B, n, vocab]."""
-        if embeds is None:
-            assert ids is not None, "pass token ids or embeddings"
-            embeds = self.embed_tokens(ids)
-        h = embeds
-        start = cache.length if cache is not None else 0
-        cos, sin = self.rope_tables(start, h.shape[1], h.dtype)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, cache.layers[i] if cache is not None else None)
-        if cache is not None:
-            cache.advance(h.shape[1])
-        h = self.final_norm(h) / self.cfg.logit_divisor
-        return F.linear(h, self.embed.weight if self.lm_head is None else self.lm_head.weight)
-
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.num_hidden_layers)
