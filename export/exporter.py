@@ -25,9 +25,6 @@ from mcpm.export.hf_config import config_to_dict
 from mcpm.export.loading import LoadedModel, load_config, load_model
 from mcpm.quantize.recipe import Recipe
 
-# schemes the compiler's kernels read today (others are measured by `mcpm eval` but not yet compiled)
-COMPILED_SCHEMES = {"q4g32": 32, "q4g128": 128, "f32": 0}
-
 
 @dataclass
 class ExportOptions:
@@ -35,6 +32,7 @@ class ExportOptions:
     out_dir: Path
     target: str = "host"
     quant: str = "q4g32"
+    quant_rules: tuple[str, ...] = ()  # PATTERN=SCHEME, first match wins
     context_length: int = 2048
     prefill_chunk: int = 64
     debug_dump: Path | None = None
@@ -54,15 +52,6 @@ class ExportReport:
         bpw = 8 * self.weight_bytes / max(self.weight_count, 1)
         lines.append(f"bundle {self.bundle_bytes / 2**20:.2f} MiB, weights {bpw:.3f} bits/weight")
         return "\n".join(lines)
-
-
-def _recipe_to_group(recipe: Recipe) -> int:
-    if recipe.rules or recipe.default.name not in COMPILED_SCHEMES:
-        raise McpmError(
-            f"quantization {recipe.name!r} is not compiled yet (kernels exist for {', '.join(COMPILED_SCHEMES)})",
-            "use --quant q4g32 (default), q4g128 or f32",
-        )
-    return COMPILED_SCHEMES[recipe.default.name]
 
 
 def bundle_config(loaded: LoadedModel, recipe: Recipe, target: Target, opts: ExportOptions) -> dict[str, Any]:
@@ -94,8 +83,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
 
     report = ExportReport()
     target = get_target(opts.target)
-    recipe = Recipe.parse(opts.quant)
-    group = _recipe_to_group(recipe)
+    recipe = Recipe.parse(opts.quant, opts.quant_rules)
     out = opts.out_dir
     if out.exists() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
         raise McpmError(f"output folder {out} is not empty and holds no bundle", "choose a new folder")
@@ -113,7 +101,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
     if opts.context_length > loaded.config.max_position_embeddings:
         raise McpmError(f"--context-length {opts.context_length} exceeds the model's max_position_embeddings "
                         f"({loaded.config.max_position_embeddings})", "choose a shorter context")
-    spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, int4_group=group)
+    spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, recipe=recipe)
     check_supported(loaded.config, spec)
     if out.exists():
         shutil.rmtree(out)

@@ -21,17 +21,19 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
               help="Where the bundle will run (only host is available yet).")
 @click.option("--quant", default=DEFAULT_SCHEME, show_default=True, metavar="|".join(SCHEMES),
               help="Weight quantization scheme.")
+@click.option("--quant-rule", "quant_rules", multiple=True, metavar="PATTERN=SCHEME",
+              help="Per-weight override, first match wins (e.g. lm_head=q8, 'layers.0.*=f16').")
 @click.option("--context-length", default=2048, show_default=True, help="Rows of the static KV cache.")
 @click.option("--prefill-chunk", default=64, show_default=True, help="Most tokens per prefill call.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("dist/bundle"), show_default=True,
               help="Output folder (created; an existing bundle there is replaced).")
 @click.option("--debug-dump", type=click.Path(path_type=Path), help="Write the IR after every compiler phase here.")
-def export(model_dir: str, target: str, quant: str, context_length: int, prefill_chunk: int, out: Path,
-           debug_dump: Path | None) -> None:
+def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...], context_length: int,
+           prefill_chunk: int, out: Path, debug_dump: Path | None) -> None:
     """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer."""
     from mcpm.export.exporter import ExportOptions, run_export
 
-    opts = ExportOptions(resolve_model_dir(model_dir), out, target, quant, context_length, prefill_chunk,
+    opts = ExportOptions(resolve_model_dir(model_dir), out, target, quant, quant_rules, context_length, prefill_chunk,
                          debug_dump, progress=sys.stderr.isatty())
     report = run_export(opts)
     click.echo(report.table())

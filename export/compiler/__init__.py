@@ -1,6 +1,6 @@
 """TVM (0.27) compiler for the dense ``minicpm`` family (phase 1: host CPU, relax VirtualMachine driver).
 
-    spec.CompileSpec(max_ctx, chunk, all_logits, int4_group)  what to compile
+    spec.CompileSpec(max_ctx, chunk, all_logits, int4_group | recipe)  what to compile (schemes per weight)
     layout.weight_params(cfg, spec)      ordered weight parameters (name, shape, dtype)
     model_def.build_module(cfg, spec)    IRModule with ``prefill`` (n <= chunk, symbolic) and ``decode`` (n = 1)
     weights.export_weights(model, cfg, spec)  NumPy weights in that order (muP scales folded, int4 packed)

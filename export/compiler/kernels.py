@@ -10,21 +10,22 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 
-def linear_nt(k_in: int, n_out: int, residual: bool = False):
-    """y[n, N] = x[n, K] @ W[N, K]^T (+ r[n, N] when ``residual``); weights keep the [out, in] layout."""
+def linear_nt(k_in: int, n_out: int, residual: bool = False, w_dtype: str = "float32"):
+    """y[n, N] = x[n, K] @ W[N, K]^T (+ r[n, N] when ``residual``); weights keep the [out, in] layout and
+    ``w_dtype`` (float32, or float16 converted in registers)."""
 
     @T.macro
     def row_dot(x, w, i, j, acc):  # acc[0] = x[i, :] . w[j, :]
         acc[0] = T.float32(0)
         for k in range(k_in):
-            acc[0] = acc[0] + x[i, k] * w[j, k]
+            acc[0] = acc[0] + x[i, k] * T.Cast("float32", w[j, k])
 
     @T.prim_func(private=True)
     def linear(x_h: T.handle, w_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         n = T.int64()
         x = T.match_buffer(x_h, (n, k_in), "float32")  # [n, K]
-        w = T.match_buffer(w_h, (n_out, k_in), "float32")  # [N, K]
+        w = T.match_buffer(w_h, (n_out, k_in), w_dtype)  # [N, K]
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
         for i in range(n):
             for j in T.parallel(n_out):
@@ -37,7 +38,7 @@ def linear_nt(k_in: int, n_out: int, residual: bool = False):
         T.func_attr({"tirx.noalias": True})
         n = T.int64()
         x = T.match_buffer(x_h, (n, k_in), "float32")  # [n, K]
-        w = T.match_buffer(w_h, (n_out, k_in), "float32")  # [N, K]
+        w = T.match_buffer(w_h, (n_out, k_in), w_dtype)  # [N, K]
         r = T.match_buffer(r_h, (n, n_out), "float32")  # [n, N] residual
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
         for i in range(n):

@@ -28,17 +28,23 @@ def linear_shapes(cfg: MiniCPMConfig) -> dict[str, tuple[int, int]]:
 
 
 def linear_params(name: str, n: int, k: int, spec: CompileSpec) -> list[Param]:
-    """A float32 weight [N, K], or int4 packed qweight uint32[N, Kp/8] + scales float16[N, Kp/G]."""
-    if not spec.int4_group:
-        return [Param(name, (n, k), "float32")]
-    g = spec.int4_group
+    """The stored parts of weight [N, K] in its scheme's layout (docs/quantization.md)."""
+    scheme = spec.scheme_for(name)
+    if scheme.kind == "float":
+        return [Param(name, (n, k), scheme.float_dtype)]
+    if scheme.kind == "int8-channel":
+        return [Param(name + ".qweight", (n, k), "int8"), Param(name + ".scales", (n,), "float16")]
+    g = scheme.group_size
     kp = -(-k // g) * g
-    return [Param(name + ".qweight", (n, kp // 8), "uint32"), Param(name + ".scales", (n, kp // g), "float16")]
+    parts = [Param(name + ".qweight", (n, kp // 8), "uint32"), Param(name + ".scales", (n, kp // g), "float16")]
+    if scheme.kind == "int4-asym":
+        parts.append(Param(name + ".mins", (n, kp // g), "float16"))
+    return parts
 
 
 def weight_params(cfg: MiniCPMConfig, spec: CompileSpec) -> list[Param]:
     hid, d = cfg.hidden_size, cfg.head_dim
-    # [V, D] unscaled (scale_emb is applied after the lookup); int4: packed like a linear, tied lm_head = this copy
+    # [V, D] unscaled (scale_emb is applied after the lookup); packed like a linear; a tied lm_head is this copy
     params = linear_params("embed", cfg.vocab_size, hid, spec)
     for i in range(cfg.num_hidden_layers):
         p = f"layers.{i}."

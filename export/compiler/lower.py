@@ -334,7 +334,7 @@ def extract_plan(mod: tvm.IRModule, cfg: MiniCPMConfig, spec: CompileSpec, targe
         cache_dtype="float32",
         weights=[WeightInfo(p.name, list(p.shape), p.dtype) for p in weight_params(cfg, spec)],
         entries=entries,
-        extra={"all_logits": spec.all_logits, "int4_group": spec.int4_group},
+        extra={"all_logits": spec.all_logits, "weights": spec.recipe.name if spec.recipe else spec.int4_group},
     )
     validate(plan)
     return plan

@@ -35,15 +35,45 @@ class _Builder:
         return self.bb.emit(expr, name) if name else self.bb.emit(expr)
 
     def linear(self, x, w: dict, name: str, n, shape: tuple[int, int], residual=None):
-        """x [n, K] -> [n, N] (+ residual [n, N]) with weight ``name`` of ``shape`` (N, K): float32 or int4 packed."""
-        (out, k), g, res = shape, self.spec.int4_group, residual is not None
-        if g:
-            gv = self.kernel(("linear_q4", k, out, g, "add" * res), lambda: quant_kernels.linear_q4(k, out, g, res))
+        """x [n, K] -> [n, N] (+ residual [n, N]) with weight ``name`` of ``shape`` (N, K) in its scheme's layout."""
+        (out, k), res = shape, residual is not None
+        scheme = self.spec.scheme_for(name)
+        g, add = scheme.group_size, "add" * res
+        if scheme.kind == "int4-sym":
+            gv = self.kernel(("linear_q4", k, out, g, add), lambda: quant_kernels.linear_q4(k, out, g, res))
+            args = [x, w[name + ".qweight"], w[name + ".scales"]]
+        elif scheme.kind == "int4-asym":
+            gv = self.kernel(("linear_q4a", k, out, g, add), lambda: quant_kernels.linear_q4_asym(k, out, g, res))
+            args = [x, w[name + ".qweight"], w[name + ".scales"], w[name + ".mins"]]
+        elif scheme.kind == "int8-channel":
+            gv = self.kernel(("linear_q8", k, out, add), lambda: quant_kernels.linear_q8(k, out, res))
             args = [x, w[name + ".qweight"], w[name + ".scales"]]
         else:
-            gv = self.kernel(("linear", k, out, "add" * res), lambda: kernels.linear_nt(k, out, res))
+            dt = scheme.float_dtype
+            gv = self.kernel(("linear" if dt == "float32" else "linear_f16", k, out, add),
+                             lambda: kernels.linear_nt(k, out, res, dt))
             args = [x, w[name]]
         return self.emit(relax.op.call_tir(gv, args + ([residual] if res else []), _t([n, out])))
+
+    def embedding(self, w: dict, tokens, n):
+        """tokens [n] -> rows of the embedding [n, D] (unscaled), read in its scheme's layout."""
+        cfg, op = self.cfg, relax.op
+        vocab, hid = cfg.vocab_size, cfg.hidden_size
+        scheme = self.spec.scheme_for("embed")
+        g = scheme.group_size
+        if scheme.kind == "float":
+            rows = self.emit(op.take(w["embed"], tokens, axis=0, mode="clip"))  # [n, D]
+            return rows if scheme.float_dtype == "float32" else self.emit(op.astype(rows, "float32"))
+        if scheme.kind == "int4-sym":
+            gv = self.kernel(("embed_q4", vocab, hid, g), lambda: quant_kernels.embed_q4(vocab, hid, g))
+            args = [tokens, w["embed.qweight"], w["embed.scales"]]
+        elif scheme.kind == "int4-asym":
+            gv = self.kernel(("embed_q4a", vocab, hid, g), lambda: quant_kernels.embed_q4_asym(vocab, hid, g))
+            args = [tokens, w["embed.qweight"], w["embed.scales"], w["embed.mins"]]
+        else:
+            gv = self.kernel(("embed_q8", vocab, hid), lambda: quant_kernels.embed_q8(vocab, hid))
+            args = [tokens, w["embed.qweight"], w["embed.scales"]]
+        return self.emit(op.call_tir(gv, args, _t([n, hid])))  # [n, D]
 
     def body(self, n, tokens, pos, caches, w: dict):
         cfg, spec = self.cfg, self.spec
@@ -53,14 +83,7 @@ class _Builder:
         append = self.kernel(("kv_append", hq, hkv, d), lambda: kernels.kv_append(hq, hkv, d, spec.max_ctx))
         attn = self.kernel(("attention", hq, hkv, d), lambda: kernels.attention(hq, hkv, d, spec.max_ctx))
         op = relax.op
-        if spec.int4_group:
-            emb = self.kernel(
-                ("embed_q4", cfg.vocab_size, hid, spec.int4_group),
-                lambda: quant_kernels.embed_q4(cfg.vocab_size, hid, spec.int4_group),
-            )
-            h = self.emit(op.call_tir(emb, [tokens, w["embed.qweight"], w["embed.scales"]], _t([n, hid])))  # [n, D]
-        else:
-            h = self.emit(op.take(w["embed"], tokens, axis=0, mode="clip"))  # [n, D]
+        h = self.embedding(w, tokens, n)  # [n, D]
         h = self.emit(op.multiply(h, relax.const(cfg.scale_emb, "float32")))  # [n, D]
         for i in range(cfg.num_hidden_layers):
             p = f"layers.{i}."
@@ -92,7 +115,7 @@ class _Builder:
             h = self.emit(op.strided_slice(h, axes=[0], begin=[n - 1], end=[n]))  # [1, D]
             rows = 1
         x = self.emit(op.nn.rms_norm(h, w["final_norm"], axes=[-1], epsilon=cfg.rms_norm_eps))  # [rows, D]
-        head = "lm_head" if ("lm_head" in w or "lm_head.qweight" in w) else "embed"
+        head = "embed" if cfg.tie_word_embeddings else "lm_head"
         return self.linear(x, w, head, rows, (cfg.vocab_size, hid))  # [rows, V]
 
     def function(self, name: str, n) -> None:

@@ -1,10 +1,20 @@
-"""What to compile: context length, prefill chunk, logits layout, weight format."""
+"""What to compile: context length, prefill chunk, logits layout, weight format (a quantization recipe)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from mcpm.errors import McpmError
+from mcpm.quantize.recipe import Recipe
+from mcpm.quantize.schemes import SCHEMES, QuantScheme
+
+# compiled weight (layout name suffix) -> the reference parameters fused into it
+FUSED_PARTS = {
+    "wqkv": ("attn.wq", "attn.wk", "attn.wv"),
+    "wo": ("attn.wo",),
+    "w_gate_up": ("mlp.w_gate", "mlp.w_up"),
+    "w_down": ("mlp.w_down",),
+}
 
 
 @dataclass(frozen=True)
@@ -12,10 +22,26 @@ class CompileSpec:
     max_ctx: int = 256  # static KV cache rows per layer: [max_ctx, kv_heads, head_dim]
     chunk: int = 32  # prefill takes 1 <= n <= chunk tokens per call
     all_logits: bool = False  # False: logits of the last position [1, vocab]; True: every position [n, vocab]
-    int4_group: int = 0  # 0: float32 linear weights; G > 0: int4 symmetric packed (qweight, scales) with group G
+    int4_group: int = 0  # without a recipe: 0 = float32 weights; G > 0 = int4 symmetric, group G
+    recipe: Recipe | None = None  # per-weight schemes (ordered rules); overrides int4_group
 
     def __post_init__(self) -> None:
         if not (1 <= self.chunk <= self.max_ctx):
             raise McpmError(f"chunk ({self.chunk}) must be in 1..max_ctx ({self.max_ctx})")
         if self.int4_group and self.int4_group % 8:
             raise McpmError(f"int4 group ({self.int4_group}) must be a multiple of 8")
+
+    def scheme_for(self, name: str) -> QuantScheme:
+        """Scheme of a compiled 2-D weight: ``embed``, ``lm_head`` or ``layers.<i>.<wqkv|wo|w_gate_up|w_down>``."""
+        if self.recipe is None:
+            g = self.int4_group
+            return QuantScheme(f"q4g{g}", "int4-sym", g) if g else SCHEMES["f32"]
+        if name in ("embed", "lm_head"):
+            return self.recipe.scheme_for(f"{name}.weight", 2)
+        prefix, _, fused = name.rpartition(".")
+        schemes = {self.recipe.scheme_for(f"{prefix}.{part}.weight", 2) for part in FUSED_PARTS[fused]}
+        if len(schemes) > 1:
+            parts = ", ".join(f"{prefix}.{p}" for p in FUSED_PARTS[fused])
+            raise McpmError(f"{parts} are fused into one weight but the quantization rules give them different "
+                            f"schemes ({', '.join(sorted(s.name for s in schemes))})", "give them one scheme")
+        return schemes.pop()

@@ -17,7 +17,6 @@ from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.models.layers import default_inv_freq, rope_cos_sin
 from mcpm.export.models.minicpm.config import MiniCPMConfig
 from mcpm.quantize.packing import quantize
-from mcpm.quantize.schemes import QuantScheme
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -41,9 +40,15 @@ def rope_tables(cfg: MiniCPMConfig, max_ctx: int) -> tuple[np.ndarray, np.ndarra
     return _np(cos), _np(sin)
 
 
-def logical_weight(model, cfg: MiniCPMConfig, spec: CompileSpec, name: str) -> np.ndarray:
-    """One logical float32 weight by its layout name (before int4 packing), muP scales folded."""
-    rs = np.float32(cfg.residual_scale)
+def residual_folded(name: str) -> bool:
+    """Weights that carry the residual scale: the attention output and the MLP down projection."""
+    return name.endswith((".wo", ".w_down"))
+
+
+def logical_weight(model, cfg: MiniCPMConfig, spec: CompileSpec, name: str, fold: bool = True) -> np.ndarray:
+    """One logical float32 weight by its layout name (before packing); muP scales folded (residual scale only
+    with ``fold``: quantized weights fold it into their scales instead, see iter_weights)."""
+    rs = np.float32(cfg.residual_scale if fold else 1.0)
     if name == "embed" or (name == "lm_head" and model.lm_head is None):
         return _np(model.embed.weight)  # [V, D]
     if name == "lm_head":
@@ -71,19 +76,26 @@ def logical_weight(model, cfg: MiniCPMConfig, spec: CompileSpec, name: str) -> n
 
 
 def iter_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> Iterator[tuple[Param, np.ndarray]]:
-    """(param, array) in ``weight_params`` order, one logical weight in memory at a time (int4 linears packed as
-    qweight/scales when spec.int4_group)."""
+    """(param, array) in ``weight_params`` order, one logical weight in memory at a time (quantized weights
+    packed into their parts: qweight, scales, mins)."""
     check_supported(cfg, spec)
-    scheme = QuantScheme(f"q4g{spec.int4_group}", "int4-sym", spec.int4_group) if spec.int4_group else None
     packed: tuple[str, dict[str, np.ndarray]] = ("", {})
     for p in weight_params(cfg, spec):
         base, _, part = p.name.rpartition(".")
-        if part in ("qweight", "scales"):
+        if part in ("qweight", "scales", "mins"):
             if packed[0] != base:
-                packed = (base, quantize(logical_weight(model, cfg, spec, base), scheme).tensors)
+                # quantize the unscaled weight (the same codes `mcpm eval` measures), then scale its
+                # per-group scales and mins by the residual scale: exact up to their fp16 rounding
+                tensors = quantize(logical_weight(model, cfg, spec, base, fold=False), spec.scheme_for(base)).tensors
+                if residual_folded(base):
+                    rs = np.float32(cfg.residual_scale)
+                    for key in ("scales", "mins"):
+                        if key in tensors:
+                            tensors[key] = (tensors[key].astype(np.float32) * rs).astype(np.float16)
+                packed = (base, tensors)
             arr = packed[1][part]
         else:
-            arr = logical_weight(model, cfg, spec, p.name)
+            arr = logical_weight(model, cfg, spec, p.name)  # float weights: cast to the param's dtype below
         arr = np.ascontiguousarray(arr, dtype=p.dtype)
         assert arr.shape == p.shape, (p.name, arr.shape, p.shape)
         yield p, arr
