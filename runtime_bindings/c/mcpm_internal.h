@@ -1,0 +1,112 @@
+/* Internal structures of the mcpm C runtime (not part of the public API). */
+#ifndef MCPM_INTERNAL_H
+#define MCPM_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mcpm.h"
+
+#define MCPM_HIDDEN __attribute__((visibility("hidden")))
+#define MCPM_ALIGN 64
+#define MCPM_MAX_NDIM 8
+#define MCPM_ERR_LEN 1024
+
+/* ---- our own definitions with the layout of dlpack.h / tvm_ffi c_api.h (not copied from them) */
+
+typedef struct {
+    int32_t device_type; /* 1 = kDLCPU */
+    int32_t device_id;
+} mcpm_dl_device;
+
+typedef struct {
+    uint8_t code;  /* 0 int, 1 uint, 2 float, 4 bfloat */
+    uint8_t bits;
+    uint16_t lanes;
+} mcpm_dl_dtype;
+
+typedef struct {
+    void* data;             /* 64-byte aligned */
+    mcpm_dl_device device;
+    int32_t ndim;
+    mcpm_dl_dtype dtype;
+    int64_t* shape;         /* int64[ndim] */
+    int64_t* strides;       /* NULL: compact row-major */
+    uint64_t byte_offset;   /* always 0 */
+} mcpm_dltensor;
+
+typedef struct {
+    int32_t type_index;     /* 1 = int (v_int64), 7 = DLTensor* (v_ptr) */
+    uint32_t zero_padding;
+    union {
+        int64_t v_int64;
+        double v_float64;
+        void* v_ptr;
+    } u;
+} mcpm_ffi_any;
+
+_Static_assert(sizeof(mcpm_dl_dtype) == 4, "DLDataType is 4 bytes");
+_Static_assert(sizeof(mcpm_dltensor) == 48, "DLTensor is 48 bytes on LP64");
+_Static_assert(sizeof(mcpm_ffi_any) == 16, "TVMFFIAny is 16 bytes");
+_Static_assert(offsetof(mcpm_ffi_any, u) == 8, "TVMFFIAny payload at byte 8");
+
+#define MCPM_FFI_INT 1
+#define MCPM_FFI_DLTENSOR_PTR 7
+
+typedef int (*mcpm_kernel_fn)(void* self, const mcpm_ffi_any* args, int32_t nargs, mcpm_ffi_any* ret);
+
+/* TVMParallelGroupEnv */
+typedef struct {
+    void* sync_handle;
+    int32_t num_task;
+} mcpm_parallel_env;
+
+typedef int (*mcpm_parallel_lambda)(int task_id, mcpm_parallel_env* penv, void* cdata);
+
+/* ---- backend: thread pool + per-thread workspace arenas */
+
+typedef struct {
+    unsigned char* base; /* uint8[cap], 64-byte aligned */
+    size_t cap;
+    size_t top;          /* bytes in use (LIFO) */
+} mcpm_arena;
+
+struct mcpm_pool;
+
+typedef struct {
+    struct mcpm_pool* pool;
+    int index;           /* 1..threads-1 (0 is the calling thread) */
+    pthread_t thread;
+    mcpm_arena arena;
+} mcpm_worker;
+
+typedef struct mcpm_pool {
+    struct mcpm_model* model;
+    int threads;          /* including the caller */
+    mcpm_worker* workers; /* mcpm_worker[threads - 1] */
+    mcpm_arena arena0;    /* the calling thread's arena */
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    pthread_cond_t done;
+    uint64_t generation;  /* bumped per launch */
+    int remaining;        /* workers still running the current launch */
+    int stop;
+    /* current launch */
+    mcpm_parallel_lambda fn;
+    void* cdata;
+    int num_task;
+    int failed;
+} mcpm_pool;
+
+MCPM_HIDDEN int mcpm_pool_init(mcpm_pool* pool, struct mcpm_model* model, int threads, size_t workspace_bytes,
+                               char* err, size_t errlen);
+MCPM_HIDDEN void mcpm_pool_destroy(mcpm_pool* pool);
+/* Makes the calling thread use `model` (error buffer) and the pool's caller arena for the hooks. */
+MCPM_HIDDEN void mcpm_backend_enter(struct mcpm_model* model, mcpm_pool* pool);
+MCPM_HIDDEN void mcpm_backend_leave(void);
+/* Error buffer of the model the calling thread works for (or the thread's load-error buffer). */
+MCPM_HIDDEN char* mcpm_thread_error_buffer(void);
+MCPM_HIDDEN char* mcpm_model_error_buffer(struct mcpm_model* model);
+
+#endif

@@ -1,0 +1,760 @@
+/* mcpm C runtime: load a bundle (weights.bin mmap + plan.json), resolve kernels, run prefill/decode.
+ * Does what export/compiler/plan_runner.py (PlanModel) does, validating like export/compiler/plan.py and
+ * export/bundle/weights_file.py. Formats: docs/bundle-format.md. */
+#define _GNU_SOURCE /* dladdr, RTLD_NOLOAD */
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mcpm_internal.h"
+#include "mcpm_json.h"
+
+/* ---------------------------------------------------------------- types */
+
+typedef struct {
+    const char* name;
+    mcpm_dl_dtype dl;
+    int bytes;
+    int wcode; /* weights.bin dtype code, -1 if not storable there */
+} dtype_info;
+
+static const dtype_info DTYPES[] = {
+    {"float32", {2, 32, 1}, 4, 0}, {"float16", {2, 16, 1}, 2, 1}, {"bfloat16", {4, 16, 1}, 2, -1},
+    {"int64", {0, 64, 1}, 8, -1},  {"int32", {0, 32, 1}, 4, 4},   {"uint32", {1, 32, 1}, 4, 2},
+    {"int8", {0, 8, 1}, 1, 3},     {"uint8", {1, 8, 1}, 1, 5},
+};
+#define N_DTYPES ((int)(sizeof(DTYPES) / sizeof(DTYPES[0])))
+
+enum { ARG_INPUT, ARG_SCALAR, ARG_WEIGHT, ARG_CACHE, ARG_TENSOR };
+
+typedef struct {
+    int kind;
+    int dtype;          /* index into DTYPES */
+    int scalar_pos;     /* ARG_SCALAR: 1 = "pos", 0 = "n" */
+    int index;          /* ARG_WEIGHT: weight index; ARG_CACHE: layer; ARG_TENSOR: storage id */
+    int which_v;        /* ARG_CACHE: 0 = k, 1 = v */
+    int64_t offset;     /* ARG_TENSOR: bytes into the storage */
+    int ndim;
+    int64_t a[MCPM_MAX_NDIM], b[MCPM_MAX_NDIM]; /* dim i = a[i] * n + b[i] */
+} plan_arg;
+
+typedef struct {
+    int kernel;         /* index into model->kernel_names / kernel_fns */
+    int first_arg;      /* into model->args (and the parallel any/dl/shape arrays) */
+    int nargs;
+} plan_call;
+
+typedef struct {
+    const char* name;   /* "prefill" / "decode" */
+    int present;
+    int n_max;
+    int n_storages;
+    int64_t* storage_size;   /* int64[n_storages], bytes */
+    unsigned char** storage; /* n_storages pointers to uint8[storage_size[i]], 64-byte aligned */
+    int32_t* tokens;         /* int32[n_max], 64-byte aligned */
+    int n_calls;
+    plan_call* calls;        /* plan_call[n_calls] */
+    plan_arg output;         /* logits [1 or n, vocab] float32 */
+} plan_entry;
+
+struct mcpm_model {
+    char err[MCPM_ERR_LEN];
+    int max_ctx, chunk, vocab, num_layers;
+    int pos;                    /* tokens in the context */
+    int cache_dtype;
+    int64_t cache_shape[3];     /* [max_ctx, kv_heads, head_dim] */
+    size_t cache_bytes;
+    unsigned char** caches;     /* 2*num_layers pointers to uint8[cache_bytes]: k0, v0, k1, v1, ... */
+    int n_weights;
+    unsigned char** weight_data;/* n_weights pointers into the weights.bin mapping */
+    int n_kernels;
+    mcpm_kernel_fn* kernel_fns; /* [n_kernels] */
+    char** kernel_names;        /* [n_kernels] */
+    int n_args;
+    plan_arg* args;             /* plan_arg[n_args]: every call's args, both entries */
+    mcpm_ffi_any* any;          /* mcpm_ffi_any[n_args]: packed args, data pointers filled at load */
+    mcpm_dltensor* dl;          /* mcpm_dltensor[n_args] */
+    int64_t* shapes;            /* int64[n_args * MCPM_MAX_NDIM] */
+    plan_entry prefill, decode;
+    void* map;                  /* weights.bin mapping, uint8[map_size] */
+    size_t map_size;
+    int pool_ready;
+    mcpm_pool pool;
+};
+
+char* mcpm_model_error_buffer(struct mcpm_model* model) { return model->err; }
+
+static int seterr(char* err, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static int seterr(char* err, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, MCPM_ERR_LEN, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int dtype_by_name(const char* s) {
+    for (int i = 0; s && i < N_DTYPES; i++)
+        if (!strcmp(DTYPES[i].name, s)) return i;
+    return -1;
+}
+
+static void* aligned_zeroed(size_t bytes) {
+    size_t size = (bytes + MCPM_ALIGN - 1) / MCPM_ALIGN * MCPM_ALIGN;
+    void* p = aligned_alloc(MCPM_ALIGN, size ? size : MCPM_ALIGN);
+    if (p) memset(p, 0, size ? size : MCPM_ALIGN);
+    return p;
+}
+
+static uint32_t crc32_update(uint32_t crc, const unsigned char* p, size_t n) {
+    uint32_t table[256]; /* CRC-32 (zlib polynomial), built per call: used only at load */
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        table[i] = c;
+    }
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+static uint32_t rd32(const unsigned char* p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t rd64(const unsigned char* p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* ---------------------------------------------------------------- weights.bin */
+
+typedef struct {
+    char name[65];
+    int dtype;        /* index into DTYPES */
+    int ndim;
+    int64_t shape[4];
+    uint64_t offset;  /* from data_offset */
+    uint64_t bytes;
+} wentry;
+
+/* Maps and validates weights.bin; *entries = wentry[*count] (caller frees), *data = start of the data section. */
+static int load_weights(mcpm_model* m, const char* path, int verify, wentry** entries, uint32_t* count,
+                        const unsigned char** data) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return seterr(m->err, "%s is missing: re-export the bundle", path);
+    struct stat st;
+    if (fstat(fd, &st) || st.st_size < 64) {
+        close(fd);
+        return seterr(m->err, "%s is truncated (%lld bytes): re-export or re-copy the bundle", path,
+                      (long long)st.st_size);
+    }
+    m->map_size = (size_t)st.st_size;
+    m->map = mmap(NULL, m->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m->map == MAP_FAILED) { m->map = NULL; return seterr(m->err, "%s: mmap failed", path); }
+    const unsigned char* b = m->map; /* uint8[map_size] */
+    if (memcmp(b, "MCPMWGT1", 8)) return seterr(m->err, "%s is not an mcpm weights file (bad magic): re-export the bundle", path);
+    uint32_t version = rd32(b + 8), n = rd32(b + 12);
+    uint64_t table_offset = rd64(b + 16), data_offset = rd64(b + 24), data_bytes = rd64(b + 32);
+    uint32_t table_crc = rd32(b + 40), data_crc = rd32(b + 44);
+    if (version != 1)
+        return seterr(m->err, "%s has weights format version %u, this mcpm reads 1: re-export the bundle", path, version);
+    if (table_offset != 64 || data_offset < 64 + (uint64_t)n * 128 || data_offset % MCPM_ALIGN)
+        return seterr(m->err, "%s has a corrupted header: re-export the bundle", path);
+    if (data_offset > m->map_size || data_bytes > m->map_size - data_offset)
+        return seterr(m->err, "%s is truncated (%zu of %llu bytes): re-copy it", path, m->map_size,
+                      (unsigned long long)(data_offset + data_bytes));
+    if (crc32_update(0, b + 64, (size_t)n * 128) != table_crc)
+        return seterr(m->err, "%s: tensor table checksum mismatch: the file is corrupted, re-copy it", path);
+    if (verify && crc32_update(0, b + data_offset, data_bytes) != data_crc)
+        return seterr(m->err, "%s: data checksum mismatch: the file is corrupted, re-copy it", path);
+    static const int code_to_dtype[6] = {0, 1, 5, 6, 4, 7}; /* weights.bin code -> DTYPES index */
+    wentry* es = calloc(n ? n : 1, sizeof(wentry)); /* wentry[n] */
+    if (!es) return seterr(m->err, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        const unsigned char* r = b + 64 + (size_t)i * 128;
+        wentry* e = &es[i];
+        memcpy(e->name, r, 64);
+        e->name[64] = '\0';
+        uint32_t code = rd32(r + 64), ndim = rd32(r + 68);
+        int bad = code > 5 || ndim > 4;
+        uint64_t expected = 1;
+        for (uint32_t d = 0; !bad && d < ndim; d++) {
+            e->shape[d] = (int64_t)rd64(r + 72 + 8 * d);
+            if (e->shape[d] < 0 || (e->shape[d] && expected > UINT64_MAX / (uint64_t)e->shape[d])) bad = 1;
+            else expected *= (uint64_t)e->shape[d];
+        }
+        if (bad) { free(es); return seterr(m->err, "%s: tensor '%s' has a corrupted entry: re-export the bundle", path, e->name); }
+        e->dtype = code_to_dtype[code];
+        e->ndim = (int)ndim;
+        e->offset = rd64(r + 104);
+        e->bytes = rd64(r + 112);
+        if (e->offset % MCPM_ALIGN || e->bytes != expected * (uint64_t)DTYPES[e->dtype].bytes ||
+            e->offset > data_bytes || e->bytes > data_bytes - e->offset) {
+            free(es);
+            return seterr(m->err, "%s: tensor '%s' lies outside the file or is misaligned: re-export", path, e->name);
+        }
+    }
+    *entries = es;
+    *count = n;
+    *data = b + data_offset;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- plan.json */
+
+typedef struct {
+    mcpm_model* m;
+    const json_doc* doc;
+    const char* path;
+} plan_ctx;
+
+static int plan_err(plan_ctx* pc, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static int plan_err(plan_ctx* pc, const char* fmt, ...) {
+    char* err = pc->m->err; /* char[MCPM_ERR_LEN] */
+    int used = snprintf(err, MCPM_ERR_LEN, "%s: invalid plan: ", pc->path);
+    if (used < 0 || used >= MCPM_ERR_LEN) return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err + used, MCPM_ERR_LEN - (size_t)used, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+#define PLAN_ERR plan_err
+
+static int get_int(plan_ctx* pc, const json_node* obj, const char* key, int64_t lo, int64_t hi, int64_t* out,
+                   const char* where) {
+    const json_node* v = json_get(pc->doc, obj, key);
+    if (!v || v->type != JSON_NUMBER || !v->is_int) return PLAN_ERR(pc, "%s: missing or malformed field '%s'", where, key);
+    if (v->i < lo || v->i > hi) return PLAN_ERR(pc, "%s: field '%s' = %lld out of range %lld..%lld", where, key,
+                                                (long long)v->i, (long long)lo, (long long)hi);
+    *out = v->i;
+    return 0;
+}
+
+static const char* get_str(plan_ctx* pc, const json_node* obj, const char* key, const char* where) {
+    const json_node* v = json_get(pc->doc, obj, key);
+    if (!v || v->type != JSON_STRING) { PLAN_ERR(pc, "%s: missing or malformed field '%s'", where, key); return NULL; }
+    return v->str;
+}
+
+static const json_node* get_typed(plan_ctx* pc, const json_node* obj, const char* key, json_type t, const char* where) {
+    const json_node* v = json_get(pc->doc, obj, key);
+    if (!v || v->type != t) { PLAN_ERR(pc, "%s: missing or malformed field '%s'", where, key); return NULL; }
+    return v;
+}
+
+static int64_t dim_at(const plan_arg* a, int d, int64_t n) { return a->a[d] * n + a->b[d]; }
+
+static int64_t arg_bytes(const plan_arg* a, int64_t n) {
+    int64_t size = DTYPES[a->dtype].bytes;
+    for (int d = 0; d < a->ndim; d++) size *= dim_at(a, d, n);
+    return size;
+}
+
+#define MAX_DIM_VALUE ((int64_t)1 << 40)
+
+static int parse_arg(plan_ctx* pc, const json_node* j, plan_arg* a, const plan_entry* e, const char* where) {
+    mcpm_model* m = pc->m;
+    memset(a, 0, sizeof(*a));
+    const char* kind = j && j->type == JSON_OBJECT ? get_str(pc, j, "kind", where) : NULL;
+    if (!kind) return PLAN_ERR(pc, "%s: unknown arg", where);
+    static const char* kinds[] = {"input", "scalar", "weight", "cache", "tensor"};
+    a->kind = -1;
+    for (int k = 0; k < 5; k++)
+        if (!strcmp(kind, kinds[k])) a->kind = k;
+    if (a->kind < 0) return PLAN_ERR(pc, "%s: unknown arg kind '%s'", where, kind);
+    const char* dt = json_get(pc->doc, j, "dtype") ? get_str(pc, j, "dtype", where) : "int64";
+    if (!dt) return -1;
+    if ((a->dtype = dtype_by_name(dt)) < 0) return PLAN_ERR(pc, "%s: unknown dtype '%s'", where, dt);
+    if (a->kind == ARG_SCALAR) {
+        const char* name = get_str(pc, j, "name", where);
+        if (!name) return -1;
+        if (strcmp(name, "pos") && strcmp(name, "n")) return PLAN_ERR(pc, "%s: unknown scalar '%s'", where, name);
+        a->scalar_pos = !strcmp(name, "pos");
+        return 0;
+    }
+    const json_node* shape = get_typed(pc, j, "shape", JSON_ARRAY, where);
+    if (!shape) return -1;
+    if (shape->count > MCPM_MAX_NDIM) return PLAN_ERR(pc, "%s: %d dims (at most %d)", where, shape->count, MCPM_MAX_NDIM);
+    a->ndim = shape->count;
+    int d = 0;
+    for (const json_node* dim = json_child(pc->doc, shape); dim; dim = json_next(pc->doc, dim), d++) {
+        const json_node* x = json_at(pc->doc, dim, 0);
+        const json_node* y = json_at(pc->doc, dim, 1);
+        if (dim->type != JSON_ARRAY || dim->count != 2 || x->type != JSON_NUMBER || !x->is_int ||
+            y->type != JSON_NUMBER || !y->is_int || x->i < -MAX_DIM_VALUE || x->i > MAX_DIM_VALUE ||
+            y->i < -MAX_DIM_VALUE || y->i > MAX_DIM_VALUE)
+            return PLAN_ERR(pc, "%s: bad shape", where);
+        a->a[d] = x->i;
+        a->b[d] = y->i;
+    }
+    int64_t ns[2] = {1, e->n_max};
+    for (int k = 0; k < 2; k++) /* dims are linear in n: checking both ends covers 1..n_max */
+        for (d = 0; d < a->ndim; d++)
+            if (dim_at(a, d, ns[k]) < 0) return PLAN_ERR(pc, "%s: negative dim at n=%lld", where, (long long)ns[k]);
+    int64_t bytes = arg_bytes(a, 1) > arg_bytes(a, e->n_max) ? arg_bytes(a, 1) : arg_bytes(a, e->n_max);
+    int64_t v;
+    switch (a->kind) {
+    case ARG_INPUT: {
+        const char* name = get_str(pc, j, "name", where);
+        if (!name) return -1;
+        if (strcmp(name, "tokens")) return PLAN_ERR(pc, "%s: unknown input '%s'", where, name);
+        if (strcmp(DTYPES[a->dtype].name, "int32") || bytes > 4 * (int64_t)e->n_max)
+            return PLAN_ERR(pc, "%s: tokens must be int32 within [n_max]", where);
+        return 0;
+    }
+    case ARG_WEIGHT: {
+        if (get_int(pc, j, "index", 0, m->n_weights - 1, &v, where)) return -1;
+        a->index = (int)v;
+        return 0; /* dtype/shape checked against the plan's weights list by the caller */
+    }
+    case ARG_CACHE: {
+        if (get_int(pc, j, "layer", 0, m->num_layers - 1, &v, where)) return -1;
+        a->index = (int)v;
+        const char* which = get_str(pc, j, "which", where);
+        if (!which) return -1;
+        if (strcmp(which, "k") && strcmp(which, "v")) return PLAN_ERR(pc, "%s: bad cache ref '%s'", where, which);
+        a->which_v = !strcmp(which, "v");
+        if (a->dtype != m->cache_dtype || bytes > (int64_t)m->cache_bytes)
+            return PLAN_ERR(pc, "%s: cache arg larger than the cache or of another dtype", where);
+        return 0;
+    }
+    case ARG_TENSOR: {
+        if (get_int(pc, j, "storage", INT32_MIN, INT32_MAX, &v, where)) return -1;
+        if (v < 0 || v >= e->n_storages)
+            return PLAN_ERR(pc, "%s: storage id %lld out of range 0..%d", where, (long long)v, e->n_storages - 1);
+        a->index = (int)v;
+        if (get_int(pc, j, "offset", INT64_MIN / 4, INT64_MAX / 4, &a->offset, where)) return -1;
+        int64_t size = e->storage_size[a->index];
+        if (a->offset < 0 || a->offset % MCPM_ALIGN || a->offset + bytes > size)
+            return PLAN_ERR(pc, "%s: bytes %lld..%lld outside storage %d of %lld bytes", where, (long long)a->offset,
+                            (long long)(a->offset + bytes), a->index, (long long)size);
+        return 0;
+    }
+    }
+    return 0;
+}
+
+/* First pass counts args; second (args != NULL) fills them. */
+static int parse_entry(plan_ctx* pc, const json_node* entries, plan_entry* e, const char* name, int* n_args, int fill) {
+    mcpm_model* m = pc->m;
+    const json_node* j = json_get(pc->doc, entries, name);
+    char where[160];
+    if (!j) return PLAN_ERR(pc, "missing entry '%s'", name);
+    if (j->type != JSON_OBJECT) return PLAN_ERR(pc, "entry '%s' is not an object", name);
+    int64_t v;
+    if (get_int(pc, j, "n_max", 1, 1 << 20, &v, name)) return -1;
+    e->name = name;
+    e->n_max = (int)v;
+    const json_node* st = get_typed(pc, j, "storages", JSON_ARRAY, name);
+    const json_node* calls = st ? get_typed(pc, j, "calls", JSON_ARRAY, name) : NULL;
+    const json_node* out = calls ? get_typed(pc, j, "output", JSON_OBJECT, name) : NULL;
+    if (!out) return -1;
+    if (!fill) {
+        for (const json_node* c = json_child(pc->doc, calls); c; c = json_next(pc->doc, c)) {
+            const json_node* args = json_get(pc->doc, c, "args");
+            if (!args || args->type != JSON_ARRAY) return PLAN_ERR(pc, "%s: call without args", name);
+            *n_args += args->count;
+        }
+        return 0;
+    }
+    e->n_storages = st->count;
+    e->storage_size = calloc((size_t)st->count + 1, sizeof(int64_t));
+    e->storage = calloc((size_t)st->count + 1, sizeof(unsigned char*));
+    e->calls = calloc((size_t)calls->count + 1, sizeof(plan_call));
+    e->tokens = aligned_zeroed(4 * (size_t)e->n_max);
+    if (!e->storage_size || !e->storage || !e->calls || !e->tokens) return seterr(m->err, "out of memory");
+    int i = 0;
+    for (const json_node* s = json_child(pc->doc, st); s; s = json_next(pc->doc, s), i++) {
+        int64_t id, size, align = MCPM_ALIGN;
+        snprintf(where, sizeof where, "%s storage #%d", name, i);
+        if (get_int(pc, s, "id", INT32_MIN, INT32_MAX, &id, where) ||
+            get_int(pc, s, "size", INT64_MIN, (int64_t)1 << 40, &size, where))
+            return -1;
+        if (json_get(pc->doc, s, "align") && get_int(pc, s, "align", INT32_MIN, INT32_MAX, &align, where)) return -1;
+        if (id != i || size < 0 || align < 1)
+            return PLAN_ERR(pc, "%s: storage #%d has id %lld, size %lld, align %lld", name, i, (long long)id,
+                            (long long)size, (long long)align);
+        e->storage_size[i] = size;
+        if (!(e->storage[i] = aligned_zeroed((size_t)size))) return seterr(m->err, "out of memory");
+    }
+    i = 0;
+    for (const json_node* c = json_child(pc->doc, calls); c; c = json_next(pc->doc, c), i++) {
+        const char* kname = get_str(pc, c, "kernel", name);
+        if (!kname) return -1;
+        snprintf(where, sizeof where, "%s call %d (%.100s)", name, i, kname);
+        plan_call* call = &e->calls[i];
+        call->kernel = -1;
+        for (int k = 0; k < m->n_kernels; k++)
+            if (!strcmp(m->kernel_names[k], kname)) call->kernel = k;
+        if (call->kernel < 0) return PLAN_ERR(pc, "%s: unknown kernel '%s'", where, kname);
+        const json_node* args = json_get(pc->doc, c, "args");
+        call->first_arg = *n_args;
+        call->nargs = args->count;
+        for (const json_node* a = json_child(pc->doc, args); a; a = json_next(pc->doc, a)) {
+            plan_arg* pa = &m->args[(*n_args)++];
+            if (parse_arg(pc, a, pa, e, where)) return -1;
+            if (pa->kind == ARG_WEIGHT) {
+                const char* wname = get_str(pc, a, "name", where);
+                if (!wname) return -1;
+                (void)wname; /* informational; the index is authoritative (as in plan.py) */
+            }
+        }
+    }
+    e->n_calls = calls->count;
+    snprintf(where, sizeof where, "%s output", name);
+    if (parse_arg(pc, out, &e->output, e, where)) return -1;
+    if (e->output.kind != ARG_TENSOR) return PLAN_ERR(pc, "%s: output must be a planned tensor", name);
+    const plan_arg* o = &e->output;
+    if (strcmp(DTYPES[o->dtype].name, "float32") || o->ndim < 1 || dim_at(o, o->ndim - 1, 1) != m->vocab ||
+        dim_at(o, o->ndim - 1, e->n_max) != m->vocab || arg_bytes(o, 1) < 4 * (int64_t)m->vocab)
+        return PLAN_ERR(pc, "%s: output must be float32 [..., vocab_size %d]", name, m->vocab);
+    e->present = 1;
+    return 0;
+}
+
+static char* read_file(const char* path, size_t* len) {
+    FILE* f = fopen(path, "rb");
+    if (!f) return NULL;
+    char* buf = NULL;
+    if (!fseek(f, 0, SEEK_END)) {
+        long size = ftell(f);
+        if (size >= 0 && !fseek(f, 0, SEEK_SET) && (buf = malloc((size_t)size + 1))) {
+            if (fread(buf, 1, (size_t)size, f) != (size_t)size) { free(buf); buf = NULL; }
+            else *len = (size_t)size;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+/* Checks a weight arg against the plan's weights list (dtype and shape [[0, x], ...]). */
+static int check_weight_arg(plan_ctx* pc, const plan_arg* a, const json_node* winfo, const char* where) {
+    const char* dt = get_str(pc, winfo, "dtype", "weights");
+    const json_node* shape = get_typed(pc, winfo, "shape", JSON_ARRAY, "weights");
+    if (!dt || !shape) return -1;
+    int ok = !strcmp(dt, DTYPES[a->dtype].name) && shape->count == a->ndim;
+    int d = 0;
+    for (const json_node* x = json_child(pc->doc, shape); ok && x; x = json_next(pc->doc, x), d++)
+        ok = x->type == JSON_NUMBER && x->is_int && a->a[d] == 0 && a->b[d] == x->i;
+    if (!ok) return PLAN_ERR(pc, "%s: weight %d does not match the arg's dtype/shape", where, a->index);
+    return 0;
+}
+
+static int load_plan(mcpm_model* m, const char* dir, const char* path, const wentry* wes, uint32_t wcount,
+                     const unsigned char* wdata) {
+    size_t len = 0;
+    char* text = read_file(path, &len);
+    if (!text) return seterr(m->err, "%s is missing: re-export the bundle", path);
+    json_doc doc;
+    char jerr[256];
+    int rc = json_parse(&doc, text, len, jerr, sizeof jerr);
+    free(text);
+    if (rc) return seterr(m->err, "%s: invalid plan: not JSON (%s)", path, jerr);
+    plan_ctx pcv = {m, &doc, path}, *pc = &pcv;
+    const json_node* root = &doc.nodes[0];
+    rc = -1;
+    const char* magic = root->type == JSON_OBJECT ? get_str(pc, root, "magic", "top level") : NULL;
+    int64_t v;
+    const json_node *kernels, *cache, *weights, *entries, *cshape;
+    const char *obj, *prefix, *cdt;
+    if (!magic || strcmp(magic, "MCPMPLAN")) { PLAN_ERR(pc, "bad magic (not an mcpm plan)"); goto done; }
+    if (get_int(pc, root, "version", 1, 1, &v, "top level")) goto done;
+    if (get_int(pc, root, "max_ctx", 1, 1 << 24, &v, "top level")) goto done;
+    m->max_ctx = (int)v;
+    if (get_int(pc, root, "chunk", 1, m->max_ctx, &v, "top level")) goto done;
+    m->chunk = (int)v;
+    if (get_int(pc, root, "vocab_size", 1, INT32_MAX, &v, "top level")) goto done;
+    m->vocab = (int)v;
+    if (get_int(pc, root, "num_layers", 0, 1 << 16, &v, "top level")) goto done;
+    m->num_layers = (int)v;
+    obj = json_get(&doc, root, "object_file") ? get_str(pc, root, "object_file", "top level") : "kernels.o";
+    prefix = json_get(&doc, root, "symbol_prefix") ? get_str(pc, root, "symbol_prefix", "top level") : "__tvm_ffi_";
+    if (!obj || !prefix) goto done;
+    if (!(kernels = get_typed(pc, root, "kernels", JSON_ARRAY, "top level")) ||
+        !(cache = get_typed(pc, root, "cache", JSON_OBJECT, "top level")) ||
+        !(weights = get_typed(pc, root, "weights", JSON_ARRAY, "top level")) ||
+        !(entries = get_typed(pc, root, "entries", JSON_OBJECT, "top level")) ||
+        !(cshape = get_typed(pc, cache, "shape", JSON_ARRAY, "cache")) || !(cdt = get_str(pc, cache, "dtype", "cache")))
+        goto done;
+    /* the kernel object must still be in the bundle: this library was linked from it */
+    {
+        char opath[4096];
+        struct stat st;
+        snprintf(opath, sizeof opath, "%s/%s", dir, obj);
+        if (stat(opath, &st)) { seterr(m->err, "%s is missing: re-export or re-copy the bundle", opath); goto done; }
+    }
+    /* cache */
+    if ((m->cache_dtype = dtype_by_name(cdt)) < 0) { PLAN_ERR(pc, "cache: unknown dtype '%s'", cdt); goto done; }
+    if (cshape->count != 3) { PLAN_ERR(pc, "cache shape must be [max_ctx, kv_heads, head_dim]"); goto done; }
+    m->cache_bytes = (size_t)DTYPES[m->cache_dtype].bytes;
+    for (int d = 0; d < 3; d++) {
+        const json_node* x = json_at(&doc, cshape, d);
+        if (x->type != JSON_NUMBER || !x->is_int || x->i < 1 || x->i > (1 << 24)) { PLAN_ERR(pc, "bad cache shape"); goto done; }
+        m->cache_shape[d] = x->i;
+        m->cache_bytes *= (size_t)x->i;
+    }
+    if (m->cache_shape[0] != m->max_ctx) { PLAN_ERR(pc, "cache rows %lld != max_ctx %d", (long long)m->cache_shape[0], m->max_ctx); goto done; }
+    if (!(m->caches = calloc(2 * (size_t)m->num_layers + 1, sizeof(unsigned char*)))) { seterr(m->err, "out of memory"); goto done; }
+    for (int i = 0; i < 2 * m->num_layers; i++)
+        if (!(m->caches[i] = aligned_zeroed(m->cache_bytes))) { seterr(m->err, "out of memory"); goto done; }
+    /* kernels: resolve __tvm_ffi_<name> in this very library */
+    {
+        m->n_kernels = kernels->count;
+        m->kernel_fns = calloc((size_t)m->n_kernels + 1, sizeof(mcpm_kernel_fn));
+        m->kernel_names = calloc((size_t)m->n_kernels + 1, sizeof(char*));
+        if (!m->kernel_fns || !m->kernel_names) { seterr(m->err, "out of memory"); goto done; }
+        static const char anchor = 0;
+        Dl_info info;
+        void* self = NULL;
+        if (dladdr(&anchor, &info) && info.dli_fname) self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+        if (!self) { seterr(m->err, "cannot find the runtime library itself (dladdr/dlopen failed)"); goto done; }
+        int k = 0;
+        for (const json_node* kn = json_child(&doc, kernels); kn; kn = json_next(&doc, kn), k++) {
+            if (kn->type != JSON_STRING) { dlclose(self); PLAN_ERR(pc, "kernel names must be strings"); goto done; }
+            for (int j = 0; j < k; j++)
+                if (!strcmp(m->kernel_names[j], kn->str)) { dlclose(self); PLAN_ERR(pc, "duplicate kernel names"); goto done; }
+            if (!(m->kernel_names[k] = strdup(kn->str))) { dlclose(self); seterr(m->err, "out of memory"); goto done; }
+            char sym[512];
+            snprintf(sym, sizeof sym, "%s%s", prefix, kn->str);
+            void* p = dlsym(self, sym);
+            if (!p) {
+                dlclose(self);
+                seterr(m->err, "kernel symbol %s not found in %s: this library was not linked with this bundle's %s",
+                       sym, info.dli_fname, obj);
+                goto done;
+            }
+            memcpy(&m->kernel_fns[k], &p, sizeof p);
+        }
+        dlclose(self);
+    }
+    /* weights: every plan weight must be a tensor of weights.bin with the same dtype and shape */
+    m->n_weights = weights->count;
+    if (!(m->weight_data = calloc((size_t)m->n_weights + 1, sizeof(unsigned char*)))) { seterr(m->err, "out of memory"); goto done; }
+    {
+        int i = 0;
+        for (const json_node* w = json_child(&doc, weights); w; w = json_next(&doc, w), i++) {
+            const char* wname = get_str(pc, w, "name", "weights");
+            const char* wdt = wname ? get_str(pc, w, "dtype", "weights") : NULL;
+            const json_node* wsh = wdt ? get_typed(pc, w, "shape", JSON_ARRAY, "weights") : NULL;
+            if (!wsh) goto done;
+            int dti = dtype_by_name(wdt);
+            if (dti < 0) { PLAN_ERR(pc, "weight %s: unknown dtype '%s'", wname, wdt); goto done; }
+            const wentry* we = NULL;
+            for (uint32_t t = 0; t < wcount && !we; t++)
+                if (!strcmp(wes[t].name, wname)) we = &wes[t];
+            if (!we) { seterr(m->err, "%s/weights.bin has no tensor '%s': the bundle and its plan do not match", dir, wname); goto done; }
+            int ok = we->dtype == dti && we->ndim == wsh->count;
+            int d = 0;
+            for (const json_node* x = json_child(&doc, wsh); ok && x; x = json_next(&doc, x), d++)
+                ok = x->type == JSON_NUMBER && x->is_int && x->i == we->shape[d];
+            if (!ok) { seterr(m->err, "weights.bin tensor '%s' does not match the plan's dtype/shape: re-export", wname); goto done; }
+            m->weight_data[i] = (unsigned char*)(uintptr_t)(wdata + we->offset); /* read-only mapping */
+        }
+    }
+    /* entries: count args, then fill */
+    {
+        int n_args = 0;
+        plan_entry scratch;
+        memset(&scratch, 0, sizeof scratch);
+        if (parse_entry(pc, entries, &scratch, "prefill", &n_args, 0) ||
+            parse_entry(pc, entries, &scratch, "decode", &n_args, 0))
+            goto done;
+        m->args = calloc((size_t)n_args + 1, sizeof(plan_arg));
+        m->any = calloc((size_t)n_args + 1, sizeof(mcpm_ffi_any));
+        m->dl = calloc((size_t)n_args + 1, sizeof(mcpm_dltensor));
+        m->shapes = calloc(((size_t)n_args + 1) * MCPM_MAX_NDIM, sizeof(int64_t));
+        if (!m->args || !m->any || !m->dl || !m->shapes) { seterr(m->err, "out of memory"); goto done; }
+        n_args = 0;
+        if (parse_entry(pc, entries, &m->prefill, "prefill", &n_args, 1) ||
+            parse_entry(pc, entries, &m->decode, "decode", &n_args, 1))
+            goto done;
+        if (m->decode.n_max != 1 || m->prefill.n_max != m->chunk) {
+            PLAN_ERR(pc, "prefill n_max %d != chunk %d or decode n_max %d != 1", m->prefill.n_max, m->chunk, m->decode.n_max);
+            goto done;
+        }
+        m->n_args = n_args;
+        for (int i = 0; i < n_args; i++) {
+            const plan_arg* a = &m->args[i];
+            if (a->kind != ARG_WEIGHT) continue;
+            if (check_weight_arg(pc, a, json_at(&doc, weights, a->index), "weight arg")) goto done;
+        }
+    }
+    rc = 0;
+done:
+    json_free(&doc);
+    return rc;
+}
+
+/* Fills the packed argument arrays once: data pointers never change, only n-dependent dims and scalars do. */
+static void bind_args(mcpm_model* m, plan_entry* e) {
+    for (int c = 0; c < e->n_calls; c++) {
+        const plan_call* call = &e->calls[c];
+        for (int i = call->first_arg; i < call->first_arg + call->nargs; i++) {
+            const plan_arg* a = &m->args[i];
+            mcpm_ffi_any* any = &m->any[i];
+            if (a->kind == ARG_SCALAR) { any->type_index = MCPM_FFI_INT; continue; }
+            mcpm_dltensor* t = &m->dl[i];
+            memset(t, 0, sizeof *t);
+            switch (a->kind) {
+            case ARG_INPUT: t->data = e->tokens; break;
+            case ARG_WEIGHT: t->data = m->weight_data[a->index]; break;
+            case ARG_CACHE: t->data = m->caches[2 * a->index + a->which_v]; break;
+            default: t->data = e->storage[a->index] + a->offset; break;
+            }
+            t->device.device_type = 1; /* kDLCPU */
+            t->ndim = a->ndim;
+            t->dtype = DTYPES[a->dtype].dl;
+            t->shape = &m->shapes[(size_t)i * MCPM_MAX_NDIM];
+            for (int d = 0; d < a->ndim; d++) t->shape[d] = a->b[d];
+            any->type_index = MCPM_FFI_DLTENSOR_PTR;
+            any->u.v_ptr = t;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- public API */
+
+mcpm_params mcpm_default_params(void) {
+    mcpm_params p = {0, 1 << 20, 0};
+    return p;
+}
+
+void mcpm_model_free(mcpm_model* m) {
+    if (!m) return;
+    if (m->pool_ready) mcpm_pool_destroy(&m->pool);
+    plan_entry* es[2] = {&m->prefill, &m->decode};
+    for (int k = 0; k < 2; k++) {
+        plan_entry* e = es[k];
+        for (int i = 0; e->storage && i < e->n_storages; i++) free(e->storage[i]);
+        free(e->storage);
+        free(e->storage_size);
+        free(e->calls);
+        free(e->tokens);
+    }
+    for (int i = 0; m->caches && i < 2 * m->num_layers; i++) free(m->caches[i]);
+    free(m->caches);
+    for (int i = 0; m->kernel_names && i < m->n_kernels; i++) free(m->kernel_names[i]);
+    free(m->kernel_names);
+    free(m->kernel_fns);
+    free(m->weight_data);
+    free(m->args);
+    free(m->any);
+    free(m->dl);
+    free(m->shapes);
+    if (m->map) munmap(m->map, m->map_size);
+    free(m);
+}
+
+mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
+    mcpm_params params = p ? *p : mcpm_default_params();
+    char* load_err = mcpm_thread_error_buffer();
+    load_err[0] = '\0';
+    if (!bundle_dir) { seterr(load_err, "mcpm_model_load: bundle_dir is NULL"); return NULL; }
+    mcpm_model* m = calloc(1, sizeof *m);
+    if (!m) { seterr(load_err, "out of memory"); return NULL; }
+    char wpath[4096], ppath[4096];
+    snprintf(wpath, sizeof wpath, "%s/weights.bin", bundle_dir);
+    snprintf(ppath, sizeof ppath, "%s/plan.json", bundle_dir);
+    wentry* wes = NULL;
+    uint32_t wcount = 0;
+    const unsigned char* wdata = NULL;
+    int rc = load_weights(m, wpath, params.verify, &wes, &wcount, &wdata);
+    if (!rc) rc = load_plan(m, bundle_dir, ppath, wes, wcount, wdata);
+    free(wes);
+    if (!rc) {
+        bind_args(m, &m->prefill);
+        bind_args(m, &m->decode);
+        int threads = params.threads > 0 ? params.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        if (threads < 1) threads = 1;
+        if (threads > 256) threads = 256;
+        size_t ws = params.workspace_bytes ? params.workspace_bytes : (size_t)1 << 20;
+        rc = mcpm_pool_init(&m->pool, m, threads, ws, m->err, MCPM_ERR_LEN);
+        m->pool_ready = !rc;
+    }
+    if (rc) {
+        memcpy(load_err, m->err, MCPM_ERR_LEN);
+        mcpm_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* Runs one entry for n tokens already validated; copies the last position's logits to out (float[vocab]). */
+static int run_entry(mcpm_model* m, plan_entry* e, const int32_t* tokens, int n, float* out) {
+    memcpy(e->tokens, tokens, sizeof(int32_t) * (size_t)n);
+    m->err[0] = '\0';
+    mcpm_backend_enter(m, &m->pool);
+    int rc = 0;
+    for (int c = 0; c < e->n_calls && !rc; c++) {
+        const plan_call* call = &e->calls[c];
+        for (int i = call->first_arg; i < call->first_arg + call->nargs; i++) {
+            const plan_arg* a = &m->args[i];
+            if (a->kind == ARG_SCALAR) m->any[i].u.v_int64 = a->scalar_pos ? m->pos : n;
+            else
+                for (int d = 0; d < a->ndim; d++)
+                    if (a->a[d]) m->dl[i].shape[d] = a->a[d] * n + a->b[d];
+        }
+        mcpm_ffi_any ret;
+        memset(&ret, 0, sizeof ret);
+        if (m->kernel_fns[call->kernel](NULL, &m->any[call->first_arg], call->nargs, &ret)) {
+            char msg[MCPM_ERR_LEN];
+            memcpy(msg, m->err, MCPM_ERR_LEN);
+            msg[MCPM_ERR_LEN - 1] = '\0';
+            seterr(m->err, "kernel %s (%s call %d) failed: %s", m->kernel_names[call->kernel], e->name, c,
+                   msg[0] ? msg : "no message");
+            rc = -1;
+        }
+    }
+    mcpm_backend_leave();
+    if (rc) return -1;
+    if (out) {
+        const plan_arg* o = &e->output;
+        int64_t bytes = arg_bytes(o, n); /* float32[..., vocab]: the last vocab floats are the last position */
+        memcpy(out, e->storage[o->index] + o->offset + bytes - 4 * (int64_t)m->vocab, 4 * (size_t)m->vocab);
+    }
+    m->pos += n;
+    return 0;
+}
+
+static int check_tokens(mcpm_model* m, const int32_t* tokens, int n) {
+    if (m->pos + (int64_t)n > m->max_ctx)
+        return seterr(m->err, "context full: %d + %d tokens > max_ctx %d", m->pos, n, m->max_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->vocab)
+            return seterr(m->err, "token id %d at %d out of range 0..%d", tokens[i], i, m->vocab - 1);
+    return 0;
+}
+
+int mcpm_prefill(mcpm_model* m, const int32_t* tokens, int n, float* logits_out) {
+    if (!m) return -1;
+    if (n < 1 || !tokens) return seterr(m->err, "prefill needs at least one token");
+    if (check_tokens(m, tokens, n)) return -1;
+    for (int start = 0; start < n; start += m->chunk) {
+        int len = n - start < m->chunk ? n - start : m->chunk;
+        if (run_entry(m, &m->prefill, tokens + start, len, start + len == n ? logits_out : NULL)) return -1;
+    }
+    return 0;
+}
+
+int mcpm_decode(mcpm_model* m, int32_t token, float* logits_out) {
+    if (!m) return -1;
+    if (check_tokens(m, &token, 1)) return -1;
+    return run_entry(m, &m->decode, &token, 1, logits_out);
+}
+
+void mcpm_reset(mcpm_model* m) {
+    if (m) { m->pos = 0; m->err[0] = '\0'; }
+}
+
+int mcpm_vocab_size(const mcpm_model* m) { return m ? m->vocab : 0; }
+int mcpm_context_length(const mcpm_model* m) { return m ? m->max_ctx : 0; }
+int mcpm_position(const mcpm_model* m) { return m ? m->pos : 0; }
+
+const char* mcpm_last_error(const mcpm_model* m) {
+    if (m) return m->err;
+    mcpm_backend_leave(); /* no model: the thread's load-error buffer */
+    return mcpm_thread_error_buffer();
+}
