@@ -92,16 +92,17 @@ def run_export(opts: ExportOptions) -> ExportReport:
         return _Phase(name, report, opts.progress)
 
     family, cfg = load_config(opts.model_dir)
-    if family.model_type != "minicpm" or cfg.is_moe:
-        kind = "MiniCPM-MoE" if family.model_type == "minicpm" else family.model_type
-        raise McpmError(f"exporting {kind} is not supported yet", "export a dense minicpm model (1B/2B)")
+    if family.model_type != "minicpm":
+        raise McpmError(f"exporting {family.model_type} is not supported yet",
+                        "export a minicpm model (1B/2B/MoE)")
     with phase("load"):  # in the checkpoint's own dtype: a 2B model stays 5 GB, not 11
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.extra.get("torch_dtype"), torch.float32)
         loaded = load_model(opts.model_dir, dtype=dtype, progress=False)
     if opts.context_length > loaded.config.max_position_embeddings:
         raise McpmError(f"--context-length {opts.context_length} exceeds the model's max_position_embeddings "
                         f"({loaded.config.max_position_embeddings})", "choose a shorter context")
-    spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, recipe=recipe)
+    spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, recipe=recipe,
+                       num_experts=loaded.config.num_experts)
     check_supported(loaded.config, spec)
     if out.exists():
         shutil.rmtree(out)

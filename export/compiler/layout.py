@@ -19,12 +19,19 @@ def linear_shapes(cfg: MiniCPMConfig) -> dict[str, tuple[int, int]]:
     """Per-layer linear weights [N out, K in] (fused where the inputs are shared)."""
     d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_kv_heads
     inter, hid = cfg.intermediate_size, cfg.hidden_size
-    return {
+    shapes = {
         "wqkv": ((hq + 2 * hkv) * d, hid),  # rows: [q heads | k heads | v heads]
         "wo": (hid, hq * d),  # * residual_scale
-        "w_gate_up": (2 * inter, hid),  # rows: [gate | up]
-        "w_down": (hid, inter),  # * residual_scale
     }
+    if cfg.is_moe:  # experts stacked by rows (each row packed on its own: codes as per expert)
+        e = cfg.num_experts
+        shapes["router"] = (e, hid)  # [E, D]
+        shapes["moe_gate_up"] = (e * 2 * inter, hid)  # rows of expert e at e*2I: [gate_e | up_e]
+        shapes["moe_down"] = (e * hid, inter)  # rows of expert e at e*D; * residual_scale
+    else:
+        shapes["w_gate_up"] = (2 * inter, hid)  # rows: [gate | up]
+        shapes["w_down"] = (hid, inter)  # * residual_scale
+    return shapes
 
 
 def linear_params(name: str, n: int, k: int, spec: CompileSpec) -> list[Param]:
@@ -53,8 +60,9 @@ def weight_params(cfg: MiniCPMConfig, spec: CompileSpec) -> list[Param]:
         params += linear_params(p + "wqkv", *shapes["wqkv"], spec)
         params += linear_params(p + "wo", *shapes["wo"], spec)
         params.append(Param(p + "mlp_norm", (hid,), "float32"))
-        params += linear_params(p + "w_gate_up", *shapes["w_gate_up"], spec)
-        params += linear_params(p + "w_down", *shapes["w_down"], spec)
+        mlp = ("router", "moe_gate_up", "moe_down") if cfg.is_moe else ("w_gate_up", "w_down")
+        for name in mlp:
+            params += linear_params(p + name, *shapes[name], spec)
     params.append(Param("final_norm", (hid,), "float32"))  # / logit_divisor
     if not cfg.tie_word_embeddings:
         params += linear_params("lm_head", cfg.vocab_size, hid, spec)

@@ -1,4 +1,4 @@
-"""Relax definition (BlockBuilder) of a dense ``minicpm`` model: ``prefill`` and ``decode``.
+"""Relax definition (BlockBuilder) of a ``minicpm`` model (dense or MoE): ``prefill`` and ``decode``.
 
 Both functions take (tokens int32[n], pos int64, k_cache_0, v_cache_0, ..., weights...) and return logits:
 [1, vocab] for the last position (or [n, vocab] with ``spec.all_logits``). The caches [C, Hkv, d] are written
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tvm import IRModule, relax, tirx
 
-from mcpm.export.compiler import kernels, quant_kernels
+from mcpm.export.compiler import kernels, moe_kernels, quant_kernels
 from mcpm.export.compiler.layout import linear_shapes, weight_params
 from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.models.minicpm.config import MiniCPMConfig
@@ -54,6 +54,26 @@ class _Builder:
                              lambda: kernels.linear_nt(k, out, res, dt))
             args = [x, w[name]]
         return self.emit(relax.op.call_tir(gv, args + ([residual] if res else []), _t([n, out])))
+
+    def moe(self, x, w: dict, prefix: str, n, residual):
+        """residual [n, D] + the top-k mixture of layer ``prefix``'s SiLU-gated experts on x [n, D] (moe_kernels)."""
+        cfg, op = self.cfg, relax.op
+        hid, inter, e, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.num_experts_per_tok
+        logits = self.linear(x, w, prefix + "router", n, (e, hid))  # [n, E]
+
+        def expert_kernel(name: str, make):  # -> (kernel, weight args) for the scheme of the stacked weight
+            scheme = self.spec.scheme_for(prefix + name)
+            g, dt = scheme.group_size, scheme.float_dtype if scheme.kind == "float" else "float32"
+            key = (name, "f" if scheme.kind == "float" else "q4", dt if scheme.kind == "float" else g, hid, inter, e, k)
+            gv = self.kernel(key, lambda: make(hid, inter, e, k, scheme.kind, g, dt))
+            if scheme.kind == "float":
+                return gv, [w[prefix + name]]
+            return gv, [w[prefix + name + ".qweight"], w[prefix + name + ".scales"]]
+
+        gv, wargs = expert_kernel("moe_gate_up", moe_kernels.moe_gate_up)
+        act = self.emit(op.call_tir(gv, [x, logits, *wargs], _t([n, k * inter])))  # [n, k*I]
+        gv, wargs = expert_kernel("moe_down", moe_kernels.moe_down)
+        return self.emit(op.call_tir(gv, [act, logits, *wargs, residual], _t([n, hid])))  # [n, D]
 
     def embedding(self, w: dict, tokens, n):
         """tokens [n] -> rows of the embedding [n, D] (unscaled), read in its scheme's layout."""
@@ -103,6 +123,9 @@ class _Builder:
             )  # [n, Hq*d]
             h = self.linear(a, w, p + "wo", n, shapes["wo"], residual=h)  # [n, D] = h + attn @ wo^T
             x = self.emit(op.nn.rms_norm(h, w[p + "mlp_norm"], axes=[-1], epsilon=cfg.rms_norm_eps))  # [n, D]
+            if cfg.is_moe:
+                h = self.moe(x, w, p, n, residual=h)  # [n, D] = h + moe
+                continue
             gu = self.linear(x, w, p + "w_gate_up", n, shapes["w_gate_up"])  # [n, 2I]
             parts = self.emit(op.split(gu, 2, axis=1))  # ([n, I], [n, I])
             gate, up = self.emit(relax.TupleGetItem(parts, 0)), self.emit(relax.TupleGetItem(parts, 1))

@@ -14,6 +14,12 @@ FUSED_PARTS = {
     "wo": ("attn.wo",),
     "w_gate_up": ("mlp.w_gate", "mlp.w_up"),
     "w_down": ("mlp.w_down",),
+    "router": ("mlp.router",),  # MoE: [E, D]
+}
+# MoE: the stacked expert weights of a layer, per expert e (see layout.linear_shapes)
+MOE_PARTS = {
+    "moe_gate_up": ("w_gate", "w_up"),
+    "moe_down": ("w_down",),
 }
 
 
@@ -24,6 +30,7 @@ class CompileSpec:
     all_logits: bool = False  # False: logits of the last position [1, vocab]; True: every position [n, vocab]
     int4_group: int = 0  # without a recipe: 0 = float32 weights; G > 0 = int4 symmetric, group G
     recipe: Recipe | None = None  # per-weight schemes (ordered rules); overrides int4_group
+    num_experts: int = 0  # MiniCPM-MoE: the config's num_experts (names the stacked experts' reference weights)
 
     def __post_init__(self) -> None:
         if not (1 <= self.chunk <= self.max_ctx):
@@ -39,9 +46,15 @@ class CompileSpec:
         if name in ("embed", "lm_head"):
             return self.recipe.scheme_for(f"{name}.weight", 2)
         prefix, _, fused = name.rpartition(".")
-        schemes = {self.recipe.scheme_for(f"{prefix}.{part}.weight", 2) for part in FUSED_PARTS[fused]}
+        if fused in MOE_PARTS:
+            if self.num_experts <= 0:
+                raise McpmError(f"{name} is an MoE weight but the compile spec has num_experts = 0")
+            names = [f"mlp.experts.{e}.{w}" for e in range(self.num_experts) for w in MOE_PARTS[fused]]
+        else:
+            names = list(FUSED_PARTS[fused])
+        schemes = {self.recipe.scheme_for(f"{prefix}.{part}.weight", 2) for part in names}
         if len(schemes) > 1:
-            parts = ", ".join(f"{prefix}.{p}" for p in FUSED_PARTS[fused])
+            parts = ", ".join(f"{prefix}.{p}" for p in names)
             raise McpmError(f"{parts} are fused into one weight but the quantization rules give them different "
                             f"schemes ({', '.join(sorted(s.name for s in schemes))})", "give them one scheme")
         return schemes.pop()

@@ -24,8 +24,16 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def check_supported(cfg: MiniCPMConfig, spec: CompileSpec) -> None:
+    if spec.num_experts != cfg.num_experts:
+        raise McpmError(f"the compile spec has num_experts = {spec.num_experts}, the model {cfg.num_experts}",
+                        "build the CompileSpec with the config's num_experts")
     if cfg.is_moe:
-        raise McpmError("the TVM compiler does not support MiniCPM-MoE yet", "compile a dense minicpm model")
+        for i in range(cfg.num_hidden_layers):
+            for name in ("moe_gate_up", "moe_down"):
+                scheme = spec.scheme_for(f"layers.{i}.{name}")
+                if scheme.kind not in ("float", "int4-sym"):
+                    raise McpmError(f"MiniCPM-MoE experts support float and int4-sym schemes, not {scheme.name} "
+                                    f"(layers.{i} experts)", "quantize the experts with f32, f16 or q4gN")
     if cfg.rope_base(spec.max_ctx) != cfg.rope_theta:
         raise McpmError(
             f"max_ctx {spec.max_ctx} > max_position_embeddings {cfg.max_position_embeddings} with dynamic NTK RoPE",
@@ -42,7 +50,7 @@ def rope_tables(cfg: MiniCPMConfig, max_ctx: int) -> tuple[np.ndarray, np.ndarra
 
 def residual_folded(name: str) -> bool:
     """Weights that carry the residual scale: the attention output and the MLP down projection."""
-    return name.endswith((".wo", ".w_down"))
+    return name.endswith((".wo", ".w_down", ".moe_down"))
 
 
 def logical_weight(model, cfg: MiniCPMConfig, spec: CompileSpec, name: str, fold: bool = True) -> np.ndarray:
@@ -72,6 +80,12 @@ def logical_weight(model, cfg: MiniCPMConfig, spec: CompileSpec, name: str, fold
         return np.concatenate([_np(m.w_gate.weight), _np(m.w_up.weight)])  # [2I, D]
     if part == "w_down":
         return _np(m.w_down.weight) * rs  # [D, I]
+    if part == "router":
+        return _np(m.router.weight)  # [E, D]
+    if part == "moe_gate_up":  # [E*2I, D]: per expert [gate_e | up_e]
+        return np.concatenate([_np(w) for ex in m.experts for w in (ex.w_gate.weight, ex.w_up.weight)])
+    if part == "moe_down":
+        return np.concatenate([_np(ex.w_down.weight) for ex in m.experts]) * rs  # [E*D, I]
     raise KeyError(name)
 
 
