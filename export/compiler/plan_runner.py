@@ -8,6 +8,7 @@ Every storage is allocated once (numpy uint8, 64-byte aligned); tensor arguments
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,17 @@ from mcpm.export.compiler.plan import (
     nbytes,
     shape_at,
 )
+
+
+def prefill_in_chunks(tokens, chunk: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Feed any number of tokens through ``run`` in chunks of <= chunk; returns the last chunk's logits."""
+    tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)  # [n]
+    if len(tokens) == 0:
+        raise McpmError("prefill needs at least one token")
+    chunks = [tokens[s : s + chunk] for s in range(0, len(tokens), chunk)]
+    for c in chunks[:-1]:
+        run(c)
+    return run(chunks[-1])
 
 
 def aligned_bytes(size: int) -> np.ndarray:
@@ -137,14 +149,7 @@ class PlanModel:
         return self._views[key]
 
     def prefill(self, tokens) -> np.ndarray:
-        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)  # [n]
-        if len(tokens) == 0:
-            raise McpmError("prefill needs at least one token")
-        chunk = self.plan.chunk
-        chunks = [tokens[s : s + chunk] for s in range(0, len(tokens), chunk)]
-        for c in chunks[:-1]:
-            self.run("prefill", c)
-        return self.run("prefill", chunks[-1])
+        return prefill_in_chunks(tokens, self.plan.chunk, lambda chunk: self.run("prefill", chunk))
 
     def decode(self, token: int) -> np.ndarray:
         return self.run("decode", np.array([token], np.int32))

@@ -8,6 +8,7 @@ from tvm import relax
 
 from mcpm.errors import McpmError
 from mcpm.export.compiler.model_def import build_module
+from mcpm.export.compiler.plan_runner import prefill_in_chunks
 from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.compiler.weights import check_supported, export_weights
 
@@ -55,13 +56,7 @@ class CompiledModel:
     def prefill(self, tokens) -> np.ndarray:
         """Any number of tokens, in chunks of <= spec.chunk; returns the logits of the last chunk
         ([1, V], or [n_last_chunk, V] with all_logits)."""
-        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)  # [n]
-        if len(tokens) == 0:
-            raise McpmError("prefill needs at least one token")
-        chunks = [tokens[s : s + self.spec.chunk] for s in range(0, len(tokens), self.spec.chunk)]
-        for chunk in chunks[:-1]:
-            self._run("prefill", chunk)
-        return self._run("prefill", chunks[-1])
+        return prefill_in_chunks(tokens, self.spec.chunk, lambda chunk: self._run("prefill", chunk))
 
     def decode(self, token: int) -> np.ndarray:
         """One token -> logits [1, V]."""
