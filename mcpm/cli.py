@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ def cli() -> None:
 @click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0 = off).")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")
 @click.option("--seed", default=0, show_default=True, help="Random seed for sampling.")
-@click.option("--threads", "-t", default=0, help="CPU threads for PyTorch (0 = its default).")
+@click.option("--threads", "-t", default=0,
+              help="CPU threads of the C runtime (0 = one per CPU); with --reference, of PyTorch (0 = its default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on the last line.")
 def generate(
     path: str, prompt: str, max_new_tokens: int, reference: bool, chat: bool, temperature: float,
@@ -48,7 +50,7 @@ def generate(
 ) -> None:
     """Generate text, streaming tokens, then print tokens/s.
 
-    BUNDLE is a folder written by mcpm-export (run through its plan on this host); with --reference,
+    BUNDLE is a folder written by mcpm-export (run by the C runtime on this host); with --reference,
     MODEL_DIR is a checkpoint folder run by the PyTorch reference (`default` = the shipped model).
     """
     import torch
@@ -59,15 +61,17 @@ def generate(
 
     if threads > 0:
         torch.set_num_threads(threads)
+    used_threads = torch.get_num_threads()
     folder = resolve_model_dir(path)
     is_bundle = (folder / CONFIG_NAME).is_file()
     t0 = time.perf_counter()
     if is_bundle and not reference:
-        from mcpm.export.bundle.host_runner import BundleStepper, load_bundle
+        from mcpm.runtime.host import RuntimeStepper, load_host_bundle
 
-        bundle, plan_model, tok = load_bundle(folder)
-        model: object = BundleStepper(plan_model)
-        context, engine = bundle.config["context_length"], f"bundle ({bundle.config['quantization']}, TVM kernels)"
+        bundle, runtime_model, tok = load_host_bundle(folder, threads=max(threads, 0))
+        model: object = RuntimeStepper(runtime_model)
+        used_threads = threads if threads > 0 else (os.cpu_count() or 1)
+        context, engine = bundle.config["context_length"], f"bundle ({bundle.config['quantization']}, C runtime)"
     elif reference and not is_bundle:
         from mcpm.export.loading import load_model
 
@@ -94,11 +98,11 @@ def generate(
     result = run_generate(model, ids, max_new_tokens, context, tok.stop_ids, params, on_token)  # type: ignore[arg-type]
     click.echo()
     stats = {"load_ms": round(load_ms, 1), **{k: round(v, 2) for k, v in result.stats().items()},
-             "threads": torch.get_num_threads(), "engine": engine}
+             "threads": used_threads, "engine": engine}
     click.echo(
         f"[{stats['prompt_tokens']} prompt tokens, {stats['prefill_tok_s']:.1f} tok/s prefill; "
         f"{stats['generated_tokens']} generated, {stats['decode_tok_s']:.1f} tok/s decode; {engine}]",
-        err=not as_json,
+        err=True,
     )
     if as_json:
         click.echo(json.dumps(stats))
