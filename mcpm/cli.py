@@ -108,6 +108,22 @@ def generate(
         click.echo(json.dumps(stats))
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-p", "--n-prompt", default=128, show_default=True, help="Prompt tokens (random ids, seeded).")
+@click.option("-n", "--n-gen", default=64, show_default=True, help="Tokens to generate (greedy, no stop ids).")
+@click.option("-t", "--threads", default=0, show_default=True, help="CPU threads (0 = one per CPU).")
+@click.option("-r", "--repetitions", default=5, show_default=True, help="Measured runs (after one warm-up).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the machine and every run.")
+def bench(bundle: Path, n_prompt: int, n_gen: int, threads: int, repetitions: int, seed: int, as_json: bool) -> None:
+    """Prefill and decode speed of BUNDLE in the C runtime (mean ± sd over the runs), TTFT, load time, peak RSS."""
+    from mcpm.runtime.bench import format_table, run_bench
+
+    result = run_bench(bundle, n_prompt, n_gen, threads, repetitions, seed)
+    click.echo(json.dumps(result) if as_json else format_table(result))
+
+
 @cli.command("make-checkpoint")
 @click.option("--preset", required=True, help="minicpm-2b, minicpm-1b, minicpm-2b-128k, minicpm-moe-8x2b, minicpm3-4b.")
 @click.option("--random", "random_", is_flag=True, required=True, help="Random weights (the only kind available).")

@@ -58,6 +58,42 @@ MCPM_API const char* mcpm_last_error(const mcpm_model* model);
 
 MCPM_API void mcpm_model_free(mcpm_model* model);
 
+/* ---- sampling and generation (token ids only) */
+
+/* Sampler settings; mcpm_default_sampling() = greedy (argmax), no penalty, seed 0.
+ * Order per token: repetition penalty, temperature, top-k, top-p, min-p, then a draw from the rest. */
+typedef struct mcpm_sampling {
+    float temperature;        /* <= 0: greedy (argmax after the penalty); else logits / temperature */
+    int top_k;                /* keep the k most likely (0 = off) */
+    float top_p;              /* keep the smallest most-likely set with probability >= top_p (1 = off) */
+    float min_p;              /* keep tokens with p >= min_p * p_max (0 = off) */
+    float repetition_penalty; /* > 0; tokens among the last repeat_last_n: logit > 0 divided, < 0 multiplied (1 = off) */
+    int repeat_last_n;        /* window of the penalty over prompt + generated tokens; 0 = off, -1 = all */
+    uint64_t seed;            /* the model's RNG is seeded with it at every mcpm_generate: same seed, same tokens */
+} mcpm_sampling;
+
+MCPM_API mcpm_sampling mcpm_default_sampling(void);
+
+/* Called with each generated token (stop tokens included); return nonzero to cancel (that token still counts). */
+typedef int (*mcpm_token_callback)(int32_t token, void* user);
+
+/* Feeds prompt int32[n_prompt] at the current position, then samples up to max_new_tokens (fewer when the context
+ * fills up), stopping after a token of stop_ids int32[n_stop] or a cancel. s may be NULL (greedy); cb may be NULL.
+ * Returns the number of generated tokens, or -1 (mcpm_last_error). The prompt must leave room in the context:
+ * checked before any work. Timing of this call goes to mcpm_stats_json. */
+MCPM_API int mcpm_generate(mcpm_model* model, const int32_t* prompt, int n_prompt, int max_new_tokens,
+                           const mcpm_sampling* s, const int32_t* stop_ids, int n_stop, mcpm_token_callback cb,
+                           void* user);
+
+/* One JSON object into out char[len] (NUL-terminated): load_ms, prefill_tokens, prefill_tok_s, decode_tokens,
+ * decode_tok_s, ttft_ms (of the last mcpm_generate), peak_rss_kb (getrusage, now), threads. -1 if len is too small. */
+MCPM_API int mcpm_stats_json(mcpm_model* model, char* out, size_t len);
+
+/* Test hook: the distribution the sampler draws from. logits float[n_vocab], history int32[n_history] (prompt +
+ * generated so far, for the penalty), probs_out float[n_vocab] (0 for filtered tokens). Errors: mcpm_last_error(NULL). */
+MCPM_API int mcpm_sampler_probs(const float* logits, int n_vocab, const int32_t* history, int n_history,
+                                const mcpm_sampling* s, float* probs_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -109,4 +109,28 @@ MCPM_HIDDEN void mcpm_backend_leave(void);
 MCPM_HIDDEN char* mcpm_thread_error_buffer(void);
 MCPM_HIDDEN char* mcpm_model_error_buffer(struct mcpm_model* model);
 
+/* ---- sampler (mcpm_sampler.c) */
+
+typedef struct {
+    float logit;  /* after penalty and temperature */
+    int32_t id;
+    double p;     /* probability after the filters (valid for the first n candidates) */
+} mcpm_candidate;
+
+typedef struct {
+    int vocab;
+    mcpm_candidate* cand; /* mcpm_candidate[vocab] */
+    unsigned char* seen;  /* uint8[vocab], all 0 between calls */
+    uint64_t rng;         /* splitmix64 state */
+} mcpm_sampler;
+
+MCPM_HIDDEN int mcpm_sampler_init(mcpm_sampler* sp, int vocab);
+MCPM_HIDDEN void mcpm_sampler_free(mcpm_sampler* sp);
+MCPM_HIDDEN void mcpm_sampler_seed(mcpm_sampler* sp, uint64_t seed);
+/* One-line reason in err char[MCPM_ERR_LEN] and -1 if a field is out of range. */
+MCPM_HIDDEN int mcpm_sampling_check(const mcpm_sampling* s, char* err);
+/* Draws the next token from logits float[vocab] given history int32[n_history]. */
+MCPM_HIDDEN int32_t mcpm_sampler_sample(mcpm_sampler* sp, const float* logits, const int32_t* history, int n_history,
+                                        const mcpm_sampling* s);
+
 #endif

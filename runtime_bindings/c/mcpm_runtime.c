@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mcpm_internal.h"
@@ -86,6 +88,12 @@ struct mcpm_model {
     size_t map_size;
     int pool_ready;
     mcpm_pool pool;
+    mcpm_sampler sampler;       /* scratch + RNG of mcpm_generate, allocated on its first call */
+    int32_t* history;           /* int32[max_ctx + 1]: prompt + generated tokens of the current mcpm_generate */
+    float* logits;              /* float[vocab] */
+    double load_ms;             /* stats of mcpm_model_load and of the last mcpm_generate */
+    int prefill_tokens, decode_tokens;
+    double prefill_ms, decode_ms, ttft_ms;
 };
 
 char* mcpm_model_error_buffer(struct mcpm_model* model) { return model->err; }
@@ -617,6 +625,12 @@ static void bind_args(mcpm_model* m, plan_entry* e) {
 
 /* ---------------------------------------------------------------- public API */
 
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
 mcpm_params mcpm_default_params(void) {
     mcpm_params p = {0, 1 << 20, 0};
     return p;
@@ -645,10 +659,14 @@ void mcpm_model_free(mcpm_model* m) {
     free(m->dl);
     free(m->shapes);
     if (m->map) munmap(m->map, m->map_size);
+    mcpm_sampler_free(&m->sampler);
+    free(m->history);
+    free(m->logits);
     free(m);
 }
 
 mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
+    double t_load = now_ms();
     mcpm_params params = p ? *p : mcpm_default_params();
     char* load_err = mcpm_thread_error_buffer();
     load_err[0] = '\0';
@@ -679,6 +697,7 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
         mcpm_model_free(m);
         return NULL;
     }
+    m->load_ms = now_ms() - t_load;
     return m;
 }
 
@@ -757,4 +776,82 @@ const char* mcpm_last_error(const mcpm_model* m) {
     if (m) return m->err;
     mcpm_backend_leave(); /* no model: the thread's load-error buffer */
     return mcpm_thread_error_buffer();
+}
+
+/* ---------------------------------------------------------------- generation */
+
+int mcpm_generate(mcpm_model* m, const int32_t* prompt, int n_prompt, int max_new_tokens, const mcpm_sampling* s,
+                  const int32_t* stop_ids, int n_stop, mcpm_token_callback cb, void* user) {
+    if (!m) return -1;
+    m->err[0] = '\0';
+    mcpm_sampling greedy = mcpm_default_sampling();
+    if (!s) s = &greedy;
+    if (n_prompt < 1 || !prompt) return seterr(m->err, "generate needs a prompt of at least one token");
+    if (m->pos + (int64_t)n_prompt >= m->max_ctx) {
+        if (m->pos)
+            return seterr(m->err, "prompt of %d tokens does not fit the context of %d tokens (%d already in use)",
+                          n_prompt, m->max_ctx, m->pos);
+        return seterr(m->err, "prompt of %d tokens does not fit the context of %d tokens", n_prompt, m->max_ctx);
+    }
+    if (max_new_tokens < 0) return seterr(m->err, "max_new_tokens %d must be >= 0", max_new_tokens);
+    if (n_stop < 0 || (n_stop > 0 && !stop_ids)) return seterr(m->err, "generate: bad stop list (%d ids)", n_stop);
+    if (mcpm_sampling_check(s, m->err)) return -1;
+    if (check_tokens(m, prompt, n_prompt)) return -1;
+    if (!m->sampler.cand) {
+        m->history = malloc(sizeof(int32_t) * ((size_t)m->max_ctx + 1)); /* int32[max_ctx + 1] */
+        m->logits = malloc(sizeof(float) * (size_t)m->vocab);             /* float[vocab] */
+        if (!m->history || !m->logits || mcpm_sampler_init(&m->sampler, m->vocab)) {
+            free(m->history);
+            free(m->logits);
+            m->history = NULL;
+            m->logits = NULL;
+            return seterr(m->err, "out of memory");
+        }
+    }
+    mcpm_sampler_seed(&m->sampler, s->seed);
+    m->prefill_tokens = m->decode_tokens = 0;
+    m->prefill_ms = m->decode_ms = m->ttft_ms = 0.0;
+    int room = m->max_ctx - m->pos - n_prompt; /* >= 1 */
+    if (max_new_tokens > room) max_new_tokens = room;
+    memcpy(m->history, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    int n_hist = n_prompt;
+
+    double t0 = now_ms();
+    if (mcpm_prefill(m, prompt, n_prompt, m->logits)) return -1;
+    m->prefill_ms = now_ms() - t0;
+    m->prefill_tokens = n_prompt;
+    int n_gen = 0;
+    while (n_gen < max_new_tokens) {
+        double t1 = now_ms();
+        if (n_gen > 0) {
+            if (mcpm_decode(m, m->history[n_hist - 1], m->logits)) return -1;
+        }
+        int32_t tok = mcpm_sampler_sample(&m->sampler, m->logits, m->history, n_hist, s);
+        double t2 = now_ms();
+        if (n_gen == 0) m->ttft_ms = t2 - t0;
+        else { m->decode_ms += t2 - t1; m->decode_tokens++; }
+        m->history[n_hist++] = tok;
+        n_gen++;
+        if (cb && cb(tok, user)) break;
+        int stop = 0;
+        for (int i = 0; i < n_stop && !stop; i++) stop = stop_ids[i] == tok;
+        if (stop) break;
+    }
+    return n_gen;
+}
+
+int mcpm_stats_json(mcpm_model* m, char* out, size_t len) {
+    if (!m) return -1;
+    if (!out || len == 0) return seterr(m->err, "mcpm_stats_json: no output buffer");
+    struct rusage ru;
+    long peak_kb = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0; /* Linux: kilobytes */
+    double pre = m->prefill_ms > 0 ? m->prefill_tokens / (m->prefill_ms * 1e-3) : 0.0;
+    double dec = m->decode_ms > 0 ? m->decode_tokens / (m->decode_ms * 1e-3) : 0.0;
+    int n = snprintf(out, len,
+                     "{\"load_ms\": %.3f, \"prefill_tokens\": %d, \"prefill_tok_s\": %.3f, \"decode_tokens\": %d, "
+                     "\"decode_tok_s\": %.3f, \"ttft_ms\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d}",
+                     m->load_ms, m->prefill_tokens, pre, m->decode_tokens, dec, m->ttft_ms, peak_kb,
+                     m->pool_ready ? m->pool.threads : 0);
+    if (n < 0 || (size_t)n >= len) return seterr(m->err, "mcpm_stats_json: buffer of %zu bytes too small, need %d", len, n + 1);
+    return 0;
 }

@@ -4,7 +4,7 @@
 the bundle; ``load_host_bundle`` also opens/validates the bundle and returns its tokenizer.
 """
 
-from mcpm.runtime.binding import Model
+from mcpm.runtime.binding import Model, Sampling
 from mcpm.runtime.build import build_library
 
-__all__ = ["Model", "build_library"]
+__all__ = ["Model", "Sampling", "build_library"]

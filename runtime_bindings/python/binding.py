@@ -3,6 +3,9 @@
     model = Model.load(bundle_dir, threads=0)   # builds (or finds cached) libmcpm_bundle.so, then mcpm_model_load
     logits = model.prefill([1, 2, 3])           # np.ndarray float32 [vocab]: logits of the last position
     logits = model.decode(4)
+    model.reset()
+    ids = model.generate([1, 2, 3], 16, Sampling(temperature=0.8, top_p=0.9, seed=1), stop_ids=[2])  # C sampler
+    model.stats()                               # dict: load_ms, prefill_tok_s, decode_tok_s, ttft_ms, ...
     model.close()
 
 One Model must be used by one thread at a time (as the C API says); errors raise McpmError with the runtime's
@@ -12,9 +15,13 @@ message (mcpm_last_error).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +35,47 @@ class Params(ctypes.Structure):
     _fields_ = [("threads", ctypes.c_int), ("workspace_bytes", ctypes.c_size_t), ("verify", ctypes.c_int)]
 
 
+class SamplingC(ctypes.Structure):
+    """struct mcpm_sampling."""
+
+    _fields_ = [("temperature", ctypes.c_float), ("top_k", ctypes.c_int), ("top_p", ctypes.c_float),
+                ("min_p", ctypes.c_float), ("repetition_penalty", ctypes.c_float), ("repeat_last_n", ctypes.c_int),
+                ("seed", ctypes.c_uint64)]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Settings of the C sampler (mcpm_sampling); the defaults are greedy. Order: repetition penalty, temperature,
+    top-k, top-p, min-p, draw."""
+
+    temperature: float = 0.0         # <= 0: greedy
+    top_k: int = 0                   # 0 = off
+    top_p: float = 1.0               # 1 = off
+    min_p: float = 0.0               # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    repeat_last_n: int = 64          # penalty window; 0 = off, -1 = all tokens
+    seed: int = 0
+
+    @classmethod
+    def of(cls, value: Sampling | Mapping[str, Any] | None) -> Sampling:
+        if value is None:
+            return cls()
+        if isinstance(value, Sampling):
+            return value
+        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise McpmError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}",
+                            f"use {', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**value)
+
+    def to_c(self) -> SamplingC:
+        return SamplingC(float(self.temperature), int(self.top_k), float(self.top_p), float(self.min_p),
+                         float(self.repetition_penalty), int(self.repeat_last_n), int(self.seed) % 2**64)
+
+
+TOKEN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_void_p)  # mcpm_token_callback
+_I32P = ctypes.POINTER(ctypes.c_int32)
+_F32P = ctypes.POINTER(ctypes.c_float)
 _P = ctypes.c_void_p  # mcpm_model*
 _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_default_params": ([], Params),
@@ -40,6 +88,12 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_position": ([_P], ctypes.c_int),
     "mcpm_last_error": ([_P], ctypes.c_char_p),
     "mcpm_model_free": ([_P], None),
+    "mcpm_default_sampling": ([], SamplingC),
+    "mcpm_generate": ([_P, _I32P, ctypes.c_int, ctypes.c_int, ctypes.POINTER(SamplingC), _I32P, ctypes.c_int,
+                       TOKEN_CALLBACK, ctypes.c_void_p], ctypes.c_int),
+    "mcpm_stats_json": ([_P, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
+    "mcpm_sampler_probs": ([_F32P, ctypes.c_int, _I32P, ctypes.c_int, ctypes.POINTER(SamplingC), _F32P],
+                           ctypes.c_int),
 }
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -129,6 +183,50 @@ class Model:
         """Forget the context (position 0)."""
         self._lib.mcpm_reset(self._handle())
 
+    def generate(self, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
+                 sampling: Sampling | Mapping[str, Any] | None = None, stop_ids: Sequence[int] = (),
+                 on_token: Callable[[int], bool | None] | None = None) -> list[int]:
+        """Feed prompt_ids at the current position and sample up to max_new_tokens in C (mcpm_generate).
+
+        Stops after a token of stop_ids (included in the result), when the context is full, or when on_token
+        (called with each token) returns True. An exception in on_token cancels and is raised again here.
+        """
+        h = self._handle()
+        params = Sampling.of(sampling).to_c()
+        prompt = np.ascontiguousarray(prompt_ids, dtype=np.int32).reshape(-1)  # [n_prompt]
+        stops = np.ascontiguousarray(list(stop_ids), dtype=np.int32).reshape(-1)  # [n_stop]
+        tokens: list[int] = []
+        failure: list[BaseException] = []
+
+        def callback(token: int, _user: int | None) -> int:
+            tokens.append(int(token))
+            if on_token is None:
+                return 0
+            try:
+                return 1 if on_token(int(token)) else 0
+            except BaseException as exc:  # noqa: BLE001 - re-raised after the C call returns
+                failure.append(exc)
+                return 1
+
+        c_callback = TOKEN_CALLBACK(callback)  # kept alive for the call
+        n = self._lib.mcpm_generate(h, prompt.ctypes.data_as(_I32P), int(prompt.size), int(max_new_tokens),
+                                    ctypes.byref(params), stops.ctypes.data_as(_I32P), int(stops.size), c_callback,
+                                    None)
+        if failure:
+            raise failure[0]
+        if n < 0:
+            self._check(n)
+        assert n == len(tokens), (n, tokens)
+        return tokens
+
+    def stats(self) -> dict[str, Any]:
+        """Timing of the load and of the last generate (mcpm_stats_json): load_ms, prefill_tokens, prefill_tok_s,
+        decode_tokens, decode_tok_s, ttft_ms, peak_rss_kb, threads."""
+        buf = ctypes.create_string_buffer(1024)
+        self._check(self._lib.mcpm_stats_json(self._handle(), buf, len(buf)))
+        result: dict[str, Any] = json.loads(buf.value.decode())
+        return result
+
     @property
     def position(self) -> int:
         """Tokens in the context."""
@@ -153,3 +251,17 @@ class Model:
     def __del__(self) -> None:
         if getattr(self, "_h", None) is not None:
             self.close()
+
+
+def sampler_probs(lib: ctypes.CDLL, logits: np.ndarray, history: Sequence[int] | np.ndarray,
+                  sampling: Sampling | Mapping[str, Any] | None = None) -> np.ndarray:
+    """The distribution the C sampler draws from (mcpm_sampler_probs, a test hook): float32 [vocab]."""
+    lg = np.ascontiguousarray(logits, dtype=np.float32).reshape(-1)  # [vocab]
+    hist = np.ascontiguousarray(history, dtype=np.int32).reshape(-1)  # [n_history]
+    out = np.empty_like(lg)  # [vocab]
+    params = Sampling.of(sampling).to_c()
+    rc = lib.mcpm_sampler_probs(lg.ctypes.data_as(_F32P), int(lg.size), hist.ctypes.data_as(_I32P), int(hist.size),
+                                ctypes.byref(params), out.ctypes.data_as(_F32P))
+    if rc != 0:
+        raise McpmError(_text(lib.mcpm_last_error(None)) or "mcpm_sampler_probs failed")
+    return out
