@@ -27,9 +27,9 @@ lint:  ## ruff and mypy
 	$(PYTHON) -m ruff check mcpm export quantize runtime_bindings tests
 	$(PYTHON) -m mypy mcpm export quantize runtime_bindings/python
 
-bench:  ## speed of the exported host bundle and of the PyTorch reference, as JSON (llama-bench style comes later)
+bench:  ## llama-bench style numbers of the exported host bundle (C runtime) and the PyTorch reference, as JSON
 	mcpm-export $(MODEL) --target host -o $(BUNDLE)
-	mcpm generate $(BUNDLE) -p "$(PROMPT)" -n 64 --json
+	mcpm bench $(BUNDLE) -p 128 -n 64 -t 2 -r 5 --json
 	mcpm generate $(MODEL) --reference -p "$(PROMPT)" -n 64 --json
 
 train-default:  ## retrain the shipped default model from its corpus (~35 min on 2 cores; needs npm)
