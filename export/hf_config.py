@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mcpm.errors import CheckpointError
+from mcpm.errors import CheckpointError, McpmError
 
 T = TypeVar("T")
 
@@ -30,12 +30,17 @@ def read_config_json(model_dir: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is missing", "a Hugging Face checkpoint folder needs config.json next to its weights"
         )
+    return read_json_object(path, CheckpointError)
+
+
+def read_json_object(path: Path, error: type[McpmError]) -> dict[str, Any]:
+    """A JSON file holding an object; garbled text or another JSON type is a one-line ``error``."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})", "restore it from the original checkpoint") from None
+        raise error(f"{path} is not valid JSON ({exc})", "restore it from the original checkpoint") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        raise error(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
 
 

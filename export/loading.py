@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mcpm.errors import CheckpointError
+from mcpm.errors import CheckpointError, TokenizerError
 from mcpm.export.checkpoint import TensorReader
 from mcpm.export.families import Family, family_for
-from mcpm.export.hf_config import parse_config, read_config_json
+from mcpm.export.hf_config import parse_config, read_config_json, read_json_object
 from mcpm.export.name_map import check_no_extra_tensors, load_weights
-from mcpm.export.tokenizer import Tokenizer, read_json_object
+from mcpm.export.tokenizer import Tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
@@ -38,7 +38,7 @@ def load_tokenizer(model_dir: Path, family: Family, config: Any) -> Tokenizer:
     template = family.chat_template
     tok_config = model_dir / "tokenizer_config.json"
     if tok_config.is_file():
-        template = str(read_json_object(tok_config).get("mcpm_chat_template", template))
+        template = str(read_json_object(tok_config, TokenizerError).get("mcpm_chat_template", template))
     return Tokenizer.from_dir(model_dir, template, bos_id=config.bos_token_id)
 
 

@@ -41,6 +41,21 @@ class NameMap:
         return None
 
 
+# The Llama-style names every MiniCPM LM checkpoint shares (the muP skeleton, the output projection and the
+# dense SiLU-gated MLP); a family adds its attention (and MoE) names.
+COMMON_HF_RULES: list[tuple[str, str]] = [
+    ("embed.weight", "model.embed_tokens.weight"),
+    ("final_norm.weight", "model.norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+    ("layers.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+    ("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+    ("layers.{i}.attn.wo.weight", "model.layers.{i}.self_attn.o_proj.weight"),
+    ("layers.{i}.mlp.w_gate.weight", "model.layers.{i}.mlp.gate_proj.weight"),
+    ("layers.{i}.mlp.w_up.weight", "model.layers.{i}.mlp.up_proj.weight"),
+    ("layers.{i}.mlp.w_down.weight", "model.layers.{i}.mlp.down_proj.weight"),
+]
+
+
 def load_weights(model: nn.Module, reader: TensorReader, names: NameMap, dtype: torch.dtype, progress: bool) -> None:
     """Copy every parameter of ``model`` from the checkpoint, checking names and shapes."""
     params = dict(model.named_parameters())

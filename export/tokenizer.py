@@ -14,6 +14,7 @@ from typing import Any
 
 from mcpm.errors import TokenizerError
 from mcpm.export.chat_templates import ChatTemplate, get_template
+from mcpm.export.hf_config import read_json_object
 
 
 class Tokenizer:
@@ -152,23 +153,13 @@ def _added_tokens(model_dir: Path) -> dict[str, int]:
     added: dict[str, int] = {}
     path = model_dir / "added_tokens.json"
     if path.is_file():
-        added.update({str(k): int(v) for k, v in read_json_object(path).items()})
+        added.update({str(k): int(v) for k, v in read_json_object(path, TokenizerError).items()})
     path = model_dir / "tokenizer_config.json"
     if path.is_file():
-        for key, entry in read_json_object(path).get("added_tokens_decoder", {}).items():
+        for key, entry in read_json_object(path, TokenizerError).get("added_tokens_decoder", {}).items():
             if isinstance(entry, dict) and "content" in entry:
                 added[str(entry["content"])] = int(key)
     return added
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path} is not valid JSON ({exc})", "restore it from the checkpoint") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path} must hold a JSON object")
-    return data
 
 
 def write_tokenizer_files(out_dir: Path, chat_template: str, added: dict[str, int] | None = None) -> None:

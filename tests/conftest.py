@@ -77,3 +77,16 @@ def write_tiny(path: Path, config: dict[str, Any], dtype: str = "fp32", seed: in
 def _deterministic() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def default_q4_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped default model exported for the host (q4g32, context 128, chunk 16), once per session.
+
+    Read-only for tests: copy it before damaging it."""
+    from mcpm.export.exporter import ExportOptions, run_export
+    from mcpm.export.loading import DEFAULT_MODEL_DIR
+
+    out = tmp_path_factory.mktemp("bundle") / "default-q4"
+    run_export(ExportOptions(DEFAULT_MODEL_DIR, out, "host", "q4g32", (), 128, 16, progress=False))
+    return out

@@ -20,13 +20,8 @@ N_NEW = 16
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mcpm.export.exporter import ExportOptions, run_export
-    from mcpm.export.loading import DEFAULT_MODEL_DIR
-
-    out = tmp_path_factory.mktemp("gen") / "default-q4"
-    run_export(ExportOptions(DEFAULT_MODEL_DIR, out, "host", "q4g32", (), 128, 16, progress=False))
-    return out
+def bundle(default_q4_bundle: Path) -> Path:
+    return default_q4_bundle
 
 
 @pytest.fixture(scope="module")

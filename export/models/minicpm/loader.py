@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from mcpm.export.name_map import NameMap
+from mcpm.export.name_map import COMMON_HF_RULES, NameMap
 
 HF_NAMES = NameMap(
     [
-        ("embed.weight", "model.embed_tokens.weight"),
-        ("final_norm.weight", "model.norm.weight"),
-        ("lm_head.weight", "lm_head.weight"),
-        ("layers.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
-        ("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+        *COMMON_HF_RULES,
         ("layers.{i}.attn.wq.weight", "model.layers.{i}.self_attn.q_proj.weight"),
         ("layers.{i}.attn.wk.weight", "model.layers.{i}.self_attn.k_proj.weight"),
         ("layers.{i}.attn.wv.weight", "model.layers.{i}.self_attn.v_proj.weight"),
-        ("layers.{i}.attn.wo.weight", "model.layers.{i}.self_attn.o_proj.weight"),
-        # dense MLP
-        ("layers.{i}.mlp.w_gate.weight", "model.layers.{i}.mlp.gate_proj.weight"),
-        ("layers.{i}.mlp.w_up.weight", "model.layers.{i}.mlp.up_proj.weight"),
-        ("layers.{i}.mlp.w_down.weight", "model.layers.{i}.mlp.down_proj.weight"),
         # MoE-8x2B: router "gate", experts w1 (gate) / w3 (up) / w2 (down), as in the published checkpoint
         ("layers.{i}.mlp.router.weight", "model.layers.{i}.mlp.gate.weight"),
         ("layers.{i}.mlp.experts.{e}.w_gate.weight", "model.layers.{i}.mlp.experts.{e}.w1.weight"),
