@@ -215,6 +215,49 @@ def quant_size(model_dir: str, rules: tuple[str, ...]) -> None:
         click.echo(f"{recipe.name:<24}{8 * nbytes / count:>8.3f}{nbytes / 2**30:>9.3f}")
 
 
+@cli.command()
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("-n", "--max-new-tokens", default=256, show_default=True, help="Most tokens per reply.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", "-t", default=0, help="C runtime threads (0 = one per CPU).")
+def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int,
+         threads: int) -> None:
+    """Interactive multi-turn chat with BUNDLE (the KV cache is kept between turns; /reset, /quit)."""
+    from mcpm.errors import ContextOverflowError
+    from mcpm.runtime.binding import Sampling
+    from mcpm.runtime.chat import ChatSession
+    from mcpm.runtime.host import load_host_bundle
+
+    _, model, tok = load_host_bundle(bundle_dir, threads=threads)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    session = ChatSession(model, tok, sampling, max_new_tokens)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo(f"chatting with {bundle_dir} ({model.context_length} tokens of context); /reset, /quit")
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        message = line.strip()
+        if message in ("/quit", "/exit"):
+            break
+        if message == "/reset":
+            session.reset()
+            click.echo("(new conversation)")
+            continue
+        if not message:
+            continue
+        try:
+            session.turn(message, lambda piece: click.echo(piece, nl=False))
+            click.echo()
+        except ContextOverflowError as exc:
+            click.echo(f"error: {exc}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     run_main(cli, argv)
 
