@@ -94,6 +94,40 @@ MCPM_API int mcpm_stats_json(mcpm_model* model, char* out, size_t len);
 MCPM_API int mcpm_sampler_probs(const float* logits, int n_vocab, const int32_t* history, int n_history,
                                 const mcpm_sampling* s, float* probs_out);
 
+/* ---- text sessions (chat and completion over the bundle's tokenizer and chat template; no Python needed) */
+
+typedef struct mcpm_session mcpm_session; /* opaque */
+
+/* Called with each piece of generated text: text char[len] (UTF-8, never a split character; also NUL-terminated).
+ * Return nonzero to cancel the generation. */
+typedef int (*mcpm_text_callback)(const char* text, size_t len, void* user);
+
+/* Reads <bundle_dir>/mcpm-config.json (chat_template, bos_token_id, stop_token_ids, tokenizer) and the tokenizer
+ * of the bundle the model was loaded from. The session uses the model (its context) until mcpm_session_free; the
+ * model must outlive it. Returns NULL on failure: the reason is in mcpm_last_error(model). */
+MCPM_API mcpm_session* mcpm_session_new(mcpm_model* model);
+
+/* One chat turn: renders user_message with the chat template's "user" format plus its generation_prompt (BOS
+ * first when the conversation is new and the template has add_bos), feeds it after the last token of the previous
+ * reply (kept in the KV cache), then generates up to max_new_tokens until a stop id, streaming the reply's text
+ * (stop tokens excluded) to cb (may be NULL). s may be NULL (greedy). Returns the number of generated tokens (stop
+ * token included), or -1 (mcpm_last_error(model)), e.g. "the conversation is full (...)" with nothing fed. */
+MCPM_API int mcpm_session_chat(mcpm_session* session, const char* user_message, int max_new_tokens,
+                               const mcpm_sampling* s, mcpm_text_callback cb, void* user);
+
+/* Plain continuation: starts a new conversation (mcpm_session_reset), feeds BOS + prompt (no template) and
+ * generates like mcpm_session_chat. Returns the number of generated tokens, or -1. */
+MCPM_API int mcpm_session_complete(mcpm_session* session, const char* prompt, int max_new_tokens,
+                                   const mcpm_sampling* s, mcpm_text_callback cb, void* user);
+
+/* Forgets the conversation (mcpm_reset of the model and the pending token). */
+MCPM_API void mcpm_session_reset(mcpm_session* session);
+
+/* Last error of the session's model ("" if none). */
+MCPM_API const char* mcpm_session_last_error(const mcpm_session* session);
+
+MCPM_API void mcpm_session_free(mcpm_session* session);
+
 #ifdef __cplusplus
 }
 #endif

@@ -108,6 +108,8 @@ MCPM_HIDDEN void mcpm_backend_leave(void);
 /* Error buffer of the model the calling thread works for (or the thread's load-error buffer). */
 MCPM_HIDDEN char* mcpm_thread_error_buffer(void);
 MCPM_HIDDEN char* mcpm_model_error_buffer(struct mcpm_model* model);
+/* The bundle_dir the model was loaded from (owned by the model). */
+MCPM_HIDDEN const char* mcpm_model_bundle_dir(const struct mcpm_model* model);
 
 /* ---- sampler (mcpm_sampler.c) */
 

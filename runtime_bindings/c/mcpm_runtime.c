@@ -94,7 +94,10 @@ struct mcpm_model {
     double load_ms;             /* stats of mcpm_model_load and of the last mcpm_generate */
     int prefill_tokens, decode_tokens;
     double prefill_ms, decode_ms, ttft_ms;
+    char* bundle_dir;           /* char[strlen + 1]: the bundle_dir of mcpm_model_load (for mcpm_session_new) */
 };
+
+const char* mcpm_model_bundle_dir(const struct mcpm_model* model) { return model->bundle_dir; }
 
 char* mcpm_model_error_buffer(struct mcpm_model* model) { return model->err; }
 
@@ -193,15 +196,20 @@ static int load_weights(mcpm_model* m, const char* path, int verify, wentry** en
             if (e->shape[d] < 0 || (e->shape[d] && expected > UINT64_MAX / (uint64_t)e->shape[d])) bad = 1;
             else expected *= (uint64_t)e->shape[d];
         }
-        if (bad) { free(es); return seterr(m->err, "%s: tensor '%s' has a corrupted entry: re-export the bundle", path, e->name); }
+        if (bad) { /* the message uses e->name: set it before freeing es */
+            seterr(m->err, "%s: tensor '%s' has a corrupted entry: re-export the bundle", path, e->name);
+            free(es);
+            return -1;
+        }
         e->dtype = code_to_dtype[code];
         e->ndim = (int)ndim;
         e->offset = rd64(r + 104);
         e->bytes = rd64(r + 112);
         if (e->offset % MCPM_ALIGN || e->bytes != expected * (uint64_t)DTYPES[e->dtype].bytes ||
             e->offset > data_bytes || e->bytes > data_bytes - e->offset) {
+            seterr(m->err, "%s: tensor '%s' lies outside the file or is misaligned: re-export", path, e->name);
             free(es);
-            return seterr(m->err, "%s: tensor '%s' lies outside the file or is misaligned: re-export", path, e->name);
+            return -1;
         }
     }
     *entries = es;
@@ -662,6 +670,7 @@ void mcpm_model_free(mcpm_model* m) {
     mcpm_sampler_free(&m->sampler);
     free(m->history);
     free(m->logits);
+    free(m->bundle_dir);
     free(m);
 }
 
@@ -673,6 +682,10 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
     if (!bundle_dir) { seterr(load_err, "mcpm_model_load: bundle_dir is NULL"); return NULL; }
     mcpm_model* m = calloc(1, sizeof *m);
     if (!m) { seterr(load_err, "out of memory"); return NULL; }
+    size_t dir_len = strlen(bundle_dir);
+    m->bundle_dir = malloc(dir_len + 1);
+    if (!m->bundle_dir) { free(m); seterr(load_err, "out of memory"); return NULL; }
+    memcpy(m->bundle_dir, bundle_dir, dir_len + 1);
     char wpath[4096], ppath[4096];
     snprintf(wpath, sizeof wpath, "%s/weights.bin", bundle_dir);
     snprintf(ppath, sizeof ppath, "%s/plan.json", bundle_dir);

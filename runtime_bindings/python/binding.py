@@ -74,6 +74,8 @@ class Sampling:
 
 
 TOKEN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_void_p)  # mcpm_token_callback
+# mcpm_text_callback: (const char* text, size_t len, void* user); a c_void_p text so that NUL bytes survive
+TEXT_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 _I32P = ctypes.POINTER(ctypes.c_int32)
 _F32P = ctypes.POINTER(ctypes.c_float)
 _P = ctypes.c_void_p  # mcpm_model*
@@ -94,6 +96,14 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_stats_json": ([_P, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
     "mcpm_sampler_probs": ([_F32P, ctypes.c_int, _I32P, ctypes.c_int, ctypes.POINTER(SamplingC), _F32P],
                            ctypes.c_int),
+    "mcpm_session_new": ([_P], _P),
+    "mcpm_session_chat": ([_P, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(SamplingC), TEXT_CALLBACK,
+                           ctypes.c_void_p], ctypes.c_int),
+    "mcpm_session_complete": ([_P, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(SamplingC), TEXT_CALLBACK,
+                               ctypes.c_void_p], ctypes.c_int),
+    "mcpm_session_reset": ([_P], None),
+    "mcpm_session_last_error": ([_P], ctypes.c_char_p),
+    "mcpm_session_free": ([_P], None),
 }
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -243,6 +253,85 @@ class Model:
             self._lib.mcpm_model_free(h)
 
     def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_h", None) is not None:
+            self.close()
+
+
+class Session:
+    """A text session of the C runtime (mcpm_session): chat turns with the bundle's template and tokenizer in C.
+
+    The model must stay open while the session is used; one thread at a time, like the model."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self._lib = model._lib
+        handle = self._lib.mcpm_session_new(model._handle())
+        if not handle:
+            raise McpmError(f"cannot open a C session on {model.bundle_dir}: "
+                            f"{_text(self._lib.mcpm_last_error(model._handle()))}", "re-export the bundle")
+        self._h: int | None = handle
+
+    def _handle(self) -> int:
+        if self._h is None or self.model.closed:
+            raise McpmError("the session is closed", "open a new one")
+        return self._h
+
+    def _run(self, fn: Any, text: str, max_new_tokens: int, sampling: Sampling | Mapping[str, Any] | None,
+             on_piece: Callable[[bytes], bool | None] | None) -> tuple[int, bytes]:
+        h = self._handle()
+        params = Sampling.of(sampling).to_c()
+        pieces: list[bytes] = []
+        failure: list[BaseException] = []
+
+        def callback(data: int | None, length: int, _user: int | None) -> int:
+            piece = ctypes.string_at(data, length) if data else b""
+            pieces.append(piece)
+            if on_piece is None:
+                return 0
+            try:
+                return 1 if on_piece(piece) else 0
+            except BaseException as exc:  # noqa: BLE001 - re-raised after the C call returns
+                failure.append(exc)
+                return 1
+
+        c_callback = TEXT_CALLBACK(callback)  # kept alive for the call
+        n = fn(h, text.encode(), int(max_new_tokens), ctypes.byref(params), c_callback, None)
+        if failure:
+            raise failure[0]
+        if n < 0:
+            raise McpmError(_text(self._lib.mcpm_session_last_error(h)) or "the C session failed")
+        return int(n), b"".join(pieces)
+
+    def chat(self, message: str, max_new_tokens: int, sampling: Sampling | Mapping[str, Any] | None = None,
+             on_piece: Callable[[bytes], bool | None] | None = None) -> tuple[int, str]:
+        """One chat turn (mcpm_session_chat): (tokens generated, reply text). on_piece gets each UTF-8 piece
+        (bytes); returning True cancels."""
+        n, data = self._run(self._lib.mcpm_session_chat, message, max_new_tokens, sampling, on_piece)
+        return n, data.decode("utf-8")
+
+    def complete(self, prompt: str, max_new_tokens: int, sampling: Sampling | Mapping[str, Any] | None = None,
+                 on_piece: Callable[[bytes], bool | None] | None = None) -> tuple[int, str]:
+        """Plain continuation of BOS + prompt from a new conversation (mcpm_session_complete)."""
+        n, data = self._run(self._lib.mcpm_session_complete, prompt, max_new_tokens, sampling, on_piece)
+        return n, data.decode("utf-8")
+
+    def reset(self) -> None:
+        """Forget the conversation."""
+        self._lib.mcpm_session_reset(self._handle())
+
+    def close(self) -> None:
+        """Free the session (idempotent; the model stays open)."""
+        h, self._h = self._h, None
+        if h is not None:
+            self._lib.mcpm_session_free(h)
+
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,420 @@
+/* mcpm text sessions: chat template + tokenizer + streaming text over mcpm_generate (see mcpm.h). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcpm_internal.h"
+#include "mcpm_json.h"
+#include "mcpm_tokenizer.h"
+
+struct mcpm_session {
+    mcpm_model* model;
+    mcpm_tokenizer* tok;
+    json_doc cfg;             /* mcpm-config.json; the strings below point into cfg.text */
+    const char* user_fmt;     /* chat_template.roles.user, with {content} */
+    const char* gen_prompt;   /* chat_template.generation_prompt */
+    int add_bos;
+    int32_t bos;              /* bos_token_id, -1 if none */
+    int n_stop;
+    int32_t* stop;            /* int32[n_stop] */
+    int n_added;
+    const char** added_text;  /* [n_added], sorted by byte length, longest first */
+    size_t* added_len;        /* size_t[n_added] */
+    int32_t* added_id;        /* int32[n_added] */
+    int has_pending;
+    int32_t pending;          /* the previous reply's last token: sampled, not yet fed */
+};
+
+static int seterr(mcpm_session* s, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static int seterr(mcpm_session* s, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(mcpm_model_error_buffer(s->model), MCPM_ERR_LEN, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ---- growable buffers */
+
+typedef struct {
+    char* p;    /* char[cap] */
+    size_t n, cap;
+} sbuf;
+
+static int sbuf_reserve(sbuf* b, size_t need) {
+    if (need <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need) cap *= 2;
+    char* p = realloc(b->p, cap);
+    if (!p) return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int sbuf_add(sbuf* b, const char* text, size_t len) {
+    if (sbuf_reserve(b, b->n + len + 1)) return -1;
+    memcpy(b->p + b->n, text, len);
+    b->n += len;
+    b->p[b->n] = '\0';
+    return 0;
+}
+
+typedef struct {
+    int32_t* p; /* int32[cap] */
+    int n, cap;
+} ibuf;
+
+static int ibuf_reserve(ibuf* b, int need) {
+    if (need <= b->cap) return 0;
+    int cap = b->cap ? b->cap : 64;
+    while (cap < need) cap *= 2;
+    int32_t* p = realloc(b->p, sizeof(int32_t) * (size_t)cap);
+    if (!p) return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int ibuf_add(ibuf* b, int32_t id) {
+    if (ibuf_reserve(b, b->n + 1)) return -1;
+    b->p[b->n++] = id;
+    return 0;
+}
+
+/* ---- loading */
+
+static int read_file(const char* path, char** out, size_t* len) {
+    FILE* f = fopen(path, "rb");
+    if (!f) return -1;
+    sbuf b = {0};
+    char chunk[4096];
+    size_t got;
+    int rc = 0;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (sbuf_add(&b, chunk, got)) { rc = -1; break; }
+    if (ferror(f)) rc = -1;
+    fclose(f);
+    if (rc || !b.p) { free(b.p); return -1; }
+    *out = b.p;
+    *len = b.n;
+    return 0;
+}
+
+static const json_node* get_typed(const json_doc* d, const json_node* obj, const char* key, json_type t) {
+    const json_node* n = obj ? json_get(d, obj, key) : NULL;
+    return n && n->type == t ? n : NULL;
+}
+
+/* Id of a stop string: an added token, else a piece of the model (not the unk id unless it is "<unk>"); -1. */
+static int32_t token_id(const mcpm_session* s, const char* text) {
+    size_t len = strlen(text);
+    for (int i = 0; i < s->n_added; i++)
+        if (s->added_len[i] == len && !memcmp(s->added_text[i], text, len)) return s->added_id[i];
+    int32_t id = mcpm_tokenizer_piece_to_id(s->tok, text, len);
+    if (id == mcpm_tokenizer_unk_id(s->tok) && strcmp(text, "<unk>")) return -1;
+    return id;
+}
+
+static int load_config(mcpm_session* s, const char* dir) {
+    char path[4096], err[256];
+    snprintf(path, sizeof path, "%s/mcpm-config.json", dir);
+    char* text = NULL;
+    size_t len = 0;
+    if (read_file(path, &text, &len)) return seterr(s, "cannot read %s", path);
+    int rc = json_parse(&s->cfg, text, len, err, sizeof err);
+    free(text);
+    if (rc) return seterr(s, "%s: invalid JSON: %s", path, err);
+    const json_doc* d = &s->cfg;
+    const json_node* root = &d->nodes[0];
+    if (root->type != JSON_OBJECT) return seterr(s, "%s: not a JSON object", path);
+    const json_node* tmpl = get_typed(d, root, "chat_template", JSON_OBJECT);
+    const json_node* roles = get_typed(d, tmpl, "roles", JSON_OBJECT);
+    const json_node* user = get_typed(d, roles, "user", JSON_STRING);
+    const json_node* gen = get_typed(d, tmpl, "generation_prompt", JSON_STRING);
+    if (!user || !gen)
+        return seterr(s, "%s: chat_template needs roles.user and generation_prompt strings", path);
+    if (!strstr(user->str, "{content}")) return seterr(s, "%s: chat_template.roles.user has no {content}", path);
+    s->user_fmt = user->str;
+    s->gen_prompt = gen->str;
+    const json_node* add_bos = get_typed(d, tmpl, "add_bos", JSON_BOOL);
+    s->add_bos = add_bos ? (int)add_bos->i : 0;
+    const json_node* bos = get_typed(d, root, "bos_token_id", JSON_NUMBER);
+    s->bos = bos && bos->is_int && bos->i >= 0 && bos->i < mcpm_vocab_size(s->model) ? (int32_t)bos->i : -1;
+
+    const json_node* tk = get_typed(d, root, "tokenizer", JSON_OBJECT);
+    const json_node* kind = get_typed(d, tk, "kind", JSON_STRING);
+    const json_node* file = get_typed(d, tk, "file", JSON_STRING);
+    if (!kind || !file) return seterr(s, "%s: tokenizer needs kind and file strings", path);
+    if (strcmp(kind->str, "sentencepiece"))
+        return seterr(s, "%s: tokenizer kind %s is not supported by the C session (only sentencepiece)", path,
+                      kind->str);
+    char tpath[4096];
+    snprintf(tpath, sizeof tpath, "%s/%s", dir, file->str);
+    s->tok = mcpm_tokenizer_load(tpath, err, sizeof err);
+    if (!s->tok) return seterr(s, "cannot load the tokenizer: %s", err);
+
+    const json_node* added = get_typed(d, tk, "added_tokens", JSON_OBJECT);
+    int n = added ? added->count : 0;
+    s->added_text = calloc((size_t)n + 1, sizeof *s->added_text);
+    s->added_len = calloc((size_t)n + 1, sizeof *s->added_len);
+    s->added_id = calloc((size_t)n + 1, sizeof *s->added_id);
+    if (!s->added_text || !s->added_len || !s->added_id) return seterr(s, "out of memory");
+    for (const json_node* a = added ? json_child(d, added) : NULL; a; a = json_next(d, a)) {
+        if (a->type != JSON_NUMBER || !a->is_int || a->i < 0 || a->i >= mcpm_vocab_size(s->model))
+            return seterr(s, "%s: added token %s has no valid id", path, a->key);
+        size_t alen = strlen(a->key);
+        if (!alen) continue;
+        int j = s->n_added++; /* insertion sort: longest first, stable otherwise */
+        while (j > 0 && s->added_len[j - 1] < alen) {
+            s->added_text[j] = s->added_text[j - 1];
+            s->added_len[j] = s->added_len[j - 1];
+            s->added_id[j] = s->added_id[j - 1];
+            j--;
+        }
+        s->added_text[j] = a->key;
+        s->added_len[j] = alen;
+        s->added_id[j] = (int32_t)a->i;
+    }
+
+    const json_node* stops = get_typed(d, root, "stop_token_ids", JSON_ARRAY);
+    const json_node* stop_text = get_typed(d, tmpl, "stop", JSON_ARRAY);
+    int cap = (stops ? stops->count : 0) + (stop_text ? stop_text->count : 0);
+    s->stop = calloc((size_t)cap + 1, sizeof *s->stop);
+    if (!s->stop) return seterr(s, "out of memory");
+    for (const json_node* e = stops ? json_child(d, stops) : NULL; e; e = json_next(d, e))
+        if (e->type == JSON_NUMBER && e->is_int && e->i >= 0 && e->i < mcpm_vocab_size(s->model))
+            s->stop[s->n_stop++] = (int32_t)e->i;
+    if (!s->n_stop) /* older bundles: the template's stop strings */
+        for (const json_node* e = stop_text ? json_child(d, stop_text) : NULL; e; e = json_next(d, e)) {
+            int32_t id = e->type == JSON_STRING ? token_id(s, e->str) : -1;
+            if (id >= 0 && id < mcpm_vocab_size(s->model)) s->stop[s->n_stop++] = id;
+        }
+    return 0;
+}
+
+mcpm_session* mcpm_session_new(mcpm_model* model) {
+    if (!model) return NULL;
+    mcpm_session* s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(mcpm_model_error_buffer(model), MCPM_ERR_LEN, "out of memory");
+        return NULL;
+    }
+    s->model = model;
+    if (load_config(s, mcpm_model_bundle_dir(model))) {
+        mcpm_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void mcpm_session_free(mcpm_session* s) {
+    if (!s) return;
+    mcpm_tokenizer_free(s->tok);
+    json_free(&s->cfg);
+    free(s->added_text);
+    free(s->added_len);
+    free(s->added_id);
+    free(s->stop);
+    free(s);
+}
+
+void mcpm_session_reset(mcpm_session* s) {
+    if (!s) return;
+    mcpm_reset(s->model);
+    s->has_pending = 0;
+}
+
+const char* mcpm_session_last_error(const mcpm_session* s) { return s ? mcpm_last_error(s->model) : ""; }
+
+/* ---- encode / decode */
+
+static int encode_plain(mcpm_session* s, const char* text, size_t len, ibuf* out) {
+    if (!len) return 0;
+    int n = mcpm_tokenizer_encode(s->tok, text, len, NULL, 0);
+    if (n < 0 || ibuf_reserve(out, out->n + n)) return seterr(s, "cannot encode the text (out of memory)");
+    if (mcpm_tokenizer_encode(s->tok, text, len, out->p + out->n, n) != n) return seterr(s, "cannot encode the text");
+    out->n += n;
+    return 0;
+}
+
+/* Added tokens first (leftmost, longest first), the text between them through SentencePiece. */
+static int encode(mcpm_session* s, const char* text, size_t len, ibuf* out) {
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++) {
+        for (int k = 0; k < s->n_added; k++) {
+            if (s->added_len[k] > len - i || memcmp(text + i, s->added_text[k], s->added_len[k])) continue;
+            if (encode_plain(s, text + start, i - start, out) || ibuf_add(out, s->added_id[k]))
+                return seterr(s, "cannot encode the text");
+            i += s->added_len[k] - 1;
+            start = i + 1;
+            break;
+        }
+    }
+    return encode_plain(s, text + start, len - start, out);
+}
+
+static int added_text_of(const mcpm_session* s, int32_t id) {
+    for (int k = 0; k < s->n_added; k++)
+        if (s->added_id[k] == id) return k;
+    return -1;
+}
+
+static int decode_plain(mcpm_session* s, const int32_t* ids, int n, sbuf* out) {
+    if (!n) return 0;
+    int len = mcpm_tokenizer_decode(s->tok, ids, n, NULL, 0);
+    if (len < 0) return seterr(s, "cannot decode the reply: a token id is not in the tokenizer");
+    if (sbuf_reserve(out, out->n + (size_t)len + 1)) return seterr(s, "out of memory");
+    if (mcpm_tokenizer_decode(s->tok, ids, n, out->p + out->n, (size_t)len + 1) != len)
+        return seterr(s, "cannot decode the reply");
+    out->n += (size_t)len;
+    return 0;
+}
+
+/* ids int32[n] -> out (replaced), added tokens as their text. */
+static int decode(mcpm_session* s, const int32_t* ids, int n, sbuf* out) {
+    out->n = 0;
+    if (sbuf_reserve(out, 1)) return seterr(s, "out of memory");
+    out->p[0] = '\0';
+    int run = 0;
+    for (int i = 0; i < n; i++) {
+        int k = added_text_of(s, ids[i]);
+        if (k < 0) continue;
+        if (decode_plain(s, ids + run, i - run, out) || sbuf_add(out, s->added_text[k], s->added_len[k]))
+            return seterr(s, "cannot decode the reply");
+        run = i + 1;
+    }
+    return decode_plain(s, ids + run, n - run, out);
+}
+
+/* ---- generation with streamed text */
+
+typedef struct {
+    mcpm_session* s;
+    ibuf ids;           /* anchor (the last fed token) + generated non-stop tokens */
+    sbuf text;          /* decode(ids) */
+    size_t emitted;     /* bytes of text already given to cb (starting with the anchor's text) */
+    int32_t last;       /* the last generated token */
+    int n_tokens;
+    int failed;
+    mcpm_text_callback cb;
+    void* user;
+} stream;
+
+static const char REPLACEMENT[] = "\xef\xbf\xbd"; /* U+FFFD: an incomplete multi-byte character */
+
+static int on_token(int32_t token, void* user) {
+    stream* st = user;
+    mcpm_session* s = st->s;
+    st->last = token;
+    st->n_tokens++;
+    for (int i = 0; i < s->n_stop; i++)
+        if (s->stop[i] == token) return 0;
+    if (ibuf_add(&st->ids, token) || decode(s, st->ids.p, st->ids.n, &st->text)) {
+        if (!mcpm_model_error_buffer(s->model)[0]) seterr(s, "out of memory");
+        st->failed = 1;
+        return 1;
+    }
+    size_t n = st->text.n;
+    if (n >= 3 && !memcmp(st->text.p + n - 3, REPLACEMENT, 3)) return 0; /* wait for the rest of the character */
+    if (n <= st->emitted) return 0;
+    size_t from = st->emitted;
+    st->emitted = n;
+    if (!st->cb) return 0;
+    char saved = st->text.p[n];
+    int stop = st->cb(st->text.p + from, n - from, st->user);
+    st->text.p[n] = saved;
+    return stop ? 1 : 0;
+}
+
+/* Feeds ids int32[n] and generates; keeps the last generated token pending. */
+static int run(mcpm_session* s, const int32_t* ids, int n, int max_new_tokens, const mcpm_sampling* sp,
+               mcpm_text_callback cb, void* user) {
+    stream st = {.s = s, .cb = cb, .user = user};
+    int rc = -1;
+    if (ibuf_add(&st.ids, ids[n - 1]) || decode(s, st.ids.p, 1, &st.text)) {
+        if (!mcpm_model_error_buffer(s->model)[0]) seterr(s, "out of memory");
+        goto done;
+    }
+    st.emitted = st.text.n;
+    mcpm_model_error_buffer(s->model)[0] = '\0';
+    rc = mcpm_generate(s->model, ids, n, max_new_tokens, sp, s->stop, s->n_stop, on_token, &st);
+    if (st.n_tokens > 0) {
+        s->has_pending = 1;
+        s->pending = st.last;
+    } else if (rc >= 0) {
+        s->has_pending = 0;
+    }
+    if (st.failed) rc = -1;
+done:
+    free(st.ids.p);
+    free(st.text.p);
+    return rc;
+}
+
+static int check_fits(mcpm_session* s, int n) {
+    int used = mcpm_position(s->model), ctx = mcpm_context_length(s->model);
+    if (used + n >= ctx)
+        return seterr(s, "the conversation is full (%d of %d tokens used, this message needs %d)", used, ctx, n);
+    return 0;
+}
+
+int mcpm_session_chat(mcpm_session* s, const char* user_message, int max_new_tokens, const mcpm_sampling* sp,
+                      mcpm_text_callback cb, void* user) {
+    if (!s) return -1;
+    if (!user_message) return seterr(s, "mcpm_session_chat: user_message is NULL");
+    /* the message, stripped of ASCII whitespace at both ends, in the user format, then the generation prompt */
+    const char* ws = " \t\n\r\v\f";
+    size_t a = 0, b = strlen(user_message);
+    while (a < b && strchr(ws, user_message[a])) a++;
+    while (b > a && strchr(ws, user_message[b - 1])) b--;
+    const char* hole;
+    sbuf text = {0};
+    ibuf ids = {0};
+    int rc = -1;
+    if (sbuf_reserve(&text, 1)) { seterr(s, "out of memory"); goto done; }
+    const char* f = s->user_fmt;
+    for (;;) { /* every {content} of the format */
+        hole = strstr(f, "{content}");
+        if (!hole) break;
+        if (sbuf_add(&text, f, (size_t)(hole - f)) || sbuf_add(&text, user_message + a, b - a)) {
+            seterr(s, "out of memory");
+            goto done;
+        }
+        f = hole + strlen("{content}");
+    }
+    if (sbuf_add(&text, f, strlen(f)) || sbuf_add(&text, s->gen_prompt, strlen(s->gen_prompt))) {
+        seterr(s, "out of memory");
+        goto done;
+    }
+    int first = mcpm_position(s->model) == 0 && !s->has_pending;
+    if ((s->has_pending && ibuf_add(&ids, s->pending)) || (first && s->add_bos && s->bos >= 0 && ibuf_add(&ids, s->bos))) {
+        seterr(s, "out of memory");
+        goto done;
+    }
+    if (encode(s, text.p, text.n, &ids) || check_fits(s, ids.n)) goto done;
+    if (!ids.n) { seterr(s, "mcpm_session_chat: the turn is empty (no template text and no message)"); goto done; }
+    rc = run(s, ids.p, ids.n, max_new_tokens, sp, cb, user);
+done:
+    free(text.p);
+    free(ids.p);
+    return rc;
+}
+
+int mcpm_session_complete(mcpm_session* s, const char* prompt, int max_new_tokens, const mcpm_sampling* sp,
+                          mcpm_text_callback cb, void* user) {
+    if (!s) return -1;
+    if (!prompt) return seterr(s, "mcpm_session_complete: prompt is NULL");
+    mcpm_session_reset(s);
+    ibuf ids = {0};
+    int rc = -1;
+    if (s->bos >= 0 && ibuf_add(&ids, s->bos)) { seterr(s, "out of memory"); goto done; }
+    if (encode(s, prompt, strlen(prompt), &ids)) goto done;
+    if (!ids.n) { seterr(s, "mcpm_session_complete: the prompt is empty and the bundle has no BOS token"); goto done; }
+    if (check_fits(s, ids.n)) goto done;
+    rc = run(s, ids.p, ids.n, max_new_tokens, sp, cb, user);
+done:
+    free(ids.p);
+    return rc;
+}
