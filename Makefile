@@ -3,13 +3,20 @@ PYTHON ?= python3
 PROMPT ?= The people of the United States
 MODEL ?= default
 BUNDLE ?= dist/host-bundle
+# system packages: gcc links host kernels; clang checks that the C runtime also builds with it
+APT_PACKAGES ?= gcc clang
 
 .PHONY: help setup demo test test-all lint bench train-default
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup:  ## install mcpm and its dependencies (pip; system packages as later stages need them)
+setup:  ## install mcpm and its dependencies (apt-get when root and packages are missing, then pip)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "please install: $$missing (e.g. sudo apt-get install $$missing)"; fi; \
+	fi
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 
