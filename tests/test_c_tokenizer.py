@@ -194,16 +194,16 @@ def check_garbled(lib: ctypes.CDLL, model_path: str | Path, tmp_dir: str | Path)
 
 
 def train_big_model(out_dir: str | Path) -> Path:
-    """A MiniCPM-sized (24k) identity-normalized BPE with byte fallback and the user-defined markers."""
+    """A MiniCPM-sized (73440 pieces, as MiniCPM-1B/3) identity-normalized BPE with byte fallback and the markers."""
     rnd = random.Random(0)
     lines = HELDOUT.read_text(encoding="utf-8").splitlines()
     letters = "abcdefghijklmnopqrstuvwxyz"
-    cjk = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
-    words = ["".join(rnd.choice(letters) for _ in range(rnd.randint(3, 9))) for _ in range(20000)]
-    zh = ["".join(rnd.choice(cjk) for _ in range(rnd.randint(2, 4))) for _ in range(8000)]
+    cjk = [chr(c) for c in range(0x4E00, 0x4E00 + 6000)]
+    words = ["".join(rnd.choice(letters) for _ in range(rnd.randint(3, 9))) for _ in range(50000)]
+    zh = ["".join(rnd.choice(cjk) for _ in range(rnd.randint(2, 3))) for _ in range(30000)]
     extra = ["éàüñçøß", "ăşğ", "привет", "мир", "γειά", "σου", "こんにちは", "안녕하세요", "😀🎉👍",
              "e\u0301", "你好", "世界"]
-    for _ in range(30000):
+    for _ in range(90000):
         k = rnd.random()
         if k < 0.5:
             lines.append(" ".join(rnd.choice(words) for _ in range(12)))
@@ -213,10 +213,10 @@ def train_big_model(out_dir: str | Path) -> Path:
             lines.append("  ".join(rnd.choice(extra + words) for _ in range(8)))
     prefix = Path(out_dir) / "big"
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(prefix), model_type="bpe", vocab_size=24000,
+        sentence_iterator=iter(lines), model_prefix=str(prefix), model_type="bpe", vocab_size=73440,
         byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
         remove_extra_whitespaces=False, character_coverage=0.9995, user_defined_symbols=["<用户>", "<AI>"],
-        hard_vocab_limit=False, num_threads=8, minloglevel=2, max_sentence_length=100000)
+        hard_vocab_limit=True, num_threads=2, minloglevel=2, max_sentence_length=100000)
     return prefix.with_suffix(".model")
 
 
@@ -237,7 +237,7 @@ def lib(tmp_path_factory):
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory) -> Path:
     path = train_big_model(tmp_path_factory.mktemp("bigspm"))
-    assert 20000 <= spm.SentencePieceProcessor(model_file=str(path)).get_piece_size() <= 30000
+    assert spm.SentencePieceProcessor(model_file=str(path)).get_piece_size() == 73440
     return path
 
 
