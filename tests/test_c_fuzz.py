@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_c_runtime import ROOT, bind, build
+from tests.test_c_runtime import ROOT, CModel, bind, build
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not found: the C runtime cannot be built")
 
@@ -256,34 +256,17 @@ def test_mutated_bundles_under_sanitizers(default_q4_bundle: Path, tmp_path: Pat
 # ---------------------------------------------------------------- several models at once
 
 
-class Model:
-    """One handle of a (non-sanitized) library; steps = prefill(tokens) then decode(t) for each t."""
-
-    def __init__(self, lib: ctypes.CDLL, bundle: Path, threads: int = 2) -> None:
-        self.lib = lib
-        p = lib.mcpm_default_params()
-        p.threads = threads
-        self.h = lib.mcpm_model_load(str(bundle).encode(), ctypes.byref(p))
-        assert self.h, lib.mcpm_last_error(None).decode()
-        self.vocab = lib.mcpm_vocab_size(self.h)
+class Model(CModel):
+    """A CModel run by scripts: step 0 = prefill(tokens), then decode(t) for each t."""
 
     def step(self, i: int, script: tuple[np.ndarray, list[int]]) -> np.ndarray:
-        out = np.empty(self.vocab, np.float32)  # [vocab]
-        if i == 0:
-            toks = np.ascontiguousarray(script[0], np.int32)  # [n]
-            rc = self.lib.mcpm_prefill(self.h, toks.ctypes.data, len(toks), out.ctypes.data)
-        else:
-            rc = self.lib.mcpm_decode(self.h, int(script[1][i - 1]), out.ctypes.data)
-        assert rc == 0, self.lib.mcpm_last_error(self.h).decode()
-        return out
+        return self.prefill(script[0]) if i == 0 else self.decode(int(script[1][i - 1]))
 
     def run_all(self, script: tuple[np.ndarray, list[int]]) -> np.ndarray:
         """[1 + len(decodes), vocab] from position 0."""
         self.lib.mcpm_reset(self.h)
         return np.stack([self.step(i, script) for i in range(1 + len(script[1]))])
 
-    def close(self) -> None:
-        self.lib.mcpm_model_free(self.h)
 
 
 _rng = np.random.default_rng(1)

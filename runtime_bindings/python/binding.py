@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -133,7 +133,32 @@ def _text(raw: bytes | None) -> str:
     return raw.decode("utf-8", "replace") if raw else ""
 
 
-class Model:
+class _Owned:
+    """An owned C handle in ``self._h``: close() frees it once (also on ``with`` exit and garbage collection)."""
+
+    _h: int | None
+
+    def _free(self, h: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the handle (idempotent)."""
+        h, self._h = self._h, None
+        if h is not None:
+            self._free(h)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_h", None) is not None:
+            self.close()
+
+
+class Model(_Owned):
     """A bundle loaded by the C runtime (an mcpm_model handle)."""
 
     def __init__(self, lib: ctypes.CDLL, handle: int, bundle_dir: Path) -> None:
@@ -246,24 +271,12 @@ class Model:
     def closed(self) -> bool:
         return self._h is None
 
-    def close(self) -> None:
-        """Free the model (idempotent)."""
-        h, self._h = self._h, None
-        if h is not None:
-            self._lib.mcpm_model_free(h)
-
-    def __enter__(self) -> Model:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_h", None) is not None:
-            self.close()
+    def _free(self, h: int) -> None:
+        self._lib.mcpm_model_free(h)
 
 
-class Session:
+
+class Session(_Owned):
     """A text session of the C runtime (mcpm_session): chat turns with the bundle's template and tokenizer in C.
 
     The model must stay open while the session is used; one thread at a time, like the model."""
@@ -325,21 +338,9 @@ class Session:
         """Forget the conversation."""
         self._lib.mcpm_session_reset(self._handle())
 
-    def close(self) -> None:
-        """Free the session (idempotent; the model stays open)."""
-        h, self._h = self._h, None
-        if h is not None:
-            self._lib.mcpm_session_free(h)
+    def _free(self, h: int) -> None:  # the model stays open
+        self._lib.mcpm_session_free(h)
 
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_h", None) is not None:
-            self.close()
 
 
 def sampler_probs(lib: ctypes.CDLL, logits: np.ndarray, history: Sequence[int] | np.ndarray,
