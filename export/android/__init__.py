@@ -1,0 +1,1 @@
+"""Android packaging: native library without the NDK (native.py), APK (apk.py), adb wrapper (adb.py)."""
