@@ -108,7 +108,8 @@ def run_export(opts: ExportOptions) -> ExportReport:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     with phase("compile"):  # define -> legalize -> fuse -> lower -> memory plan -> extract -> kernels.o
-        exported = export_plan(loaded.config, spec, out, target.tvm_target, opts.debug_dump)
+        exported = export_plan(loaded.config, spec, out, target.tvm_target, opts.debug_dump,
+                               variants=list(target.variants) or None)
     with phase("weights"):  # quantize and write one tensor at a time
         params = weight_params(loaded.config, spec)
         written = write_weights(out / "weights.bin", ((p.name, a) for p, a in iter_weights(loaded.model,
@@ -116,7 +117,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
     with phase("bundle"):
         config = bundle_config(loaded, recipe, target, opts)
         shutil.copy(loaded.model_dir / config["tokenizer"]["file"], out / config["tokenizer"]["file"])
-        files = ["plan.json", "weights.bin", config["tokenizer"]["file"], exported.plan.object_file]
+        files = ["plan.json", "weights.bin", config["tokenizer"]["file"], *exported.plan.object_files()]
         config["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_of(out / f)} for f in files}
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     report.bundle_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -39,7 +39,8 @@ def build(bundle: Path, out: Path, sanitize: bool = False) -> Path:
 
 
 class Params(ctypes.Structure):
-    _fields_ = [("threads", ctypes.c_int), ("workspace_bytes", ctypes.c_size_t), ("verify", ctypes.c_int)]
+    _fields_ = [("threads", ctypes.c_int), ("workspace_bytes", ctypes.c_size_t), ("verify", ctypes.c_int),
+                ("kernel_variant", ctypes.c_char_p)]
 
 
 def bind(path: Path) -> ctypes.CDLL:
@@ -106,7 +107,8 @@ DAMAGES = [
     ("truncated", lambda d: (d / "weights.bin").write_bytes((d / "weights.bin").read_bytes()[:1000]),
      "weights.bin is truncated"),
     ("bad-storage", _bad_storage, "invalid plan: prefill call 0 (embed_q4_4096_256_32): storage id 99 out of range"),
-    ("no-kernels", lambda d: (d / "kernels.o").unlink(), "kernels.o is missing"),
+    ("other-kernels", lambda d: (d / "plan.json").write_text((d / "plan.json").read_text().replace(
+        "embed_q4_4096_256_32", "embed_q4_8192_256_32")), "not built with the kernels of"),
     ("bad-magic", lambda d: (d / "plan.json").write_text((d / "plan.json").read_text().replace("MCPMPLAN", "X")),
      "bad magic"),
     ("not-json", lambda d: (d / "plan.json").write_text('{"magic": "MCPMPLAN", '), "not JSON"),

@@ -121,7 +121,7 @@ def test_bundle_for_other_cpu_is_refused(default_bundle: Path, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"target": "android"}, "target 'android' is not available yet"),
+        ({"target": "ios"}, "target 'ios' is not available yet"),
         ({"target": "pdp11"}, "unknown target 'pdp11'"),
         ({"quant": "q5"}, "unknown quantization scheme 'q5'"),
         ({"quant_rules": ("layers.*.attn.wq=q8",)}, "fused into one weight but the quantization rules"),
@@ -182,3 +182,27 @@ def test_every_scheme_and_mixed_recipes_match_the_dequantized_reference(tmp_path
     got = np.stack([plan_model.prefill(ids[0, :5].numpy())[-1], plan_model.decode(int(ids[0, 5]))[-1]])
     rel = np.abs(got - expected[[4, 5]]).max() / np.abs(expected).max()
     assert rel < 2e-3  # residual scale folded before quantization: scales round to fp16 differently
+
+
+def test_arm64_export_has_kernel_variants(tmp_path: Path) -> None:
+    """linux-arm64: three AArch64 kernel objects (i8mm, dotprod, NEON fallback) listed in the plan and the config."""
+    from mcpm.export.compiler.plan import Plan, kernel_object_files
+
+    out = tmp_path / "arm"
+    run_export(ExportOptions(DEFAULT_MODEL_DIR, out, "linux-arm64", context_length=64, prefill_chunk=8,
+                             progress=False))
+    plan = Plan.from_json((out / "plan.json").read_text())
+    assert [(v.name, v.requires) for v in plan.kernel_variants] == [
+        ("i8mm", ("dotprod", "i8mm")), ("dotprod", ("dotprod",)), ("neon", ())]
+    objs = kernel_object_files(out)
+    assert [p.name for p in objs] == ["kernels-i8mm.o", "kernels-dotprod.o", "kernels.o"]
+    cfg = json.loads((out / "mcpm-config.json").read_text())
+    assert set(cfg["files"]) >= {p.name for p in objs}
+    assert cfg["target"]["platform"] == "linux" and cfg["target"]["triple"] == "aarch64-linux-gnu"
+    for p, v in zip(objs, plan.kernel_variants, strict=True):
+        data = p.read_bytes()
+        assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 183  # EM_AARCH64
+        for k in plan.kernels[:3]:
+            assert (v.symbol_prefix + k).encode() in data
+    with pytest.raises(McpmError, match="built for 'linux-arm64'"):
+        load_bundle(out)

@@ -1,4 +1,9 @@
-"""Named export targets and the host CPU's features (a host bundle records them and refuses other CPUs)."""
+"""Named export targets (TVM target, triple, kernel variants) and the host CPU's features.
+
+A host bundle records the CPU features its kernels were built for and is refused on a machine that lacks them.
+ARM64 targets compile three kernel sets and the C runtime picks one at load time from the CPU's features
+(getauxval HWCAP): i8mm, then dotprod, then the plain NEON fallback that every ARMv8-A CPU runs.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,33 @@ from pathlib import Path
 from typing import Any
 
 from mcpm.errors import McpmError
+from mcpm.export.compiler.plan import VariantTarget
 
 # x86 features the host kernels may use; a bundle records the ones its machine had
 X86_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                 "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
+# (name, LLVM attributes, CPU features the runtime must find) in preference order; the last is the fallback
+ARM64_KERNEL_SETS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("i8mm", ("+neon", "+v8.2a", "+dotprod", "+i8mm"), ("dotprod", "i8mm")),
+    ("dotprod", ("+neon", "+v8.2a", "+dotprod"), ("dotprod",)),
+    ("neon", ("+neon",), ()),
+)
+
 
 @dataclass(frozen=True)
 class Target:
     name: str
-    tvm_target: dict[str, Any]
+    tvm_target: dict[str, Any]  # the fallback kernel set's
     triple: str
     features: tuple[str, ...] = ()
+    variants: tuple[VariantTarget, ...] = ()  # preference order; empty = one kernel set (tvm_target)
+    platform: str = "host"  # host | linux | android | ios: how the runtime library is built
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "triple": self.triple, "tvm_target": self.tvm_target,
-                "features": list(self.features)}
+                "features": list(self.features), "platform": self.platform,
+                "kernel_variants": [v.name for v in self.variants]}
 
 
 def cpu_flags() -> set[str]:
@@ -46,14 +62,27 @@ def host_target() -> Target:
     return Target("host", {"kind": "llvm", "mcpu": mcpu}, f"{platform.machine()}-linux-gnu", features)
 
 
+def arm64_target(name: str, triple: str, plat: str) -> Target:
+    variants = tuple(VariantTarget(v, {"kind": "llvm", "mtriple": triple, "mattr": list(mattr)}, req)
+                     for v, mattr, req in ARM64_KERNEL_SETS)
+    return Target(name, variants[-1].tvm_target, triple, (), variants, plat)
+
+
+# --target names; android-arm64 is also accepted for android
 TARGET_NAMES = ("host", "linux-arm64", "android", "ios")
+ALIASES = {"android-arm64": "android", "ios-arm64": "ios"}
 
 
 def get_target(name: str) -> Target:
+    name = ALIASES.get(name, name)
     if name == "host":
         return host_target()
+    if name == "linux-arm64":
+        return arm64_target(name, "aarch64-linux-gnu", "linux")
+    if name == "android":
+        return arm64_target(name, "aarch64-linux-android", "android")
     if name in TARGET_NAMES:
-        raise McpmError(f"target {name!r} is not available yet (only 'host' is)", "use --target host for now")
+        raise McpmError(f"target {name!r} is not available yet", "use --target host, linux-arm64 or android")
     raise McpmError(f"unknown target {name!r}", f"use one of {', '.join(TARGET_NAMES)}")
 
 

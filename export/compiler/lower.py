@@ -28,14 +28,17 @@ from mcpm.export.compiler.layout import weight_params
 from mcpm.export.compiler.model_def import build_module
 from mcpm.export.compiler.plan import (
     ALIGN,
+    SYMBOL_PREFIX,
     CacheArg,
     EntryPlan,
     InputArg,
     KernelCall,
+    KernelVariant,
     Plan,
     ScalarArg,
     Storage,
     TensorRef,
+    VariantTarget,
     WeightArg,
     WeightInfo,
     validate,
@@ -343,18 +346,18 @@ def extract_plan(mod: tvm.IRModule, cfg: MiniCPMConfig, spec: CompileSpec, targe
 # ---------------------------------------------------------------- kernels
 
 
-def kernel_module(mod: tvm.IRModule, names: list[str]) -> tvm.IRModule:
-    """The named PrimFuncs with global_symbol = name (they are private in the relax module)."""
+def kernel_module(mod: tvm.IRModule, names: list[str], symbol_prefix: str = "") -> tvm.IRModule:
+    """The named PrimFuncs with global_symbol = symbol_prefix + name (they are private in the relax module)."""
     funcs = {}
     for name in names:
         f = mod[name]
-        funcs[name] = f.with_attr("global_symbol", name)
+        funcs[name] = f.with_attr("global_symbol", symbol_prefix + name)
     return tvm.IRModule(funcs)
 
 
-def compile_kernels(mod: tvm.IRModule, names: list[str], target: dict | None = None):
-    """tvm.compile of the kernels alone: Executable whose .mod holds ``__tvm_ffi_<name>`` functions."""
-    return tvm.compile(kernel_module(mod, names), target=tvm.target.Target(target or HOST_TARGET))
+def compile_kernels(mod: tvm.IRModule, names: list[str], target: dict | None = None, symbol_prefix: str = ""):
+    """tvm.compile of the kernels alone: Executable whose .mod holds ``__tvm_ffi_<symbol_prefix><name>``."""
+    return tvm.compile(kernel_module(mod, names, symbol_prefix), target=tvm.target.Target(target or HOST_TARGET))
 
 
 @dataclass
@@ -362,7 +365,7 @@ class Exported:
     plan: Plan
     plan_path: Path
     object_path: Path
-    executable: object  # tvm Executable of the kernels (callable in-process)
+    executable: object  # tvm Executable of the (fallback) kernels; callable in-process for host targets
 
 
 def export_plan(
@@ -372,8 +375,14 @@ def export_plan(
     target: dict | None = None,
     debug_dump: Path | None = None,
     schedule: bool = False,
+    variants: list[VariantTarget] | None = None,
 ) -> Exported:
-    """build_module -> phases -> plan.json + kernels.o in out_dir."""
+    """build_module -> phases -> plan.json + kernels.o in out_dir.
+
+    With variants (preference order, the last is the fallback and must use ``target``), every variant but the
+    fallback is compiled again to ``kernels-<name>.o`` with symbols ``__tvm_ffi_<name>_<kernel>``, and the plan
+    lists them as kernel_variants.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     lowered = lower_module(build_module(cfg, spec), target, debug_dump, schedule)
     plan = extract_plan(lowered, cfg, spec, target)
@@ -381,6 +390,17 @@ def export_plan(
     exe = compile_kernels(lowered, plan.kernels, target)
     obj = out_dir / plan.object_file
     exe.mod.write_to_file(str(obj))
+    if variants:
+        if variants[-1].requires or variants[-1].tvm_target != target:
+            raise ValueError("the last kernel variant must be the fallback compiled for the plan's target")
+        for v in variants[:-1]:
+            prefix = f"{v.name}_"
+            vobj = f"kernels-{v.name}.o"
+            compile_kernels(lowered, plan.kernels, v.tvm_target, prefix).mod.write_to_file(str(out_dir / vobj))
+            plan.kernel_variants.append(KernelVariant(v.name, vobj, SYMBOL_PREFIX + prefix, v.requires))
+        fallback = variants[-1]
+        plan.kernel_variants.append(KernelVariant(fallback.name, plan.object_file, plan.symbol_prefix, ()))
+        validate(plan)
     path = out_dir / "plan.json"
     path.write_text(plan.to_json())
     return Exported(plan, path, obj, exe)

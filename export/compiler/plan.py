@@ -4,13 +4,18 @@ JSON layout (version 1), everything a plain-C runtime needs besides the kernel o
 
     {"magic": "MCPMPLAN", "version": 1, "target": {...}, "object_file": "kernels.o", "symbol_prefix": "__tvm_ffi_",
      "kernels": ["linear_64_128", ...],                       # symbol = symbol_prefix + name
+     "kernel_variants": [                                     # optional; preference order, the last one is the
+        {"name": "i8mm", "object_file": "kernels-i8mm.o",    # fallback (= object_file/symbol_prefix above)
+         "symbol_prefix": "__tvm_ffi_i8mm_", "requires": ["dotprod", "i8mm"]}, ...,
+        {"name": "neon", "object_file": "kernels.o", "symbol_prefix": "__tvm_ffi_", "requires": []}],
      "max_ctx": 48, "chunk": 4, "vocab_size": 4096, "num_layers": 3,
      "cache": {"shape": [48, 2, 16], "dtype": "float32"},     # one k and one v cache per layer
      "weights": [{"name": "embed", "shape": [4096, 64], "dtype": "float32"}, ...],   # weight_params order
      "entries": {"prefill": {"n_max": 4, "storages": [{"id": 0, "size": 1536, "align": 64}, ...],
                              "calls": [{"kernel": "take1", "args": [ARG, ...]}, ...], "output": TENSOR}}}
 
-A dim is [a, b] = a * n + b (n = tokens in this call, 1 <= n <= n_max). ARG is one of
+The runtime uses the first kernel variant whose required CPU features the machine has (every variant's object
+is linked into the library). A dim is [a, b] = a * n + b (n = tokens in this call, 1 <= n <= n_max). ARG is one of
     {"kind": "input",  "name": "tokens", "dtype": "int32", "shape": [[1, 0]]}
     {"kind": "scalar", "name": "pos" | "n", "dtype": "int64"}
     {"kind": "weight", "index": i, "name": "...", "dtype": ..., "shape": [[0, 4096], [0, 64]]}
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from mcpm.errors import McpmError
@@ -36,6 +42,33 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4
 SCALARS = ("pos", "n")
 
 Dim = tuple[int, int]  # a * n + b
+# CPU features a kernel variant may require (the C runtime knows how to detect exactly these)
+VARIANT_FEATURES = ("dotprod", "i8mm", "fp16")
+
+
+@dataclass(frozen=True)
+class VariantTarget:
+    """One kernel set of an export target: compiled for tvm_target, used on CPUs with every feature in requires."""
+
+    name: str
+    tvm_target: dict
+    requires: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    name: str
+    object_file: str
+    symbol_prefix: str
+    requires: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "object_file": self.object_file, "symbol_prefix": self.symbol_prefix,
+                "requires": list(self.requires)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KernelVariant:
+        return cls(str(d["name"]), str(d["object_file"]), str(d["symbol_prefix"]), tuple(d.get("requires", ())))
 
 
 def dim_value(d: Dim, n: int) -> int:
@@ -180,9 +213,15 @@ class Plan:
     version: int = PLAN_VERSION
     symbol_prefix: str = SYMBOL_PREFIX
     extra: dict = field(default_factory=dict)
+    kernel_variants: list[KernelVariant] = field(default_factory=list)
 
     def symbols(self) -> list[str]:
         return [self.symbol_prefix + k for k in self.kernels]
+
+    def object_files(self) -> list[str]:
+        """Every kernel object the runtime library must be linked with (the fallback's last)."""
+        names = [v.object_file for v in self.kernel_variants if v.object_file != self.object_file]
+        return [*dict.fromkeys(names), self.object_file]
 
     # ---- json
 
@@ -194,6 +233,7 @@ class Plan:
             "object_file": self.object_file,
             "symbol_prefix": self.symbol_prefix,
             "kernels": list(self.kernels),
+            **({"kernel_variants": [v.to_dict() for v in self.kernel_variants]} if self.kernel_variants else {}),
             "max_ctx": self.max_ctx,
             "chunk": self.chunk,
             "vocab_size": self.vocab_size,
@@ -238,6 +278,7 @@ class Plan:
                 object_file=d.get("object_file", "kernels.o"),
                 symbol_prefix=d.get("symbol_prefix", SYMBOL_PREFIX),
                 extra=d.get("extra", {}),
+                kernel_variants=[KernelVariant.from_dict(v) for v in d.get("kernel_variants", [])],
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise _err(f"missing or malformed field ({type(e).__name__}: {e})") from e
@@ -277,9 +318,37 @@ def validate(plan: Plan) -> None:
     _check_dtype(plan.cache_dtype, "cache")
     for w in plan.weights:
         _check_dtype(w.dtype, f"weight {w.name}")
+    _validate_variants(plan)
     kernels = set(plan.kernels)
     for e in plan.entries.values():
         _validate_entry(plan, e, kernels)
+
+
+def _validate_variants(plan: Plan) -> None:
+    if not plan.kernel_variants:
+        return
+    names = [v.name for v in plan.kernel_variants]
+    if len(set(names)) != len(names):
+        raise _err(f"duplicate kernel variant names {names}")
+    for v in plan.kernel_variants:
+        unknown = sorted(set(v.requires) - set(VARIANT_FEATURES))
+        if unknown:
+            raise _err(f"kernel variant {v.name!r} requires unknown CPU features {unknown}")
+        if not v.symbol_prefix or "/" in v.object_file or v.object_file.startswith("."):
+            raise _err(f"kernel variant {v.name!r}: bad object_file/symbol_prefix")
+    last = plan.kernel_variants[-1]
+    if last.requires or (last.object_file, last.symbol_prefix) != (plan.object_file, plan.symbol_prefix):
+        raise _err("the last kernel variant must be the fallback: no requirements, the plan's object_file "
+                   "and symbol_prefix")
+
+
+def kernel_object_files(bundle_dir: Path) -> list[Path]:
+    """The kernel objects of a bundle (read from its plan.json) that its runtime library links."""
+    plan_path = Path(bundle_dir) / "plan.json"
+    if not plan_path.is_file():
+        raise McpmError(f"{plan_path} is missing: {bundle_dir} is not a bundle", "export one with mcpm-export")
+    plan = Plan.from_json(plan_path.read_text())
+    return [Path(bundle_dir) / name for name in plan.object_files()]
 
 
 def _check_dtype(dtype: str, where: str) -> None:

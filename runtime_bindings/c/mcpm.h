@@ -3,7 +3,8 @@
  * The bundle's kernels.o is linked INTO the same shared library as this runtime, e.g.
  *   gcc -std=c11 -O2 -fPIC -shared -fvisibility=hidden -o libmcpm_bundle.so \
  *       mcpm_json.c mcpm_runtime.c mcpm_backend.c <bundle>/kernels.o -lm -lpthread -ldl
- * mcpm_model_load() then finds every kernel of plan.json as the symbol __tvm_ffi_<name> in that library.
+ * mcpm_model_load() then finds every kernel of plan.json as the symbol <symbol_prefix><name> in that library; with
+ * kernel variants (ARM64: one kernel object per CPU feature set, all linked in) it picks the variant first.
  *
  * Threading: one model must be used by one thread at a time; different models may run on different threads.
  * All functions returning int give 0 on success and -1 on failure; the message is then in mcpm_last_error(model).
@@ -30,6 +31,9 @@ typedef struct mcpm_params {
     int threads;            /* worker threads incl. the caller; 0 = number of online CPUs */
     size_t workspace_bytes; /* per-thread bump arena for kernel scratch; 0 = 1 MiB */
     int verify;             /* 1 = check weights.bin data CRC-32 on load (reads the whole file) */
+    const char* kernel_variant; /* NULL = the plan's first kernel variant this CPU supports (e.g. "i8mm",
+                                   "dotprod", "neon" on ARM64); a name forces it (an error if the CPU lacks a
+                                   feature it requires) */
 } mcpm_params;
 
 MCPM_API mcpm_params mcpm_default_params(void);
@@ -86,7 +90,7 @@ MCPM_API int mcpm_generate(mcpm_model* model, const int32_t* prompt, int n_promp
                            void* user);
 
 /* One JSON object into out char[len] (NUL-terminated): load_ms, prefill_tokens, prefill_tok_s, decode_tokens,
- * decode_tok_s, ttft_ms (of the last mcpm_generate), peak_rss_kb (getrusage, now), threads. -1 if len is too small. */
+ * decode_tok_s, ttft_ms (of the last mcpm_generate), peak_rss_kb (getrusage, now), threads, kernel_variant. -1 if len is too small. */
 MCPM_API int mcpm_stats_json(mcpm_model* model, char* out, size_t len);
 
 /* Test hook: the distribution the sampler draws from. logits float[n_vocab], history int32[n_history] (prompt +

@@ -13,6 +13,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 #include "mcpm_internal.h"
 #include "mcpm_json.h"
@@ -95,6 +98,8 @@ struct mcpm_model {
     int prefill_tokens, decode_tokens;
     double prefill_ms, decode_ms, ttft_ms;
     char* bundle_dir;           /* char[strlen + 1]: the bundle_dir of mcpm_model_load (for mcpm_session_new) */
+    const char* want_variant;   /* mcpm_params.kernel_variant during mcpm_model_load only */
+    char variant[32];           /* the kernel variant in use ("" = the plan has none) */
 };
 
 const char* mcpm_model_bundle_dir(const struct mcpm_model* model) { return model->bundle_dir; }
@@ -459,6 +464,57 @@ static int check_weight_arg(plan_ctx* pc, const plan_arg* a, const json_node* wi
     return 0;
 }
 
+/* 1 if this CPU has the named feature of a kernel variant's "requires" (ARM64 Linux/Android: getauxval HWCAP). */
+static int cpu_has(const char* feature) {
+#if defined(__aarch64__) && defined(__linux__)
+    unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    if (!strcmp(feature, "dotprod")) return (hw & (1UL << 20)) != 0; /* HWCAP_ASIMDDP */
+    if (!strcmp(feature, "fp16")) return (hw & (1UL << 10)) != 0;    /* HWCAP_ASIMDHP */
+    if (!strcmp(feature, "i8mm")) return (hw2 & (1UL << 13)) != 0;   /* HWCAP2_I8MM */
+#endif
+    (void)feature;
+    return 0;
+}
+
+/* Chooses the kernel variant: the forced one (m->want_variant) or the first whose requires this CPU has; sets
+ * *obj / *prefix to its object file and symbol prefix and m->variant to its name. */
+static int pick_variant(plan_ctx* pc, const json_node* root, const char** obj, const char** prefix) {
+    mcpm_model* m = pc->m;
+    const json_node* vs = get_typed(pc, root, "kernel_variants", JSON_ARRAY, "top level");
+    if (!vs) return -1;
+    if (vs->count < 1) return PLAN_ERR(pc, "kernel_variants is empty");
+    char names[256] = "";
+    for (const json_node* v = json_child(pc->doc, vs); v; v = json_next(pc->doc, v)) {
+        const char* name = get_str(pc, v, "name", "kernel_variants");
+        const char* vobj = name ? get_str(pc, v, "object_file", "kernel_variants") : NULL;
+        const char* vpre = vobj ? get_str(pc, v, "symbol_prefix", "kernel_variants") : NULL;
+        const json_node* req = vpre ? get_typed(pc, v, "requires", JSON_ARRAY, "kernel_variants") : NULL;
+        if (!req) return -1;
+        if (strlen(name) >= sizeof m->variant) return PLAN_ERR(pc, "kernel variant name too long");
+        const char* lacking = NULL;
+        for (const json_node* r = json_child(pc->doc, req); r; r = json_next(pc->doc, r)) {
+            if (r->type != JSON_STRING) return PLAN_ERR(pc, "kernel variant %s: requires must be strings", name);
+            if (!lacking && !cpu_has(r->str)) lacking = r->str;
+        }
+        if (m->want_variant && strcmp(m->want_variant, name)) {
+            size_t used = strlen(names);
+            snprintf(names + used, sizeof names - used, "%s%s", used ? ", " : "", name);
+            continue;
+        }
+        if (lacking && m->want_variant)
+            return seterr(m->err, "kernel variant '%s' needs the CPU feature '%s', which this CPU lacks: "
+                          "leave the kernel variant unset to pick one automatically", name, lacking);
+        if (lacking) continue;
+        *obj = vobj;
+        *prefix = vpre;
+        snprintf(m->variant, sizeof m->variant, "%s", name);
+        return 0;
+    }
+    if (m->want_variant)
+        return seterr(m->err, "unknown kernel variant '%s' (this bundle has: %s)", m->want_variant, names);
+    return PLAN_ERR(pc, "no kernel variant runs on this CPU (the last one must require nothing)");
+}
+
 static int load_plan(mcpm_model* m, const char* dir, const char* path, const wentry* wes, uint32_t wcount,
                      const unsigned char* wdata) {
     size_t len = 0;
@@ -489,19 +545,13 @@ static int load_plan(mcpm_model* m, const char* dir, const char* path, const wen
     obj = json_get(&doc, root, "object_file") ? get_str(pc, root, "object_file", "top level") : "kernels.o";
     prefix = json_get(&doc, root, "symbol_prefix") ? get_str(pc, root, "symbol_prefix", "top level") : "__tvm_ffi_";
     if (!obj || !prefix) goto done;
+    if (json_get(&doc, root, "kernel_variants") && pick_variant(pc, root, &obj, &prefix)) goto done;
     if (!(kernels = get_typed(pc, root, "kernels", JSON_ARRAY, "top level")) ||
         !(cache = get_typed(pc, root, "cache", JSON_OBJECT, "top level")) ||
         !(weights = get_typed(pc, root, "weights", JSON_ARRAY, "top level")) ||
         !(entries = get_typed(pc, root, "entries", JSON_OBJECT, "top level")) ||
         !(cshape = get_typed(pc, cache, "shape", JSON_ARRAY, "cache")) || !(cdt = get_str(pc, cache, "dtype", "cache")))
         goto done;
-    /* the kernel object must still be in the bundle: this library was linked from it */
-    {
-        char opath[4096];
-        struct stat st;
-        snprintf(opath, sizeof opath, "%s/%s", dir, obj);
-        if (stat(opath, &st)) { seterr(m->err, "%s is missing: re-export or re-copy the bundle", opath); goto done; }
-    }
     /* cache */
     if ((m->cache_dtype = dtype_by_name(cdt)) < 0) { PLAN_ERR(pc, "cache: unknown dtype '%s'", cdt); goto done; }
     if (cshape->count != 3) { PLAN_ERR(pc, "cache shape must be [max_ctx, kv_heads, head_dim]"); goto done; }
@@ -538,8 +588,8 @@ static int load_plan(mcpm_model* m, const char* dir, const char* path, const wen
             void* p = dlsym(self, sym);
             if (!p) {
                 dlclose(self);
-                seterr(m->err, "kernel symbol %s not found in %s: this library was not linked with this bundle's %s",
-                       sym, info.dli_fname, obj);
+                seterr(m->err, "kernel symbol %s not found in %s: this library was not built with the kernels of %s (%s)",
+                       sym, info.dli_fname, dir, obj);
                 goto done;
             }
             memcpy(&m->kernel_fns[k], &p, sizeof p);
@@ -640,7 +690,7 @@ static double now_ms(void) {
 }
 
 mcpm_params mcpm_default_params(void) {
-    mcpm_params p = {0, 1 << 20, 0};
+    mcpm_params p = {0, 1 << 20, 0, NULL};
     return p;
 }
 
@@ -692,6 +742,7 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
     wentry* wes = NULL;
     uint32_t wcount = 0;
     const unsigned char* wdata = NULL;
+    m->want_variant = params.kernel_variant && params.kernel_variant[0] ? params.kernel_variant : NULL;
     int rc = load_weights(m, wpath, params.verify, &wes, &wcount, &wdata);
     if (!rc) rc = load_plan(m, bundle_dir, ppath, wes, wcount, wdata);
     free(wes);
@@ -710,6 +761,7 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
         mcpm_model_free(m);
         return NULL;
     }
+    m->want_variant = NULL;
     m->load_ms = now_ms() - t_load;
     return m;
 }
@@ -862,9 +914,10 @@ int mcpm_stats_json(mcpm_model* m, char* out, size_t len) {
     double dec = m->decode_ms > 0 ? m->decode_tokens / (m->decode_ms * 1e-3) : 0.0;
     int n = snprintf(out, len,
                      "{\"load_ms\": %.3f, \"prefill_tokens\": %d, \"prefill_tok_s\": %.3f, \"decode_tokens\": %d, "
-                     "\"decode_tok_s\": %.3f, \"ttft_ms\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d}",
+                     "\"decode_tok_s\": %.3f, \"ttft_ms\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d, "
+                     "\"kernel_variant\": \"%s\"}",
                      m->load_ms, m->prefill_tokens, pre, m->decode_tokens, dec, m->ttft_ms, peak_kb,
-                     m->pool_ready ? m->pool.threads : 0);
+                     m->pool_ready ? m->pool.threads : 0, m->variant[0] ? m->variant : "default");
     if (n < 0 || (size_t)n >= len) return seterr(m->err, "mcpm_stats_json: buffer of %zu bytes too small, need %d", len, n + 1);
     return 0;
 }

@@ -32,7 +32,8 @@ from mcpm.runtime.build import build_library
 class Params(ctypes.Structure):
     """struct mcpm_params."""
 
-    _fields_ = [("threads", ctypes.c_int), ("workspace_bytes", ctypes.c_size_t), ("verify", ctypes.c_int)]
+    _fields_ = [("threads", ctypes.c_int), ("workspace_bytes", ctypes.c_size_t), ("verify", ctypes.c_int),
+                ("kernel_variant", ctypes.c_char_p)]
 
 
 class SamplingC(ctypes.Structure):
