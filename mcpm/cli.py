@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from mcpm import __version__
+from mcpm.android_cli import android
 from mcpm.cli_util import model_dir_argument, run_main
 from mcpm.errors import McpmError
 
@@ -256,6 +257,9 @@ def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, 
             click.echo()
         except ContextOverflowError as exc:
             click.echo(f"error: {exc}", err=True)
+
+
+cli.add_command(android)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,145 @@
+"""``mcpm android``: install the demo app, push bundles and run the on-phone benchmark over adb."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mcpm.errors import McpmError
+
+if TYPE_CHECKING:
+    from mcpm.export.android.adb import Adb
+
+
+def _adb(ctx: click.Context) -> Adb:
+    from mcpm.export.android.adb import Adb
+
+    return Adb(serial=ctx.obj.get("serial"), log=lambda message: click.echo(message, err=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-s", "--serial", envvar="ANDROID_SERIAL",
+              help="Device serial from `adb devices` (default: $ANDROID_SERIAL, or the only device connected).")
+@click.pass_context
+def android(ctx: click.Context, serial: str | None) -> None:
+    """Run exported models on an Android phone over adb.
+
+    The phone needs USB debugging on (Settings > Developer options).
+
+    adb is found on PATH or in $ADB. Typical session:
+
+    \b
+      mcpm android install out/mcpm-demo.apk
+      mcpm android push-model out/minicpm-1b-q4
+      mcpm android bench --model minicpm-1b-q4 -p 128 -n 64 -t 4
+      mcpm android pull-results -o results
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["serial"] = serial
+
+
+@android.command()
+@click.argument("apk", type=click.Path(path_type=Path))
+@click.pass_context
+def install(ctx: click.Context, apk: Path) -> None:
+    """Install or replace the demo app APK.
+
+    An installed app keeps its data and pushed models.
+
+    \b
+    Example:
+      mcpm android install out/mcpm-demo.apk
+    """
+    _adb(ctx).install(apk)
+    click.echo(f"installed {apk}")
+
+
+@android.command("push-model")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--name", help="Model name on the phone (default: the bundle folder's name).")
+@click.pass_context
+def push_model(ctx: click.Context, bundle: Path, name: str | None) -> None:
+    """Copy a bundle to the phone's models folder.
+
+    BUNDLE is a folder written by mcpm-export. It lands in /sdcard/Android/data/org.mcpm.demo/files/models/NAME/,
+    where the app's model picker and `mcpm android bench --model NAME` find it.
+    Kernel objects (*.o) are not copied: the APK holds them.
+
+    \b
+    Example:
+      mcpm android push-model out/minicpm-1b-q4 --name minicpm-1b
+    """
+    remote = _adb(ctx).push_model(bundle, name)
+    click.echo(f"pushed {bundle} to {remote}")
+
+
+@android.command()
+@click.option("--model", metavar="NAME|DIR", required=True,
+              help="A model name (pushed with push-model or shipped in the APK) or an absolute bundle folder "
+                   "on the phone.")
+@click.option("-p", "--prompt-tokens", default=128, show_default=True, help="Prompt tokens to prefill.")
+@click.option("-n", "--gen-tokens", default=64, show_default=True, help="Tokens to generate.")
+@click.option("-t", "--threads", default=4, show_default=True, help="CPU threads on the phone.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Where the app runs the model.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the result.")
+@click.option("--json", "as_json", is_flag=True, help="Print the phone's stats JSON instead of a table.")
+@click.pass_context
+def bench(ctx: click.Context, model: str, prompt_tokens: int, gen_tokens: int, threads: int, device: str,
+          timeout: float, as_json: bool) -> None:
+    """Benchmark a model on the phone.
+
+    Prints prefill and decode tok/s, time to first token, load time and peak memory. Starts the app's
+    BenchmarkActivity and waits for its result file (/sdcard/Android/data/org.mcpm.demo/files/bench/latest.json).
+
+    \b
+    Example:
+      mcpm android bench --model minicpm-1b -p 128 -n 64 -t 4
+    """
+    for option, value in (("--prompt-tokens", prompt_tokens), ("--gen-tokens", gen_tokens), ("--threads", threads)):
+        if value < 1:
+            raise McpmError(f"{option} must be at least 1, got {value}", f"pass {option} 1 or more")
+    stats = _adb(ctx).bench(model, prompt_tokens, gen_tokens, threads, device, timeout)
+    click.echo(json.dumps(stats) if as_json else format_stats(stats, model))
+
+
+def format_stats(stats: dict[str, Any], model: str) -> str:
+    """The phone's stats JSON as a small table (keys the runtime did not report are shown as '-')."""
+
+    def value(key: str, fmt: str, scale: float = 1.0) -> str:
+        v = stats.get(key)
+        return format(v / scale, fmt) if isinstance(v, int | float) else "-"
+
+    prefill_n = stats.get("prefill_tokens", "?")
+    decode_n = stats.get("decode_tokens", "?")
+    rows = [
+        (f"pp{prefill_n}", f"{value('prefill_tok_s', '.2f')} tok/s"),
+        (f"tg{decode_n}", f"{value('decode_tok_s', '.2f')} tok/s"),
+        ("ttft", f"{value('ttft_ms', '.1f')} ms"),
+        ("load", f"{value('load_ms', '.1f')} ms"),
+        ("peak rss", f"{value('peak_rss_kb', '.1f', 1024)} MiB"),
+    ]
+    head = f"model {model}, {stats.get('threads', '?')} threads"
+    lines = [head, f"{'test':<12}{'value':>18}"]
+    lines += [f"{name:<12}{text:>18}" for name, text in rows]
+    return "\n".join(lines)
+
+
+@android.command("pull-results")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder to copy the phone's bench/ folder into.")
+@click.pass_context
+def pull_results(ctx: click.Context, out_dir: Path) -> None:
+    """Copy the phone's benchmark results here.
+
+    Every result (bench/latest.json and bench/<unix-millis>.json) lands in OUT/bench/.
+
+    \b
+    Example:
+      mcpm android pull-results -o results
+    """
+    local = _adb(ctx).pull_results(out_dir)
+    click.echo(f"pulled results to {local}")
