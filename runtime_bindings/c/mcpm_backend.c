@@ -66,7 +66,7 @@ static void* alloc_workspace(int device_type, int device_id, uint64_t nbytes, in
         a->top += size;
         return p;
     }
-    return aligned_alloc(MCPM_ALIGN, size); /* overflow (or no arena): rare, freed below */
+    return mcpm_aligned_alloc(size); /* overflow (or no arena): rare, freed below */
 }
 
 static int free_workspace(int device_type, int device_id, void* ptr) {
@@ -148,12 +148,17 @@ MCPM_HIDDEN mcpm_launch_fn __TVMBackendParallelLaunch = parallel_launch;
 MCPM_HIDDEN mcpm_alloc_fn __TVMBackendAllocWorkspace = alloc_workspace;
 MCPM_HIDDEN mcpm_free_fn __TVMBackendFreeWorkspace = free_workspace;
 
+void* mcpm_aligned_alloc(size_t size) {
+    void* p = NULL;
+    return posix_memalign(&p, MCPM_ALIGN, size ? size : MCPM_ALIGN) == 0 ? p : NULL;
+}
+
 /* ---------------------------------------------------------------- pool lifetime */
 
 static int arena_init(mcpm_arena* a, size_t bytes) {
     a->cap = round_up(bytes);
     a->top = 0;
-    a->base = aligned_alloc(MCPM_ALIGN, a->cap);
+    a->base = mcpm_aligned_alloc(a->cap);
     return a->base ? 0 : -1;
 }
 

@@ -10,6 +10,10 @@
 
 #define MCPM_HIDDEN __attribute__((visibility("hidden")))
 #define MCPM_ALIGN 64
+
+/* size bytes aligned to MCPM_ALIGN, freed with free(); NULL when out of memory. posix_memalign, not C11's
+ * aligned_alloc: Android's libc has aligned_alloc only from API 28 and the app supports API 24. */
+void* mcpm_aligned_alloc(size_t size);
 #define MCPM_MAX_NDIM 8
 #define MCPM_ERR_LEN 1024
 

@@ -123,7 +123,7 @@ static int dtype_by_name(const char* s) {
 
 static void* aligned_zeroed(size_t bytes) {
     size_t size = (bytes + MCPM_ALIGN - 1) / MCPM_ALIGN * MCPM_ALIGN;
-    void* p = aligned_alloc(MCPM_ALIGN, size ? size : MCPM_ALIGN);
+    void* p = mcpm_aligned_alloc(size ? size : MCPM_ALIGN);
     if (p) memset(p, 0, size ? size : MCPM_ALIGN);
     return p;
 }
