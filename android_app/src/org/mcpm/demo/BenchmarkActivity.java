@@ -1,0 +1,163 @@
+package org.mcpm.demo;
+
+import android.app.Activity;
+import android.os.Bundle;
+import android.util.Log;
+import android.widget.TextView;
+
+import org.json.JSONException;
+import org.json.JSONObject;
+
+import java.io.File;
+import java.io.IOException;
+
+/**
+ * Started by adb (contract: android_app/README.md):
+ * {@code am start -n org.mcpm.demo/.BenchmarkActivity --es model_dir <dir|name> --ei prompt_tokens 128
+ * --ei gen_tokens 64 --ei threads 4}. Writes the runtime's stats JSON to {@code <external files dir>/bench/latest.json}
+ * and {@code bench/<unix-millis>.json}, logs {@code MCPM_BENCH {json}} (tag mcpm), or on failure writes
+ * {@code {"error": "..."}} there and logs {@code MCPM_BENCH_ERROR <message>}; then finishes.
+ */
+public class BenchmarkActivity extends Activity {
+    public static final String TAG = "mcpm";
+    public static final String EXTRA_MODEL_DIR = "model_dir";
+    public static final String EXTRA_PROMPT_TOKENS = "prompt_tokens";
+    public static final String EXTRA_GEN_TOKENS = "gen_tokens";
+    public static final String EXTRA_THREADS = "threads";
+
+    private TextView text;
+
+    @Override
+    protected void onCreate(Bundle savedInstanceState) {
+        super.onCreate(savedInstanceState);
+        text = new TextView(this);
+        text.setPadding(32, 32, 32, 32);
+        text.setText("mcpm benchmark starting...");
+        setContentView(text);
+
+        final String modelDir = getIntent().getStringExtra(EXTRA_MODEL_DIR);
+        final int promptTokens = getIntent().getIntExtra(EXTRA_PROMPT_TOKENS, 128);
+        final int genTokens = getIntent().getIntExtra(EXTRA_GEN_TOKENS, 64);
+        final int threads = getIntent().getIntExtra(EXTRA_THREADS, 4);
+        Thread worker = new Thread(new Runnable() {
+            @Override
+            public void run() {
+                runBenchmark(modelDir, promptTokens, genTokens, threads);
+            }
+        }, "mcpm-bench");
+        worker.start();
+    }
+
+    private void runBenchmark(String modelDir, int promptTokens, int genTokens, int threads) {
+        String result = null;
+        String error = null;
+        try {
+            if (promptTokens < 1 || genTokens < 1 || threads < 1) {
+                throw new McpmException("prompt_tokens, gen_tokens and threads must be at least 1 (got "
+                        + promptTokens + ", " + genTokens + ", " + threads + ")");
+            }
+            McpmNative.ensureLoaded();
+            ModelStore.Model model = ModelStore.find(this, modelDir);
+            File dir = ModelStore.prepare(this, model, new ModelStore.Progress() {
+                @Override
+                public void onProgress(String message) {
+                    show(message);
+                }
+            });
+            show("Loading " + model.name + " (" + threads + " threads)...");
+            long handle = McpmNative.load(dir.getAbsolutePath(), threads);
+            try {
+                show("Benchmarking " + model.name + ": " + promptTokens + " prompt + " + genTokens + " tokens...");
+                result = McpmNative.bench(handle, promptTokens, genTokens);
+            } finally {
+                McpmNative.free(handle);
+            }
+            if (result == null) {
+                throw new McpmException("the runtime returned no statistics");
+            }
+        } catch (McpmException e) {
+            error = e.getMessage();
+        } catch (OutOfMemoryError e) {
+            error = "out of memory: the model does not fit in this phone's memory";
+        } catch (UnsatisfiedLinkError e) {
+            error = "native library problem: " + e.getMessage();
+        } catch (Throwable t) {
+            error = t.toString();
+        }
+        finishWith(error, error != null ? errorJson(error) : result);
+    }
+
+    /** Writes the result files and the logcat line, then finishes the activity. */
+    private void finishWith(String error, String body) {
+        String line = oneLine(body);
+        try {
+            writeResults(body);
+        } catch (IOException e) {
+            if (error == null) {
+                error = "cannot write the result file: " + e.getMessage();
+            }
+        }
+        if (error != null) {
+            Log.e(TAG, "MCPM_BENCH_ERROR " + error.replace('\n', ' '));
+            show("Benchmark failed: " + error);
+        } else {
+            Log.i(TAG, "MCPM_BENCH " + line);
+            show("Benchmark done: " + line);
+        }
+        runOnUiThread(new Runnable() {
+            @Override
+            public void run() {
+                finish();
+            }
+        });
+    }
+
+    private void writeResults(String body) throws IOException {
+        File base = getExternalFilesDir(null);
+        if (base == null) {
+            throw new IOException("shared storage is not mounted (no external files dir)");
+        }
+        File bench = new File(base, "bench");
+        if (!bench.isDirectory() && !bench.mkdirs()) {
+            throw new IOException("cannot create " + bench);
+        }
+        String text = body.endsWith("\n") ? body : body + "\n";
+        File stamped = new File(bench, System.currentTimeMillis() + ".json");
+        ModelStore.writeSmall(stamped, text);
+        File tmp = new File(bench, ".latest.json.tmp");
+        ModelStore.writeSmall(tmp, text);
+        File latest = new File(bench, "latest.json");
+        if (!tmp.renameTo(latest)) {
+            ModelStore.writeSmall(latest, text);
+            if (!tmp.delete()) {
+                tmp.deleteOnExit();
+            }
+        }
+    }
+
+    private static String errorJson(String message) {
+        try {
+            return new JSONObject().put("error", message).toString();
+        } catch (JSONException e) {
+            return "{\"error\": \"unknown error\"}";
+        }
+    }
+
+    /** The JSON on one line for logcat (compact re-serialization; raw text with newlines removed otherwise). */
+    private static String oneLine(String json) {
+        try {
+            return new JSONObject(json).toString();
+        } catch (JSONException e) {
+            return json.replace('\n', ' ').replace('\r', ' ');
+        }
+    }
+
+    private void show(final String message) {
+        runOnUiThread(new Runnable() {
+            @Override
+            public void run() {
+                text.setText(message);
+            }
+        });
+    }
+}

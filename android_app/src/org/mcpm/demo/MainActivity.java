@@ -1,0 +1,364 @@
+package org.mcpm.demo;
+
+import android.app.Activity;
+import android.content.Intent;
+import android.graphics.Color;
+import android.os.Bundle;
+import android.os.Handler;
+import android.os.Looper;
+import android.view.View;
+import android.widget.AdapterView;
+import android.widget.ArrayAdapter;
+import android.widget.Button;
+import android.widget.EditText;
+import android.widget.ScrollView;
+import android.widget.Spinner;
+import android.widget.TextView;
+
+import java.io.File;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+
+/**
+ * The chat screen: a model picker, the conversation with streaming tokens, Send / Stop, New chat and Settings.
+ * All native calls run on one background thread (so they never overlap); every error is shown, never thrown.
+ */
+public class MainActivity extends Activity {
+    private static final int COLOR_STATUS = 0xFF666666;
+
+    private final Handler ui = new Handler(Looper.getMainLooper());
+    private final ExecutorService worker = Executors.newSingleThreadExecutor();
+    private final List<ModelStore.Model> models = new ArrayList<ModelStore.Model>();
+
+    private Spinner modelSpinner;
+    private ArrayAdapter<ModelStore.Model> modelAdapter;
+    private TextView statusText;
+    private TextView chatText;
+    private ScrollView chatScroll;
+    private EditText inputText;
+    private Button sendButton;
+    private Button stopButton;
+    private Button resetButton;
+
+    private volatile boolean stopRequested;
+    private boolean busy; // UI thread only
+
+    // Worker thread only.
+    private long handle;
+    private String loadedKey;
+    private int loadedThreads;
+
+    @Override
+    protected void onCreate(Bundle savedInstanceState) {
+        super.onCreate(savedInstanceState);
+        setContentView(R.layout.activity_main);
+        modelSpinner = (Spinner) findViewById(R.id.model_spinner);
+        statusText = (TextView) findViewById(R.id.status_text);
+        chatText = (TextView) findViewById(R.id.chat_text);
+        chatScroll = (ScrollView) findViewById(R.id.chat_scroll);
+        inputText = (EditText) findViewById(R.id.input_text);
+        sendButton = (Button) findViewById(R.id.send_button);
+        stopButton = (Button) findViewById(R.id.stop_button);
+        resetButton = (Button) findViewById(R.id.reset_button);
+
+        modelAdapter = new ArrayAdapter<ModelStore.Model>(this, android.R.layout.simple_spinner_item, models);
+        modelAdapter.setDropDownViewResource(android.R.layout.simple_spinner_dropdown_item);
+        modelSpinner.setAdapter(modelAdapter);
+        modelSpinner.setOnItemSelectedListener(new AdapterView.OnItemSelectedListener() {
+            @Override
+            public void onItemSelected(AdapterView<?> parent, View view, int position, long id) {
+                if (position >= 0 && position < models.size()) {
+                    ModelStore.Model m = models.get(position);
+                    Prefs.shared(MainActivity.this).edit().putString(Prefs.LAST_MODEL, m.key()).apply();
+                    loadInBackground(m);
+                }
+            }
+
+            @Override
+            public void onNothingSelected(AdapterView<?> parent) {
+            }
+        });
+        sendButton.setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                send();
+            }
+        });
+        stopButton.setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                stopRequested = true;
+                setStatus("Stopping...", false);
+            }
+        });
+        resetButton.setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                newChat();
+            }
+        });
+        findViewById(R.id.settings_button).setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                startActivity(new Intent(MainActivity.this, SettingsActivity.class));
+            }
+        });
+        try {
+            McpmNative.ensureLoaded();
+        } catch (McpmException e) {
+            setStatus(e.getMessage(), true);
+        }
+    }
+
+    @Override
+    protected void onResume() {
+        super.onResume();
+        refreshModels();
+    }
+
+    @Override
+    protected void onDestroy() {
+        stopRequested = true;
+        try {
+            worker.execute(new Runnable() {
+                @Override
+                public void run() {
+                    freeModel();
+                }
+            });
+        } catch (RuntimeException e) {
+            // Already shut down.
+        }
+        worker.shutdown();
+        super.onDestroy();
+    }
+
+    /** Lists the models again (pushed ones may have appeared) and keeps or restores the selection. */
+    private void refreshModels() {
+        ModelStore.Model current = selectedModel();
+        String wanted = current != null ? current.key() : Prefs.shared(this).getString(Prefs.LAST_MODEL, null);
+        models.clear();
+        models.addAll(ModelStore.list(this));
+        modelAdapter.notifyDataSetChanged();
+        if (models.isEmpty()) {
+            setStatus("No model found. Looked in " + ModelStore.searchPlaces(this)
+                    + ". Push one with `mcpm android push-model`, or build the APK with a bundle.", true);
+            return;
+        }
+        int index = 0;
+        for (int i = 0; i < models.size(); i++) {
+            if (models.get(i).key().equals(wanted)) {
+                index = i;
+                break;
+            }
+        }
+        if (modelSpinner.getSelectedItemPosition() == index) {
+            loadInBackground(models.get(index)); // same item: no selection event; reloads only if threads changed
+        } else {
+            modelSpinner.setSelection(index);
+        }
+    }
+
+    private ModelStore.Model selectedModel() {
+        int pos = modelSpinner.getSelectedItemPosition();
+        return pos >= 0 && pos < models.size() ? models.get(pos) : null;
+    }
+
+    private void loadInBackground(final ModelStore.Model model) {
+        final int threads = Prefs.load(this).threads;
+        runTask(new Runnable() {
+            @Override
+            public void run() {
+                try {
+                    ensureModel(model, threads);
+                } catch (Throwable t) {
+                    reportError("Loading " + model.name + " failed", t);
+                }
+            }
+        }, false);
+    }
+
+    /** Worker thread: loads model with the given thread count unless it is loaded already. */
+    private void ensureModel(ModelStore.Model model, int threads) throws McpmException {
+        if (handle != 0 && model.key().equals(loadedKey) && threads == loadedThreads) {
+            return;
+        }
+        freeModel();
+        McpmNative.ensureLoaded();
+        if (model.bundled) {
+            setStatus("Preparing " + model.name + "...", false);
+        }
+        File dir = ModelStore.prepare(this, model, new ModelStore.Progress() {
+            @Override
+            public void onProgress(String message) {
+                setStatus(message, false);
+            }
+        });
+        setStatus("Loading " + model.name + " (" + threads + " threads)...", false);
+        long t0 = System.nanoTime();
+        handle = McpmNative.load(dir.getAbsolutePath(), threads);
+        loadedKey = model.key();
+        loadedThreads = threads;
+        double seconds = (System.nanoTime() - t0) / 1e9;
+        setStatus(String.format(Locale.US, "%s loaded in %.1f s (%d threads)", model.name, seconds, threads), false);
+    }
+
+    /** Worker thread. */
+    private void freeModel() {
+        if (handle != 0) {
+            long h = handle;
+            handle = 0;
+            loadedKey = null;
+            try {
+                McpmNative.free(h);
+            } catch (Throwable t) {
+                // Nothing useful to show while switching models or closing.
+            }
+        }
+    }
+
+    private void send() {
+        if (busy) {
+            return;
+        }
+        final String message = inputText.getText().toString().trim();
+        if (message.isEmpty()) {
+            return;
+        }
+        final ModelStore.Model model = selectedModel();
+        if (model == null) {
+            setStatus("No model selected: push one with `mcpm android push-model` (looked in "
+                    + ModelStore.searchPlaces(this) + ")", true);
+            return;
+        }
+        final Prefs prefs = Prefs.load(this);
+        inputText.setText("");
+        appendChat((chatText.length() == 0 ? "" : "\n\n") + "You: " + message + "\n\n" + model.name + ": ");
+        stopRequested = false;
+        runTask(new Runnable() {
+            @Override
+            public void run() {
+                try {
+                    ensureModel(model, prefs.threads);
+                    setStatus("Generating...", false);
+                    McpmNative.TextSink sink = new McpmNative.TextSink() {
+                        @Override
+                        public boolean onText(final String piece) {
+                            if (piece != null && !piece.isEmpty()) {
+                                appendChat(piece);
+                            }
+                            return !stopRequested;
+                        }
+                    };
+                    long t0 = System.nanoTime();
+                    int n = McpmNative.chat(handle, message, prefs.maxNewTokens, prefs.temperature, prefs.topK,
+                            prefs.topP, prefs.effectiveSeed(), sink);
+                    double seconds = Math.max((System.nanoTime() - t0) / 1e9, 1e-9);
+                    setStatus(String.format(Locale.US, "%d tokens in %.1f s (%.1f tokens/s)%s", n, seconds,
+                            n / seconds, stopRequested ? ", stopped" : ""), false);
+                } catch (Throwable t) {
+                    appendChat("\n[error]");
+                    reportError("Generation failed", t);
+                }
+            }
+        }, true);
+    }
+
+    private void newChat() {
+        stopRequested = true;
+        chatText.setText("");
+        runTask(new Runnable() {
+            @Override
+            public void run() {
+                try {
+                    if (handle != 0) {
+                        McpmNative.reset(handle);
+                    }
+                    setStatus("New conversation", false);
+                } catch (Throwable t) {
+                    reportError("Reset failed", t);
+                }
+            }
+        }, false);
+    }
+
+    /** Runs a task on the worker; while a generating task runs, Send is disabled and Stop enabled. */
+    private void runTask(final Runnable task, final boolean generating) {
+        if (generating) {
+            busy = true;
+            sendButton.setEnabled(false);
+            stopButton.setEnabled(true);
+        }
+        try {
+            worker.execute(new Runnable() {
+                @Override
+                public void run() {
+                    try {
+                        task.run();
+                    } catch (Throwable t) {
+                        reportError("Unexpected error", t);
+                    } finally {
+                        if (generating) {
+                            ui.post(new Runnable() {
+                                @Override
+                                public void run() {
+                                    busy = false;
+                                    sendButton.setEnabled(true);
+                                    stopButton.setEnabled(false);
+                                }
+                            });
+                        }
+                    }
+                }
+            });
+        } catch (RuntimeException e) { // RejectedExecutionException after onDestroy
+            busy = false;
+        }
+    }
+
+    /** Any thread: shows an error as one line (McpmException message, out of memory, missing native code). */
+    private void reportError(String what, Throwable t) {
+        String detail;
+        if (t instanceof McpmException) {
+            detail = t.getMessage();
+        } else if (t instanceof OutOfMemoryError) {
+            detail = "out of memory: the model does not fit in this phone's memory (try a smaller or more "
+                    + "quantized model, fewer tokens, or close other apps)";
+        } else if (t instanceof UnsatisfiedLinkError) {
+            detail = "native library problem (libmcpm.so does not match this app): " + t.getMessage();
+        } else {
+            detail = t.toString();
+        }
+        setStatus(what + ": " + detail, true);
+    }
+
+    /** Any thread. */
+    private void setStatus(final String text, final boolean error) {
+        ui.post(new Runnable() {
+            @Override
+            public void run() {
+                statusText.setText(text);
+                statusText.setTextColor(error ? Color.RED : COLOR_STATUS);
+            }
+        });
+    }
+
+    /** Any thread: appends to the conversation and scrolls to the end. */
+    private void appendChat(final String text) {
+        ui.post(new Runnable() {
+            @Override
+            public void run() {
+                chatText.append(text);
+                chatScroll.post(new Runnable() {
+                    @Override
+                    public void run() {
+                        chatScroll.scrollTo(0, chatText.getBottom());
+                    }
+                });
+            }
+        });
+    }
+}

@@ -1,0 +1,56 @@
+package org.mcpm.demo;
+
+/**
+ * The C runtime's JNI surface (runtime_bindings/jni/mcpm_jni.c). Contract: android_app/README.md.
+ * This is the only class with native methods; the JNI functions are Java_org_mcpm_demo_McpmNative_&lt;method&gt;.
+ * A handle is one loaded model with its text session; calls on one handle must not overlap.
+ */
+public final class McpmNative {
+    /** Receives generated text as it is decoded; return false to stop generating. */
+    public interface TextSink {
+        boolean onText(String piece);
+    }
+
+    private static Throwable loadError;
+
+    static {
+        try {
+            System.loadLibrary("mcpm");
+        } catch (Throwable t) { // UnsatisfiedLinkError, SecurityException: reported by ensureLoaded()
+            loadError = t;
+        }
+    }
+
+    private McpmNative() {
+    }
+
+    /** Throws McpmException (with the linker's message) when libmcpm.so could not be loaded. */
+    public static void ensureLoaded() throws McpmException {
+        if (loadError != null) {
+            throw new McpmException("cannot load libmcpm.so: " + loadError, loadError);
+        }
+    }
+
+    /** Loads a bundle folder (mcpm-config.json, plan.json, weights.bin, tokenizer); returns a handle. */
+    static native long load(String bundleDir, int threads) throws McpmException;
+
+    /** One chat turn (the model's chat template); returns the number of tokens generated. */
+    static native int chat(long handle, String message, int maxTokens, float temperature, int topK, float topP,
+                           long seed, TextSink sink) throws McpmException;
+
+    /** Plain completion of a prompt; returns the number of tokens generated. */
+    static native int complete(long handle, String prompt, int maxTokens, float temperature, int topK, float topP,
+                               long seed, TextSink sink) throws McpmException;
+
+    /** Forgets the conversation. */
+    static native void reset(long handle);
+
+    /** The runtime's statistics as JSON (mcpm_stats_json). */
+    static native String stats(long handle);
+
+    /** Prefill promptTokens and decode genTokens synthetic tokens; returns the stats JSON. */
+    static native String bench(long handle, int promptTokens, int genTokens) throws McpmException;
+
+    /** Releases the model; the handle is invalid afterwards. */
+    static native void free(long handle);
+}

@@ -1,0 +1,109 @@
+package org.mcpm.demo;
+
+import android.app.Activity;
+import android.content.SharedPreferences;
+import android.os.Bundle;
+import android.view.View;
+import android.widget.EditText;
+import android.widget.Toast;
+
+/** Threads, max new tokens, temperature, top-k, top-p and seed, stored in SharedPreferences "mcpm". */
+public class SettingsActivity extends Activity {
+    private EditText threads;
+    private EditText maxTokens;
+    private EditText temperature;
+    private EditText topK;
+    private EditText topP;
+    private EditText seed;
+
+    @Override
+    protected void onCreate(Bundle savedInstanceState) {
+        super.onCreate(savedInstanceState);
+        setContentView(R.layout.activity_settings);
+        threads = (EditText) findViewById(R.id.threads_edit);
+        maxTokens = (EditText) findViewById(R.id.max_tokens_edit);
+        temperature = (EditText) findViewById(R.id.temperature_edit);
+        topK = (EditText) findViewById(R.id.top_k_edit);
+        topP = (EditText) findViewById(R.id.top_p_edit);
+        seed = (EditText) findViewById(R.id.seed_edit);
+
+        Prefs p = Prefs.load(this);
+        threads.setText(String.valueOf(p.threads));
+        maxTokens.setText(String.valueOf(p.maxNewTokens));
+        temperature.setText(String.valueOf(p.temperature));
+        topK.setText(String.valueOf(p.topK));
+        topP.setText(String.valueOf(p.topP));
+        seed.setText(String.valueOf(p.seed));
+
+        findViewById(R.id.save_button).setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                if (save()) {
+                    Toast.makeText(SettingsActivity.this, "Saved", Toast.LENGTH_SHORT).show();
+                    finish();
+                }
+            }
+        });
+    }
+
+    /** Validates every field (marking the bad ones) and stores them; false when one is invalid. */
+    private boolean save() {
+        int cores = Math.max(Runtime.getRuntime().availableProcessors(), 1);
+        Integer t = intIn(threads, 1, Math.max(cores, 16));
+        Integer m = intIn(maxTokens, 1, 1 << 20);
+        Float temp = floatIn(temperature, 0f, 10f);
+        Integer k = intIn(topK, 0, 1 << 20);
+        Float pp = floatIn(topP, 0f, 1f);
+        Long s = longValue(seed);
+        if (t == null || m == null || temp == null || k == null || pp == null || s == null) {
+            return false;
+        }
+        if (pp <= 0f) {
+            topP.setError("must be above 0 (1 = off)");
+            return false;
+        }
+        SharedPreferences.Editor e = Prefs.shared(this).edit();
+        e.putInt(Prefs.THREADS, t);
+        e.putInt(Prefs.MAX_NEW_TOKENS, m);
+        e.putFloat(Prefs.TEMPERATURE, temp);
+        e.putInt(Prefs.TOP_K, k);
+        e.putFloat(Prefs.TOP_P, pp);
+        e.putLong(Prefs.SEED, s);
+        return e.commit();
+    }
+
+    private static Integer intIn(EditText field, int lo, int hi) {
+        try {
+            int v = Integer.parseInt(field.getText().toString().trim());
+            if (v >= lo && v <= hi) {
+                return v;
+            }
+        } catch (NumberFormatException e) {
+            // Reported below.
+        }
+        field.setError("a whole number from " + lo + " to " + hi);
+        return null;
+    }
+
+    private static Float floatIn(EditText field, float lo, float hi) {
+        try {
+            float v = Float.parseFloat(field.getText().toString().trim());
+            if (v >= lo && v <= hi) {
+                return v;
+            }
+        } catch (NumberFormatException e) {
+            // Reported below.
+        }
+        field.setError("a number from " + lo + " to " + hi);
+        return null;
+    }
+
+    private static Long longValue(EditText field) {
+        try {
+            return Long.parseLong(field.getText().toString().trim());
+        } catch (NumberFormatException e) {
+            field.setError("a whole number (negative = random)");
+            return null;
+        }
+    }
+}
