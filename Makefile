@@ -3,6 +3,7 @@ PYTHON ?= python3
 PROMPT ?= The people of the United States
 MODEL ?= default
 BUNDLE ?= dist/host-bundle
+ANDROID_OUT ?= dist/android
 
 .PHONY: help setup demo test test-all lint bench train-default
 

@@ -37,6 +37,8 @@ class ExportOptions:
     prefill_chunk: int = 64
     debug_dump: Path | None = None
     progress: bool = True
+    embed_model: bool | None = None  # android: bundle inside the APK (None: when it is at most 256 MiB)
+    keystore: Any = None  # android: mcpm.export.android.apk.KeystoreOptions (None: the cached debug key)
 
 
 @dataclass
@@ -45,12 +47,18 @@ class ExportReport:
     bundle_bytes: int = 0
     weight_bytes: int = 0
     weight_count: int = 0
+    bundle_dir: Path | None = None
+    android: Any = None  # mcpm.export.android.package.AndroidPackage for --target android
 
     def table(self) -> str:
         lines = [f"{'phase':<12}{'seconds':>10}"]
         lines += [f"{name:<12}{secs:>10.2f}" for name, secs in self.phases.items()]
         bpw = 8 * self.weight_bytes / max(self.weight_count, 1)
         lines.append(f"bundle {self.bundle_bytes / 2**20:.2f} MiB, weights {bpw:.3f} bits/weight")
+        if self.android is not None:
+            where = "inside the APK" if self.android.embedded else "not in the APK: push it with push-model"
+            lines.append(f"APK {self.android.apk_bytes / 2**20:.2f} MiB ({self.android.apk}), model "
+                         f"'{self.android.model_name}' {where}")
         return "\n".join(lines)
 
 
@@ -84,9 +92,12 @@ def run_export(opts: ExportOptions) -> ExportReport:
     report = ExportReport()
     target = get_target(opts.target)
     recipe = Recipe.parse(opts.quant, opts.quant_rules)
-    out = opts.out_dir
-    if out.exists() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
-        raise McpmError(f"output folder {out} is not empty and holds no bundle", "choose a new folder")
+    root = opts.out_dir
+    android = target.platform == "android"
+    out = root / "bundle" if android else root  # android: OUT/bundle, OUT/lib/..., OUT/mcpm-demo.apk
+    if root.exists() and any(root.iterdir()) and not (out / CONFIG_NAME).is_file():
+        raise McpmError(f"output folder {root} is not empty and holds no {'Android export' if android else 'bundle'}",
+                        "choose a new folder")
 
     def phase(name: str):
         return _Phase(name, report, opts.progress)
@@ -104,8 +115,8 @@ def run_export(opts: ExportOptions) -> ExportReport:
     spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, recipe=recipe,
                        num_experts=loaded.config.num_experts)
     check_supported(loaded.config, spec)
-    if out.exists():
-        shutil.rmtree(out)
+    if root.exists():
+        shutil.rmtree(root)
     out.mkdir(parents=True)
     with phase("compile"):  # define -> legalize -> fuse -> lower -> memory plan -> extract -> kernels.o
         exported = export_plan(loaded.config, spec, out, target.tvm_target, opts.debug_dump,
@@ -120,7 +131,14 @@ def run_export(opts: ExportOptions) -> ExportReport:
         files = ["plan.json", "weights.bin", config["tokenizer"]["file"], *exported.plan.object_files()]
         config["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_of(out / f)} for f in files}
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    report.bundle_dir = out
     report.bundle_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    if android:
+        from mcpm.export.android.package import model_name_for, package_android
+
+        with phase("android"):  # libmcpm.so (runtime + kernels + JNI), then the signed APK
+            report.android = package_android(out, root, model_name_for(opts.model_dir), opts.embed_model,
+                                             opts.keystore)
     report.weight_bytes = sum(e.nbytes for e in written if not e.name.startswith("rope_"))
     report.weight_count = sum(p.numel() for p in loaded.model.parameters())
     return report

@@ -18,7 +18,8 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
 @click.version_option(__version__, prog_name="mcpm-export")
 @model_dir_argument
 @click.option("--target", default="host", show_default=True, metavar="|".join(TARGET_NAMES),
-              help="Where the bundle will run (only host is available yet).")
+              help="Where the bundle will run: host (this machine), linux-arm64 (ARM64 Linux, emulated tests), "
+                   "android (bundle + libmcpm.so + signed demo APK).")
 @click.option("--quant", default=DEFAULT_SCHEME, show_default=True, metavar="|".join(SCHEMES),
               help="Weight quantization scheme.")
 @click.option("--quant-rule", "quant_rules", multiple=True, metavar="PATTERN=SCHEME",
@@ -28,17 +29,53 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("dist/bundle"), show_default=True,
               help="Output folder (created; an existing bundle there is replaced).")
 @click.option("--debug-dump", type=click.Path(path_type=Path), help="Write the IR after every compiler phase here.")
+@click.option("--embed-model/--no-embed-model", default=None,
+              help="android: put the bundle inside the APK (default: when it is at most 256 MiB; larger ones "
+                   "are pushed with `mcpm android push-model`).")
+@click.option("--keystore", type=click.Path(path_type=Path, dir_okay=False),
+              help="android: sign with this keystore (passwords from $MCPM_KEYSTORE_PASSWORD and "
+                   "$MCPM_KEY_PASSWORD); default: a debug key generated once in ~/.cache/mcpm/android.")
+@click.option("--key-alias", default="mcpm", show_default=True, help="android: key alias in --keystore.")
 def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...], context_length: int,
-           prefill_chunk: int, out: Path, debug_dump: Path | None) -> None:
-    """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer."""
+           prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
+           key_alias: str) -> None:
+    """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer.
+
+    \b
+    Examples:
+      mcpm-export default --target host -o dist/host-bundle
+      mcpm-export default --target android -o dist/android     # bundle + libmcpm.so + signed APK
+      mcpm-export ./MiniCPM-2B-sft-bf16 --target android --context-length 1024 -o dist/minicpm-2b
+    """
     from mcpm.export.exporter import ExportOptions, run_export
 
     opts = ExportOptions(resolve_model_dir(model_dir), out, target, quant, quant_rules, context_length, prefill_chunk,
-                         debug_dump, progress=sys.stderr.isatty())
+                         debug_dump, progress=sys.stderr.isatty(), embed_model=embed_model,
+                         keystore=_keystore(keystore, key_alias))
     report = run_export(opts)
     click.echo(report.table())
-    click.echo(f"bundle written to {out}")
-    click.echo(f"next: mcpm generate {out} -p \"The people of the\"")
+    click.echo(f"bundle written to {report.bundle_dir}")
+    if report.android is not None:
+        click.echo(report.android.next_steps())
+    elif target == "host":
+        click.echo(f"next: mcpm generate {out} -p \"The people of the\"")
+
+
+def _keystore(path: Path | None, alias: str):  # -> KeystoreOptions | None
+    if path is None:
+        return None
+    import os
+
+    from mcpm.errors import McpmError
+    from mcpm.export.android.apk import KeystoreOptions
+
+    password = os.environ.get("MCPM_KEYSTORE_PASSWORD")
+    if not password:
+        raise McpmError("--keystore needs its password in $MCPM_KEYSTORE_PASSWORD",
+                        "export MCPM_KEYSTORE_PASSWORD=... (and MCPM_KEY_PASSWORD if the key's differs)")
+    if not path.is_file():
+        raise McpmError(f"keystore {path} does not exist", "pass an existing keystore file (keytool -genkeypair)")
+    return KeystoreOptions(path, alias, password, os.environ.get("MCPM_KEY_PASSWORD") or None)
 
 
 def main(argv: list[str] | None = None) -> None:
