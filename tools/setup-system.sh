@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # System packages mcpm needs (Debian/Ubuntu, run as root): host C compilers, the Android build tools without
 # the SDK/NDK (aapt, zipalign, apksigner, dx, android.jar, clang+lld, jni.h and android/log.h), the aarch64 cross
-# compiler and qemu-user for emulated ARM64 tests. android.jar (libandroid-23-java) and dx (dalvik-exchange) are
+# compiler and qemu-user for emulated ARM64 tests, PoCL (OpenCL on the CPU) for GPU-path tests. android.jar (libandroid-23-java) and dx (dalvik-exchange) are
 # not in bookworm: their two .deb files come from bullseye through a private apt configuration (the system's
 # sources are never changed). Prints what it would install and exits 0 when not root.
 set -euo pipefail
 
 BOOKWORM="gcc clang lld llvm openjdk-17-jdk-headless aapt zipalign apksigner dexdump \
-android-libnativehelper-dev android-liblog-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+android-libnativehelper-dev android-liblog-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user \
+pocl-opencl-icd ocl-icd-opencl-dev clinfo"
 BULLSEYE="libandroid-23-java dalvik-exchange"
 
 missing=""
