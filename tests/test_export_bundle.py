@@ -121,7 +121,6 @@ def test_bundle_for_other_cpu_is_refused(default_bundle: Path, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"target": "ios"}, "target 'ios' is not available yet"),
         ({"target": "pdp11"}, "unknown target 'pdp11'"),
         ({"quant": "q5"}, "unknown quantization scheme 'q5'"),
         ({"quant_rules": ("layers.*.attn.wq=q8",)}, "fused into one weight but the quantization rules"),

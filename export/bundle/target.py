@@ -68,6 +68,23 @@ def arm64_target(name: str, triple: str, plat: str) -> Target:
     return Target(name, variants[-1].tvm_target, triple, (), variants, plat)
 
 
+# iOS (Mach-O; the runtime reads the CPU's features with sysctlbyname("hw.optional.arm.FEAT_*")). iOS 14 still
+# runs on A9-A12, which lack dotprod: the plain NEON set stays the fallback; A13+ take dotprod, A15+ i8mm.
+IOS_TRIPLE = "arm64-apple-ios14.0"
+# The simulator slice's kernels (compiled by mcpm.export.ios.package from the same plan): arm64 Macs get every
+# kernel set (their CPUs report FEAT_DotProd/FEAT_I8MM through the same sysctl), x86_64 Macs the fallback only.
+IOS_SIMULATOR_TRIPLES = {"arm64": "arm64-apple-ios14.0-simulator", "x86_64": "x86_64-apple-ios14.0-simulator"}
+
+
+def ios_simulator_variants(arch: str) -> tuple[VariantTarget, ...]:
+    """Kernel sets of the iOS simulator slice for arch ("arm64": all of ARM64_KERNEL_SETS; "x86_64": one
+    fallback set, which the runtime's picker chooses there since no ARM feature is found)."""
+    triple = IOS_SIMULATOR_TRIPLES[arch]
+    if arch == "x86_64":
+        return (VariantTarget("neon", {"kind": "llvm", "mtriple": triple}, ()),)
+    return arm64_target(f"ios-simulator-{arch}", triple, "ios").variants
+
+
 # --target names; android-arm64 is also accepted for android
 TARGET_NAMES = ("host", "linux-arm64", "android", "ios")
 ALIASES = {"android-arm64": "android", "ios-arm64": "ios"}
@@ -81,8 +98,8 @@ def get_target(name: str) -> Target:
         return arm64_target(name, "aarch64-linux-gnu", "linux")
     if name == "android":
         return arm64_target(name, "aarch64-linux-android", "android")
-    if name in TARGET_NAMES:
-        raise McpmError(f"target {name!r} is not available yet", "use --target host, linux-arm64 or android")
+    if name == "ios":
+        return arm64_target(name, IOS_TRIPLE, "ios")
     raise McpmError(f"unknown target {name!r}", f"use one of {', '.join(TARGET_NAMES)}")
 
 

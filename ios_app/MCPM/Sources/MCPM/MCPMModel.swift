@@ -1,0 +1,105 @@
+import CMCPM
+import Foundation
+
+/// A loaded bundle (mcpm_model): plan.json, the mmapped weights.bin and the kernels linked into the app.
+///
+/// The C runtime allows one thread at a time per model: every call on the model and on its sessions runs on the
+/// model's serial `queue`. Load with `MCPMModel.load(...)` (off the main thread: a large bundle takes seconds).
+public final class MCPMModel: @unchecked Sendable {
+    let handle: OpaquePointer
+    /// Every C call on this model (and its sessions) runs here.
+    let queue: DispatchQueue
+    public let bundleURL: URL
+    public let settings: MCPMModelSettings
+    public let vocabSize: Int
+    public let contextLength: Int
+    /// bos_token_id of the bundle's mcpm-config.json (the benchmark's first prompt token), nil if none.
+    public let bosTokenID: Int32?
+
+    /// Loads the bundle folder at bundleURL (it holds mcpm-config.json, plan.json, weights.bin, the tokenizer).
+    /// Blocks: prefer `load(bundleURL:settings:)`.
+    public init(bundleURL: URL, settings: MCPMModelSettings = MCPMModelSettings()) throws {
+        guard settings.device.isAvailable else {
+            throw MCPMError.notAvailable("The GPU (Metal) backend is not in this build yet: use the CPU.")
+        }
+        guard MCPMModel.linkedKernelCount > 0 else {
+            throw MCPMError.loadFailed("No kernels are linked into this app: build it from an `mcpm-export --target ios` output.")
+        }
+        var params = mcpm_default_params()
+        params.threads = Int32(clamping: settings.resolvedThreads)
+        params.verify = settings.verify ? 1 : 0
+        let dir = bundleURL.path
+        let loaded: OpaquePointer? = dir.withCString { cDir in
+            guard let variant = settings.kernelVariant, !variant.isEmpty else {
+                return mcpm_model_load(cDir, &params)
+            }
+            return variant.withCString { cVariant in
+                params.kernel_variant = cVariant
+                return mcpm_model_load(cDir, &params)
+            }
+        }
+        guard let model = loaded else {
+            throw MCPMError.loadFailed(String(cString: mcpm_last_error(nil)))
+        }
+        handle = model
+        queue = DispatchQueue(label: "mcpm.model", qos: .userInitiated)
+        self.bundleURL = bundleURL
+        self.settings = settings
+        vocabSize = Int(mcpm_vocab_size(model))
+        contextLength = Int(mcpm_context_length(model))
+        bosTokenID = MCPMModel.readBOS(bundleURL)
+    }
+
+    /// Kernel entries linked into the app (every variant; mcpm_kernel_table.c of the export). Calling it also makes
+    /// the linker keep that table, which is how the runtime finds the kernels on iOS.
+    public static var linkedKernelCount: Int { Int(mcpm_kernel_table_count()) }
+
+    /// Loads on a background queue.
+    public static func load(bundleURL: URL, settings: MCPMModelSettings = MCPMModelSettings()) async throws
+        -> MCPMModel {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global(qos: .userInitiated).async {
+                continuation.resume(with: Result { try MCPMModel(bundleURL: bundleURL, settings: settings) })
+            }
+        }
+    }
+
+    deinit {
+        mcpm_model_free(handle)  // sessions hold the model: they are gone by now
+    }
+
+    /// The runtime's statistics of the load and of the last generation (mcpm_stats_json).
+    public func stats() throws -> MCPMStats {
+        try MCPMStats.decode(statsJSON())
+    }
+
+    /// mcpm_stats_json as it comes.
+    public func statsJSON() throws -> String {
+        try queue.sync { try statsJSONOnQueue() }
+    }
+
+    func statsJSONOnQueue() throws -> String {
+        var buffer = [CChar](repeating: 0, count: 1024)
+        let rc = buffer.withUnsafeMutableBufferPointer { buf in
+            mcpm_stats_json(handle, buf.baseAddress, buf.count)
+        }
+        guard rc == 0 else { throw MCPMError.statsUnavailable(lastErrorOnQueue()) }
+        return String(cString: buffer)
+    }
+
+    func lastErrorOnQueue() -> String {
+        String(cString: mcpm_last_error(handle))
+    }
+
+    private static func readBOS(_ bundleURL: URL) -> Int32? {
+        let url = bundleURL.appendingPathComponent("mcpm-config.json")
+        guard let data = try? Data(contentsOf: url),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let bos = object["bos_token_id"] as? Int else { return nil }
+        return Int32(clamping: bos)
+    }
+
+    /// True when the bundle is a MiniCPM-V bundle (image input). Image input is not wired yet: see
+    /// MCPMImageInput.swift.
+    public var acceptsImages: Bool { false }
+}

@@ -1,0 +1,177 @@
+import CMCPM
+import Foundation
+
+/// A conversation over a model (mcpm_session): the bundle's tokenizer and chat template, the KV cache kept
+/// between turns.
+public final class MCPMSession: @unchecked Sendable {
+    public enum Mode: String, Codable, Sendable {
+        /// A chat turn: the user message in the chat template, the reply streamed.
+        case chat
+        /// Plain continuation of the prompt (a new conversation each time).
+        case complete
+    }
+
+    public let model: MCPMModel
+    let handle: OpaquePointer
+    private let lock = NSLock()
+    private var current: CancelFlag?
+
+    /// Sampling and length used by `generate` when it is not given them.
+    public var sampling = MCPMSampling()
+    public var maxNewTokens = 256
+
+    public init(model: MCPMModel) throws {
+        self.model = model
+        let created: OpaquePointer? = model.queue.sync { mcpm_session_new(model.handle) }
+        guard let session = created else {
+            throw MCPMError.sessionFailed(model.queue.sync { model.lastErrorOnQueue() })
+        }
+        handle = session
+    }
+
+    deinit {
+        let session = handle
+        let model = self.model
+        model.queue.async {  // after any generation still queued; keeps the model alive until then
+            mcpm_session_free(session)
+            withExtendedLifetime(model) {}
+        }
+    }
+
+    /// Streams the reply to prompt piece by piece (UTF-8 never split). Ends when a stop token comes, after
+    /// maxNewTokens, on `cancel()` or when the consumer stops iterating; throws MCPMError.generationFailed.
+    public func generate(prompt: String, mode: Mode = .chat, maxNewTokens: Int? = nil,
+                         sampling: MCPMSampling? = nil) -> AsyncThrowingStream<String, Error> {
+        let flag = CancelFlag()
+        lock.lock()
+        current?.cancel()
+        current = flag
+        lock.unlock()
+        let limit = Int32(clamping: maxNewTokens ?? self.maxNewTokens)
+        let settings = sampling ?? self.sampling
+        let session = handle
+        let model = self.model
+        return AsyncThrowingStream { continuation in
+            continuation.onTermination = { _ in flag.cancel() }
+            model.queue.async {
+                var cSampling = settings.cValue
+                let sink = TextSink(continuation: continuation, flag: flag)
+                let user = Unmanaged.passRetained(sink).toOpaque()
+                defer { Unmanaged<TextSink>.fromOpaque(user).release() }
+                if flag.isCancelled {
+                    continuation.finish()
+                    return
+                }
+                let n: Int32 = prompt.withCString { cPrompt in
+                    switch mode {
+                    case .chat:
+                        return mcpm_session_chat(session, cPrompt, limit, &cSampling, mcpmTextSink, user)
+                    case .complete:
+                        return mcpm_session_complete(session, cPrompt, limit, &cSampling, mcpmTextSink, user)
+                    }
+                }
+                if n < 0 {
+                    continuation.finish(throwing: MCPMError.generationFailed(String(cString: mcpm_session_last_error(session))))
+                } else {
+                    continuation.finish()
+                }
+            }
+        }
+    }
+
+    /// Stops the generation in progress after the current token (its text so far stays in the conversation).
+    public func cancel() {
+        lock.lock()
+        current?.cancel()
+        lock.unlock()
+    }
+
+    /// Forgets the conversation.
+    public func reset() {
+        let session = handle
+        model.queue.async { mcpm_session_reset(session) }
+    }
+
+    /// The benchmark of the Android app, for comparable numbers: forgets the conversation, feeds a synthetic
+    /// prompt of promptTokens ids (BOS, then a fixed xorshift32 sequence in [3, vocab)), decodes genTokens tokens
+    /// greedily without stop ids, returns mcpm_stats_json, and forgets the conversation again.
+    public func benchmark(promptTokens: Int = 128, genTokens: Int = 64) async throws -> MCPMBenchmarkResult {
+        guard promptTokens >= 1, genTokens >= 0 else {
+            throw MCPMError.invalidSettings("benchmark needs promptTokens >= 1 and genTokens >= 0")
+        }
+        let session = handle
+        let model = self.model
+        let prompt = MCPMSession.syntheticPrompt(count: promptTokens, vocab: model.vocabSize, bos: model.bosTokenID)
+        return try await withCheckedThrowingContinuation { continuation in
+            model.queue.async {
+                mcpm_session_reset(session)
+                defer { mcpm_session_reset(session) }
+                let n = prompt.withUnsafeBufferPointer { p in
+                    mcpm_generate(model.handle, p.baseAddress, Int32(clamping: p.count), Int32(clamping: genTokens),
+                                  nil, nil, 0, nil, nil)
+                }
+                guard n >= 0 else {
+                    continuation.resume(throwing: MCPMError.generationFailed(model.lastErrorOnQueue()))
+                    return
+                }
+                continuation.resume(with: Result {
+                    let json = try model.statsJSONOnQueue()
+                    return MCPMBenchmarkResult(stats: try MCPMStats.decode(json), json: json)
+                })
+            }
+        }
+    }
+
+    static func syntheticPrompt(count: Int, vocab: Int, bos: Int32?) -> [Int32] {
+        var x: UInt32 = 0x9E37_79B9
+        var out = [Int32]()
+        out.reserveCapacity(count)
+        for _ in 0 ..< count {
+            x ^= x << 13
+            x ^= x >> 17
+            x ^= x << 5
+            out.append(vocab > 3 ? Int32(3 + x % UInt32(vocab - 3)) : Int32(x % UInt32(max(vocab, 1))))
+        }
+        if let bos = bos, bos >= 0, !out.isEmpty { out[0] = bos }
+        return out
+    }
+}
+
+/// A cancel flag shared by the stream, `cancel()` and the C callback.
+final class CancelFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var cancelled = false
+
+    var isCancelled: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return cancelled
+    }
+
+    func cancel() {
+        lock.lock()
+        cancelled = true
+        lock.unlock()
+    }
+}
+
+/// What the C callback gets as `user`.
+final class TextSink {
+    let continuation: AsyncThrowingStream<String, Error>.Continuation
+    let flag: CancelFlag
+
+    init(continuation: AsyncThrowingStream<String, Error>.Continuation, flag: CancelFlag) {
+        self.continuation = continuation
+        self.flag = flag
+    }
+}
+
+/// mcpm_text_callback: yields each piece; a nonzero return cancels the generation.
+private let mcpmTextSink: mcpm_text_callback = { text, len, user in
+    guard let user = user else { return 1 }
+    let sink = Unmanaged<TextSink>.fromOpaque(user).takeUnretainedValue()
+    if let text = text, len > 0 {
+        sink.continuation.yield(String(decoding: UnsafeRawBufferPointer(start: text, count: len), as: UTF8.self))
+    }
+    return sink.flag.isCancelled ? 1 : 0
+}
