@@ -39,6 +39,7 @@ class ExportOptions:
     progress: bool = True
     embed_model: bool | None = None  # android: bundle inside the APK (None: when it is at most 256 MiB)
     keystore: Any = None  # android: mcpm.export.android.apk.KeystoreOptions (None: the cached debug key)
+    device: str = "cpu"  # cpu | gpu: gpu also writes kernels.cl, kernels.metal and plan.json's "gpu" launch records
 
 
 @dataclass
@@ -49,6 +50,7 @@ class ExportReport:
     weight_count: int = 0
     bundle_dir: Path | None = None
     android: Any = None  # mcpm.export.android.package.AndroidPackage for --target android
+    ios: Any = None  # mcpm.export.ios.package.IosPackage for --target ios
 
     def table(self) -> str:
         lines = [f"{'phase':<12}{'seconds':>10}"]
@@ -59,6 +61,10 @@ class ExportReport:
             where = "inside the APK" if self.android.embedded else "not in the APK: push it with push-model"
             lines.append(f"APK {self.android.apk_bytes / 2**20:.2f} MiB ({self.android.apk}), model "
                          f"'{self.android.model_name}' {where}")
+        if self.ios is not None:
+            lines.append(f"iOS: {self.ios.xcframework.name} (kernel variants {', '.join(self.ios.kernel_variants)}), "
+                         f"Swift package {self.ios.package_dir}, app {self.ios.app_dir} with model "
+                         f"'{self.ios.model_name}'")
         return "\n".join(lines)
 
 
@@ -94,14 +100,18 @@ def run_export(opts: ExportOptions) -> ExportReport:
     recipe = Recipe.parse(opts.quant, opts.quant_rules)
     root = opts.out_dir
     android = target.platform == "android"
-    out = root / "bundle" if android else root  # android: OUT/bundle, OUT/lib/..., OUT/mcpm-demo.apk
+    ios = target.platform == "ios"
+    # android: OUT/bundle, OUT/lib/..., OUT/mcpm-demo.apk; ios: OUT/bundle, OUT/MCPM (package), OUT/App, project.yml
+    out = root / "bundle" if android or ios else root
     if root.exists() and any(root.iterdir()) and not (out / CONFIG_NAME).is_file():
-        raise McpmError(f"output folder {root} is not empty and holds no {'Android export' if android else 'bundle'}",
-                        "choose a new folder")
+        what = "Android export" if android else "iOS export" if ios else "bundle"
+        raise McpmError(f"output folder {root} is not empty and holds no {what}", "choose a new folder")
 
     def phase(name: str):
         return _Phase(name, report, opts.progress)
 
+    if opts.device not in ("cpu", "gpu"):
+        raise McpmError(f"unknown device {opts.device!r}", "use --device cpu or --device gpu")
     family, cfg = load_config(opts.model_dir)
     if family.model_type != "minicpm":
         raise McpmError(f"exporting {family.model_type} is not supported yet",
@@ -121,6 +131,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
     with phase("compile"):  # define -> legalize -> fuse -> lower -> memory plan -> extract -> kernels.o
         exported = export_plan(loaded.config, spec, out, target.tvm_target, opts.debug_dump,
                                variants=list(target.variants) or None)
+        gpu_files = _export_gpu(loaded.config, spec, target, exported, out) if opts.device == "gpu" else []
     with phase("weights"):  # quantize and write one tensor at a time
         params = weight_params(loaded.config, spec)
         written = write_weights(out / "weights.bin", ((p.name, a) for p, a in iter_weights(loaded.model,
@@ -128,7 +139,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
     with phase("bundle"):
         config = bundle_config(loaded, recipe, target, opts)
         shutil.copy(loaded.model_dir / config["tokenizer"]["file"], out / config["tokenizer"]["file"])
-        files = ["plan.json", "weights.bin", config["tokenizer"]["file"], *exported.plan.object_files()]
+        files = ["plan.json", "weights.bin", config["tokenizer"]["file"], *exported.plan.object_files(), *gpu_files]
         config["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_of(out / f)} for f in files}
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     report.bundle_dir = out
@@ -139,9 +150,24 @@ def run_export(opts: ExportOptions) -> ExportReport:
         with phase("android"):  # libmcpm.so (runtime + kernels + JNI), then the signed APK
             report.android = package_android(out, root, model_name_for(opts.model_dir), opts.embed_model,
                                              opts.keystore)
+    if ios:
+        from mcpm.export.android.package import model_name_for
+        from mcpm.export.ios.package import package_ios
+
+        with phase("ios"):  # MCPMKernels.xcframework (device + simulator), Swift package, app wired to the bundle
+            report.ios = package_ios(out, root, model_name_for(opts.model_dir))
     report.weight_bytes = sum(e.nbytes for e in written if not e.name.startswith("rope_"))
     report.weight_count = sum(p.numel() for p in loaded.model.parameters())
     return report
+
+
+def _export_gpu(cfg, spec, target: Target, exported, out: Path) -> list[str]:
+    """--device gpu: GPU kernels of the same plan (docs/gpu-plan.md); adds the "gpu" section to plan.json."""
+    from mcpm.export.compiler.gpu import export_gpu
+
+    section = export_gpu(exported.lowered, exported.plan, out)
+    exported.plan_path.write_text(json.dumps({**exported.plan.to_dict(), "gpu": section}))
+    return [section["opencl_source"], section["metal_source"]]
 
 
 class _Phase:

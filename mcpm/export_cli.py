@@ -19,7 +19,8 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
 @model_dir_argument
 @click.option("--target", default="host", show_default=True, metavar="|".join(TARGET_NAMES),
               help="Where the bundle will run: host (this machine), linux-arm64 (ARM64 Linux, emulated tests), "
-                   "android (bundle + libmcpm.so + signed demo APK).")
+                   "android (bundle + libmcpm.so + signed demo APK), ios (bundle + MCPMKernels.xcframework + Swift "
+                   "package + SwiftUI app project; ios-arm64 is the same).")
 @click.option("--quant", default=DEFAULT_SCHEME, show_default=True, metavar="|".join(SCHEMES),
               help="Weight quantization scheme.")
 @click.option("--quant-rule", "quant_rules", multiple=True, metavar="PATTERN=SCHEME",
@@ -36,27 +37,33 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
               help="android: sign with this keystore (passwords from $MCPM_KEYSTORE_PASSWORD and "
                    "$MCPM_KEY_PASSWORD); default: a debug key generated once in ~/.cache/mcpm/android.")
 @click.option("--key-alias", default="mcpm", show_default=True, help="android: key alias in --keystore.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="gpu: also export OpenCL (Android) and Metal (iOS) kernels with their launch records "
+                   "(docs/gpu-plan.md); the CPU kernels stay in the bundle.")
 def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...], context_length: int,
            prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
-           key_alias: str) -> None:
+           key_alias: str, device: str = "cpu") -> None:
     """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer.
 
     \b
     Examples:
       mcpm-export default --target host -o dist/host-bundle
       mcpm-export default --target android -o dist/android     # bundle + libmcpm.so + signed APK
+      mcpm-export default --target ios -o dist/ios             # bundle + XCFramework + Swift package + app
       mcpm-export ./MiniCPM-2B-sft-bf16 --target android --context-length 1024 -o dist/minicpm-2b
     """
     from mcpm.export.exporter import ExportOptions, run_export
 
     opts = ExportOptions(resolve_model_dir(model_dir), out, target, quant, quant_rules, context_length, prefill_chunk,
                          debug_dump, progress=sys.stderr.isatty(), embed_model=embed_model,
-                         keystore=_keystore(keystore, key_alias))
+                         keystore=_keystore(keystore, key_alias), device=device)
     report = run_export(opts)
     click.echo(report.table())
     click.echo(f"bundle written to {report.bundle_dir}")
     if report.android is not None:
         click.echo(report.android.next_steps())
+    elif report.ios is not None:
+        click.echo(report.ios.next_steps())
     elif target == "host":
         click.echo(f"next: mcpm generate {out} -p \"The people of the\"")
 

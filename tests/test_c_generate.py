@@ -113,8 +113,9 @@ def test_stats_json(model) -> None:
     generate(model)
     stats = model.stats()
     assert set(stats) == {"load_ms", "prefill_tokens", "prefill_tok_s", "decode_tokens", "decode_tok_s", "ttft_ms",
-                          "peak_rss_kb", "threads", "kernel_variant"}
+                          "peak_rss_kb", "threads", "kernel_variant", "device", "gpu_device", "gpu_program", "notice"}
     assert stats["kernel_variant"] == "default"  # a host bundle has one kernel set
+    assert stats["device"] == "cpu" and stats["notice"] == ""
     assert stats["prefill_tokens"] == len(PROMPT) and stats["decode_tokens"] == N_NEW - 1
     assert stats["threads"] == 2
     for key in ("load_ms", "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_kb"):

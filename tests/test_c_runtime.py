@@ -21,7 +21,7 @@ import pytest
 ROOT = str(Path(__file__).resolve().parents[1])
 C_DIR = Path(ROOT) / "runtime_bindings" / "c"
 SOURCES = ["mcpm_json.c", "mcpm_runtime.c", "mcpm_backend.c", "mcpm_sampler.c", "mcpm_tokenizer.c",
-           "mcpm_session.c"]
+           "mcpm_session.c", "mcpm_opencl.c"]
 CFLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-fvisibility=hidden"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
 
@@ -40,7 +40,8 @@ def build(bundle: Path, out: Path, sanitize: bool = False) -> Path:
 
 class Params(ctypes.Structure):
     _fields_ = [("threads", ctypes.c_int), ("workspace_bytes", ctypes.c_size_t), ("verify", ctypes.c_int),
-                ("kernel_variant", ctypes.c_char_p)]
+                ("kernel_variant", ctypes.c_char_p), ("device", ctypes.c_char_p), ("profile", ctypes.c_int),
+                ("cache_dir", ctypes.c_char_p)]
 
 
 def bind(path: Path) -> ctypes.CDLL:

@@ -366,6 +366,7 @@ class Exported:
     plan_path: Path
     object_path: Path
     executable: object  # tvm Executable of the (fallback) kernels; callable in-process for host targets
+    lowered: tvm.IRModule | None = None  # the module the plan was extracted from (the GPU phase schedules it)
 
 
 def export_plan(
@@ -403,4 +404,4 @@ def export_plan(
         validate(plan)
     path = out_dir / "plan.json"
     path.write_text(plan.to_json())
-    return Exported(plan, path, obj, exe)
+    return Exported(plan, path, obj, exe, lowered)

@@ -34,6 +34,13 @@ typedef struct mcpm_params {
     const char* kernel_variant; /* NULL = the plan's first kernel variant this CPU supports (e.g. "i8mm",
                                    "dotprod", "neon" on ARM64); a name forces it (an error if the CPU lacks a
                                    feature it requires) */
+    const char* device;     /* NULL or "cpu": the CPU kernels; "gpu": the bundle's OpenCL kernels (plan.json "gpu"
+                               launch records, docs/gpu-plan.md; libOpenCL is dlopen'ed): an error if the bundle
+                               has none or OpenCL does not work; "auto": the GPU when that works, else the CPU with
+                               the reason in mcpm_model_notice */
+    int profile;            /* GPU: 1 = time every kernel launch (OpenCL profiling events) for mcpm_kernel_times_json */
+    const char* cache_dir;  /* GPU: folder for the compiled OpenCL program (<cache_dir>/opencl/; Android: the app's
+                               cache dir); NULL = $MCPM_CACHE_DIR/opencl, or no cache when that is unset */
 } mcpm_params;
 
 MCPM_API mcpm_params mcpm_default_params(void);
@@ -90,8 +97,22 @@ MCPM_API int mcpm_generate(mcpm_model* model, const int32_t* prompt, int n_promp
                            void* user);
 
 /* One JSON object into out char[len] (NUL-terminated): load_ms, prefill_tokens, prefill_tok_s, decode_tokens,
- * decode_tok_s, ttft_ms (of the last mcpm_generate), peak_rss_kb (getrusage, now), threads, kernel_variant. -1 if len is too small. */
+ * decode_tok_s, ttft_ms (of the last mcpm_generate), peak_rss_kb (getrusage, now), threads, kernel_variant,
+ * device ("cpu"/"gpu"), gpu_device (e.g. "OpenCL: <device> (<platform>)", "" on the CPU), gpu_program ("built" from
+ * source or "cached"), notice (mcpm_model_notice). -1 if len is too small. */
 MCPM_API int mcpm_stats_json(mcpm_model* model, char* out, size_t len);
+
+/* Where prefill/decode run: "cpu" or "gpu". */
+MCPM_API const char* mcpm_model_device(const mcpm_model* model);
+
+/* Why a model loaded with device "auto" runs on the CPU (e.g. "device auto: running on the CPU: no OpenCL
+ * platform: ..."); "" when it runs where asked. */
+MCPM_API const char* mcpm_model_notice(const mcpm_model* model);
+
+/* GPU kernel times (mcpm_params.profile = 1) since the load or the start of the last mcpm_generate, as a JSON array,
+ * slowest first: [{"kernel": plan kernel, "count": calls, "launches": device launches, "ms": total}, ...].
+ * "[]" on the CPU or without profiling. -1 if len is too small. */
+MCPM_API int mcpm_kernel_times_json(mcpm_model* model, char* out, size_t len);
 
 /* Test hook: the distribution the sampler draws from. logits float[n_vocab], history int32[n_history] (prompt +
  * generated so far, for the penalty), probs_out float[n_vocab] (0 for filtered tokens). Errors: mcpm_last_error(NULL). */

@@ -15,10 +15,13 @@
 #include <unistd.h>
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
+#elif defined(__APPLE__) && defined(__aarch64__)
+#include <sys/sysctl.h>
 #endif
 
 #include "mcpm_internal.h"
 #include "mcpm_json.h"
+#include "mcpm_opencl.h"
 
 /* ---------------------------------------------------------------- types */
 
@@ -37,6 +40,10 @@ static const dtype_info DTYPES[] = {
 #define N_DTYPES ((int)(sizeof(DTYPES) / sizeof(DTYPES[0])))
 
 enum { ARG_INPUT, ARG_SCALAR, ARG_WEIGHT, ARG_CACHE, ARG_TENSOR };
+_Static_assert((int)ARG_INPUT == (int)MCPM_GPU_ARG_INPUT && (int)ARG_SCALAR == (int)MCPM_GPU_ARG_SCALAR &&
+                   (int)ARG_WEIGHT == (int)MCPM_GPU_ARG_WEIGHT && (int)ARG_CACHE == (int)MCPM_GPU_ARG_CACHE &&
+                   (int)ARG_TENSOR == (int)MCPM_GPU_ARG_TENSOR,
+               "arg kinds shared with the GPU dispatcher");
 
 typedef struct {
     int kind;
@@ -100,6 +107,11 @@ struct mcpm_model {
     char* bundle_dir;           /* char[strlen + 1]: the bundle_dir of mcpm_model_load (for mcpm_session_new) */
     const char* want_variant;   /* mcpm_params.kernel_variant during mcpm_model_load only */
     char variant[32];           /* the kernel variant in use ("" = the plan has none) */
+    mcpm_gpu* gpu;              /* non-NULL: prefill/decode run on the GPU (mcpm_opencl.c) */
+    const char* want_device;    /* mcpm_params.device during mcpm_model_load only: "cpu", "gpu", "auto" */
+    int want_profile;           /* mcpm_params.profile during mcpm_model_load only */
+    const char* want_cache_dir; /* mcpm_params.cache_dir during mcpm_model_load only */
+    char notice[MCPM_ERR_LEN];  /* why device "auto" runs on the CPU ("" if it does not) */
 };
 
 const char* mcpm_model_bundle_dir(const struct mcpm_model* model) { return model->bundle_dir; }
@@ -464,13 +476,106 @@ static int check_weight_arg(plan_ctx* pc, const plan_arg* a, const json_node* wi
     return 0;
 }
 
-/* 1 if this CPU has the named feature of a kernel variant's "requires" (ARM64 Linux/Android: getauxval HWCAP). */
+/* Device "gpu" / "auto": hands the parsed plan to the OpenCL dispatcher (mcpm_opencl.c), which reads the plan's
+ * "gpu" launch records (docs/gpu-plan.md). "gpu" fails the load when that is impossible; "auto" keeps the CPU path
+ * and says why in m->notice. */
+static int setup_gpu(mcpm_model* m, plan_ctx* pc, const json_node* root, const char* dir) {
+    int want_gpu = !strcmp(m->want_device, "gpu");
+    const json_node* gpu = json_get(pc->doc, root, "gpu");
+    if (!gpu) {
+        if (want_gpu)
+            return seterr(m->err, "%s has no GPU kernels (plan.json has no \"gpu\" section): re-export it with "
+                          "--device gpu, or use device \"cpu\"", dir);
+        snprintf(m->notice, sizeof m->notice,
+                 "device auto: the bundle has no GPU kernels (export it with --device gpu): running on the CPU");
+        return 0;
+    }
+    char err[MCPM_ERR_LEN] = "";
+    mcpm_gpu_desc d;
+    memset(&d, 0, sizeof d);
+    mcpm_gpu_arg* args = calloc((size_t)m->n_args + 1, sizeof(mcpm_gpu_arg));       /* [n_args] */
+    mcpm_gpu_call* calls = calloc((size_t)m->prefill.n_calls + (size_t)m->decode.n_calls + 1, sizeof(mcpm_gpu_call));
+    if (!args || !calls) {
+        snprintf(err, sizeof err, "out of memory");
+    } else if (gpu->type != JSON_OBJECT) {
+        snprintf(err, sizeof err, "%.900s: invalid plan: gpu: not an object", pc->path);
+    } else {
+        const plan_entry* es[2] = {&m->prefill, &m->decode};
+        int nc = 0;
+        for (int k = 0; k < 2; k++) {
+            const plan_entry* e = es[k];
+            for (int c = 0; c < e->n_calls; c++) {
+                calls[nc + c].kernel = e->calls[c].kernel;
+                calls[nc + c].first_arg = e->calls[c].first_arg;
+                calls[nc + c].nargs = e->calls[c].nargs;
+                for (int i = e->calls[c].first_arg; i < e->calls[c].first_arg + e->calls[c].nargs; i++) {
+                    const plan_arg* a = &m->args[i];
+                    int64_t b1 = arg_bytes(a, 1), b2 = arg_bytes(a, e->n_max);
+                    args[i].kind = a->kind;
+                    args[i].index = a->index;
+                    args[i].which_v = a->which_v;
+                    args[i].offset = a->offset;
+                    args[i].bytes = a->kind == ARG_SCALAR ? 0 : b1 > b2 ? b1 : b2;
+                }
+            }
+            d.entries[k].name = e->name;
+            d.entries[k].n_max = e->n_max;
+            d.entries[k].n_storages = e->n_storages;
+            d.entries[k].storage_size = e->storage_size;
+            d.entries[k].n_calls = e->n_calls;
+            d.entries[k].calls = calls + nc;
+            d.entries[k].output_storage = e->output.index;
+            nc += e->n_calls;
+        }
+        d.bundle_dir = dir;
+        d.plan_path = pc->path;
+        d.doc = pc->doc;
+        d.gpu = gpu;
+        d.max_ctx = m->max_ctx;
+        d.n_kernels = m->n_kernels;
+        d.kernel_names = m->kernel_names;
+        d.n_weights = m->n_weights;
+        d.weight_data = m->weight_data;
+        d.num_layers = m->num_layers;
+        d.cache_bytes = m->cache_bytes;
+        d.n_args = m->n_args;
+        d.args = args;
+        d.profile = m->want_profile;
+        d.cache_dir = m->want_cache_dir;
+        m->gpu = mcpm_gpu_open(&d, err, sizeof err);
+    }
+    free(args);
+    free(calls);
+    if (!m->gpu) {
+        if (want_gpu) return seterr(m->err, "%s", err);
+        snprintf(m->notice, sizeof m->notice, "device auto: running on the CPU: %.960s", err);
+        return 0;
+    }
+    /* the device holds the KV caches now: drop the CPU copies (the largest; the small storages stay, as CPU args are
+     * bound to them), and the weight pages read for the upload */
+    for (int i = 0; i < 2 * m->num_layers; i++) { free(m->caches[i]); m->caches[i] = NULL; }
+    if (m->map) madvise(m->map, m->map_size, MADV_DONTNEED);
+    return 0;
+}
+
+/* 1 if this CPU has the named feature of a kernel variant's "requires" (ARM64 Linux/Android: getauxval HWCAP;
+ * Apple arm64: sysctlbyname("hw.optional.arm.FEAT_*")). */
 static int cpu_has(const char* feature) {
 #if defined(__aarch64__) && defined(__linux__)
     unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
     if (!strcmp(feature, "dotprod")) return (hw & (1UL << 20)) != 0; /* HWCAP_ASIMDDP */
     if (!strcmp(feature, "fp16")) return (hw & (1UL << 10)) != 0;    /* HWCAP_ASIMDHP */
     if (!strcmp(feature, "i8mm")) return (hw2 & (1UL << 13)) != 0;   /* HWCAP2_I8MM */
+#elif defined(__APPLE__) && defined(__aarch64__)
+    /* iOS / macOS on Apple silicon (and the arm64 simulator): sysctl reports 1 for a present feature; an unknown
+     * name (older OS) fails and counts as absent. */
+    const char* key = !strcmp(feature, "dotprod") ? "hw.optional.arm.FEAT_DotProd"
+                      : !strcmp(feature, "fp16")  ? "hw.optional.arm.FEAT_FP16"
+                      : !strcmp(feature, "i8mm")  ? "hw.optional.arm.FEAT_I8MM"
+                                                  : NULL;
+    int value = 0;
+    size_t size = sizeof value;
+    if (key && sysctlbyname(key, &value, &size, NULL, 0) == 0) return value != 0;
 #endif
     (void)feature;
     return 0;
@@ -514,6 +619,20 @@ static int pick_variant(plan_ctx* pc, const json_node* root, const char** obj, c
         return seterr(m->err, "unknown kernel variant '%s' (this bundle has: %s)", m->want_variant, names);
     return PLAN_ERR(pc, "no kernel variant runs on this CPU (the last one must require nothing)");
 }
+
+/* Static kernel table: where the kernels come from a static library linked into an app (iOS), dlsym of the app's
+ * own image is fragile and the linker drops archive members nothing references. There a generated C file
+ * (mcpm_kernel_table.c of `mcpm-export --target ios`) defines mcpm_static_kernels() returning an array of
+ * {symbol, function} ending with {NULL, NULL}; it references every kernel, so the linker keeps them, and the
+ * runtime then resolves kernels in it instead of with dladdr/dlopen/dlsym. This weak default (no table) keeps the
+ * dlsym path for every other build. */
+typedef struct mcpm_static_kernel {
+    const char* symbol; /* e.g. "__tvm_ffi_dotprod_rms_norm" (the C name: symbol_prefix + kernel name) */
+    void* fn;           /* its address */
+} mcpm_static_kernel;
+
+MCPM_HIDDEN const mcpm_static_kernel* mcpm_static_kernels(void);
+__attribute__((weak)) const mcpm_static_kernel* mcpm_static_kernels(void) { return NULL; }
 
 static int load_plan(mcpm_model* m, const char* dir, const char* path, const wentry* wes, uint32_t wcount,
                      const unsigned char* wdata) {
@@ -573,28 +692,33 @@ static int load_plan(mcpm_model* m, const char* dir, const char* path, const wen
         m->kernel_names = calloc((size_t)m->n_kernels + 1, sizeof(char*));
         if (!m->kernel_fns || !m->kernel_names) { seterr(m->err, "out of memory"); goto done; }
         static const char anchor = 0;
+        const mcpm_static_kernel* table = mcpm_static_kernels();
         Dl_info info;
         void* self = NULL;
-        if (dladdr(&anchor, &info) && info.dli_fname) self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
-        if (!self) { seterr(m->err, "cannot find the runtime library itself (dladdr/dlopen failed)"); goto done; }
+        if (table) info.dli_fname = "the static kernel table";
+        else if (dladdr(&anchor, &info) && info.dli_fname) self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+        if (!table && !self) { seterr(m->err, "cannot find the runtime library itself (dladdr/dlopen failed)"); goto done; }
         int k = 0;
         for (const json_node* kn = json_child(&doc, kernels); kn; kn = json_next(&doc, kn), k++) {
-            if (kn->type != JSON_STRING) { dlclose(self); PLAN_ERR(pc, "kernel names must be strings"); goto done; }
+            if (kn->type != JSON_STRING) { if (self) dlclose(self); PLAN_ERR(pc, "kernel names must be strings"); goto done; }
             for (int j = 0; j < k; j++)
-                if (!strcmp(m->kernel_names[j], kn->str)) { dlclose(self); PLAN_ERR(pc, "duplicate kernel names"); goto done; }
-            if (!(m->kernel_names[k] = strdup(kn->str))) { dlclose(self); seterr(m->err, "out of memory"); goto done; }
+                if (!strcmp(m->kernel_names[j], kn->str)) { if (self) dlclose(self); PLAN_ERR(pc, "duplicate kernel names"); goto done; }
+            if (!(m->kernel_names[k] = strdup(kn->str))) { if (self) dlclose(self); seterr(m->err, "out of memory"); goto done; }
             char sym[512];
             snprintf(sym, sizeof sym, "%s%s", prefix, kn->str);
-            void* p = dlsym(self, sym);
+            void* p = NULL;
+            for (const mcpm_static_kernel* t = table; t && t->symbol && !p; t++)
+                if (!strcmp(t->symbol, sym)) p = t->fn;
+            if (self) p = dlsym(self, sym);
             if (!p) {
-                dlclose(self);
+                if (self) dlclose(self);
                 seterr(m->err, "kernel symbol %s not found in %s: this library was not built with the kernels of %s (%s)",
                        sym, info.dli_fname, dir, obj);
                 goto done;
             }
             memcpy(&m->kernel_fns[k], &p, sizeof p);
         }
-        dlclose(self);
+        if (self) dlclose(self);
     }
     /* weights: every plan weight must be a tensor of weights.bin with the same dtype and shape */
     m->n_weights = weights->count;
@@ -648,6 +772,7 @@ static int load_plan(mcpm_model* m, const char* dir, const char* path, const wen
             if (check_weight_arg(pc, a, json_at(&doc, weights, a->index), "weight arg")) goto done;
         }
     }
+    if (strcmp(m->want_device, "cpu") && setup_gpu(m, pc, root, dir)) goto done;
     rc = 0;
 done:
     json_free(&doc);
@@ -690,12 +815,13 @@ static double now_ms(void) {
 }
 
 mcpm_params mcpm_default_params(void) {
-    mcpm_params p = {0, 1 << 20, 0, NULL};
+    mcpm_params p = {0, 1 << 20, 0, NULL, NULL, 0, NULL};
     return p;
 }
 
 void mcpm_model_free(mcpm_model* m) {
     if (!m) return;
+    mcpm_gpu_free(m->gpu);
     if (m->pool_ready) mcpm_pool_destroy(&m->pool);
     plan_entry* es[2] = {&m->prefill, &m->decode};
     for (int k = 0; k < 2; k++) {
@@ -743,6 +869,14 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
     uint32_t wcount = 0;
     const unsigned char* wdata = NULL;
     m->want_variant = params.kernel_variant && params.kernel_variant[0] ? params.kernel_variant : NULL;
+    m->want_device = params.device && params.device[0] ? params.device : "cpu";
+    m->want_profile = params.profile;
+    m->want_cache_dir = params.cache_dir;
+    if (strcmp(m->want_device, "cpu") && strcmp(m->want_device, "gpu") && strcmp(m->want_device, "auto")) {
+        seterr(load_err, "unknown device '%.64s' (cpu, gpu or auto)", m->want_device);
+        mcpm_model_free(m);
+        return NULL;
+    }
     int rc = load_weights(m, wpath, params.verify, &wes, &wcount, &wdata);
     if (!rc) rc = load_plan(m, bundle_dir, ppath, wes, wcount, wdata);
     free(wes);
@@ -762,14 +896,24 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
         return NULL;
     }
     m->want_variant = NULL;
+    m->want_device = NULL;
+    m->want_cache_dir = NULL;
     m->load_ms = now_ms() - t_load;
     return m;
 }
 
 /* Runs one entry for n tokens already validated; copies the last position's logits to out (float[vocab]). */
 static int run_entry(mcpm_model* m, plan_entry* e, const int32_t* tokens, int n, float* out) {
-    memcpy(e->tokens, tokens, sizeof(int32_t) * (size_t)n);
     m->err[0] = '\0';
+    if (m->gpu) { /* float32[..., vocab]: the last vocab floats are the last position */
+        const plan_arg* o = &e->output;
+        int64_t last = o->offset + arg_bytes(o, n) - 4 * (int64_t)m->vocab;
+        if (mcpm_gpu_run(m->gpu, e == &m->decode, tokens, n, m->pos, out, last, m->vocab, m->err, MCPM_ERR_LEN))
+            return -1;
+        m->pos += n;
+        return 0;
+    }
+    memcpy(e->tokens, tokens, sizeof(int32_t) * (size_t)n);
     mcpm_backend_enter(m, &m->pool);
     int rc = 0;
     for (int c = 0; c < e->n_calls && !rc; c++) {
@@ -876,6 +1020,7 @@ int mcpm_generate(mcpm_model* m, const int32_t* prompt, int n_prompt, int max_ne
     mcpm_sampler_seed(&m->sampler, s->seed);
     m->prefill_tokens = m->decode_tokens = 0;
     m->prefill_ms = m->decode_ms = m->ttft_ms = 0.0;
+    if (m->gpu) mcpm_gpu_reset_times(m->gpu);
     int room = m->max_ctx - m->pos - n_prompt; /* >= 1 */
     if (max_new_tokens > room) max_new_tokens = room;
     memcpy(m->history, prompt, sizeof(int32_t) * (size_t)n_prompt);
@@ -908,16 +1053,43 @@ int mcpm_generate(mcpm_model* m, const int32_t* prompt, int n_prompt, int max_ne
 int mcpm_stats_json(mcpm_model* m, char* out, size_t len) {
     if (!m) return -1;
     if (!out || len == 0) return seterr(m->err, "mcpm_stats_json: no output buffer");
+    char notice[2 * MCPM_ERR_LEN]; /* m->notice as a JSON string body */
+    size_t k = 0;
+    for (const char* c = m->notice; *c && k + 7 < sizeof notice; c++) {
+        if (*c == '"' || *c == '\\') { notice[k++] = '\\'; notice[k++] = *c; }
+        else if ((unsigned char)*c < 0x20) k += (size_t)snprintf(notice + k, sizeof notice - k, "\\u%04x", (unsigned)*c);
+        else notice[k++] = *c;
+    }
+    notice[k] = '\0';
     struct rusage ru;
-    long peak_kb = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0; /* Linux: kilobytes */
+    long peak_kb = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0; /* Linux/Android: kilobytes */
+#if defined(__APPLE__)
+    peak_kb /= 1024; /* Darwin reports ru_maxrss in bytes */
+#endif
     double pre = m->prefill_ms > 0 ? m->prefill_tokens / (m->prefill_ms * 1e-3) : 0.0;
     double dec = m->decode_ms > 0 ? m->decode_tokens / (m->decode_ms * 1e-3) : 0.0;
     int n = snprintf(out, len,
                      "{\"load_ms\": %.3f, \"prefill_tokens\": %d, \"prefill_tok_s\": %.3f, \"decode_tokens\": %d, "
                      "\"decode_tok_s\": %.3f, \"ttft_ms\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d, "
-                     "\"kernel_variant\": \"%s\"}",
+                     "\"kernel_variant\": \"%s\", \"device\": \"%s\", \"gpu_device\": \"%s\", \"gpu_program\": \"%s\", "
+                     "\"notice\": \"%s\"}",
                      m->load_ms, m->prefill_tokens, pre, m->decode_tokens, dec, m->ttft_ms, peak_kb,
-                     m->pool_ready ? m->pool.threads : 0, m->variant[0] ? m->variant : "default");
+                     m->pool_ready ? m->pool.threads : 0, m->variant[0] ? m->variant : "default",
+                     m->gpu ? "gpu" : "cpu", m->gpu ? mcpm_gpu_device_name(m->gpu) : "",
+                     m->gpu ? mcpm_gpu_program_origin(m->gpu) : "", notice);
     if (n < 0 || (size_t)n >= len) return seterr(m->err, "mcpm_stats_json: buffer of %zu bytes too small, need %d", len, n + 1);
+    return 0;
+}
+
+const char* mcpm_model_notice(const mcpm_model* m) { return m ? m->notice : ""; }
+
+const char* mcpm_model_device(const mcpm_model* m) { return m && m->gpu ? "gpu" : "cpu"; }
+
+int mcpm_kernel_times_json(mcpm_model* m, char* out, size_t len) {
+    if (!m) return -1;
+    if (!out || len < 3) return seterr(m->err, "mcpm_kernel_times_json: no output buffer");
+    if (!m->gpu) { snprintf(out, len, "[]"); return 0; }
+    if (mcpm_gpu_times_json(m->gpu, out, len))
+        return seterr(m->err, "mcpm_kernel_times_json: buffer of %zu bytes too small", len);
     return 0;
 }

@@ -33,7 +33,8 @@ class Params(ctypes.Structure):
     """struct mcpm_params."""
 
     _fields_ = [("threads", ctypes.c_int), ("workspace_bytes", ctypes.c_size_t), ("verify", ctypes.c_int),
-                ("kernel_variant", ctypes.c_char_p)]
+                ("kernel_variant", ctypes.c_char_p), ("device", ctypes.c_char_p), ("profile", ctypes.c_int),
+                ("cache_dir", ctypes.c_char_p)]
 
 
 class SamplingC(ctypes.Structure):
@@ -95,6 +96,9 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_generate": ([_P, _I32P, ctypes.c_int, ctypes.c_int, ctypes.POINTER(SamplingC), _I32P, ctypes.c_int,
                        TOKEN_CALLBACK, ctypes.c_void_p], ctypes.c_int),
     "mcpm_stats_json": ([_P, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
+    "mcpm_model_device": ([_P], ctypes.c_char_p),
+    "mcpm_model_notice": ([_P], ctypes.c_char_p),
+    "mcpm_kernel_times_json": ([_P, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
     "mcpm_sampler_probs": ([_F32P, ctypes.c_int, _I32P, ctypes.c_int, ctypes.POINTER(SamplingC), _F32P],
                            ctypes.c_int),
     "mcpm_session_new": ([_P], _P),
@@ -171,17 +175,28 @@ class Model(_Owned):
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int = 0, verify: bool = False, workspace_bytes: int = 0,
-             library: Path | None = None) -> Model:
-        """Build (or reuse) the bundle's library and load the bundle; threads=0: one per online CPU."""
+             library: Path | None = None, device: str = "cpu", profile: bool = False,
+             cache_dir: str | Path | None = None) -> Model:
+        """Build (or reuse) the bundle's library and load the bundle; threads=0: one per online CPU.
+
+        device: "cpu", "gpu" (the bundle's OpenCL kernels; an error when impossible) or "auto" (the GPU when it
+        works, else the CPU: see ``notice``). profile: time GPU kernels (``kernel_times``). cache_dir: where the
+        compiled OpenCL program is kept (default $MCPM_CACHE_DIR/opencl)."""
         bundle_dir = Path(bundle_dir)
         if threads < 0:
             raise McpmError(f"threads must be >= 0, not {threads}", "pass 0 for one per CPU")
+        if device not in ("cpu", "gpu", "auto"):
+            raise McpmError(f"unknown device {device!r}", "use cpu, gpu or auto")
         lib = open_library(library if library is not None else build_library(bundle_dir))
         params = lib.mcpm_default_params()
         params.threads = threads
         params.verify = 1 if verify else 0
         if workspace_bytes:
             params.workspace_bytes = workspace_bytes
+        params.device = device.encode()
+        params.profile = 1 if profile else 0
+        cache = str(cache_dir).encode() if cache_dir is not None else None
+        params.cache_dir = cache
         handle = lib.mcpm_model_load(str(bundle_dir).encode(), ctypes.byref(params))
         if not handle:
             raise McpmError(f"the C runtime cannot load {bundle_dir}: {_text(lib.mcpm_last_error(None))}",
@@ -258,10 +273,33 @@ class Model(_Owned):
     def stats(self) -> dict[str, Any]:
         """Timing of the load and of the last generate (mcpm_stats_json): load_ms, prefill_tokens, prefill_tok_s,
         decode_tokens, decode_tok_s, ttft_ms, peak_rss_kb, threads."""
-        buf = ctypes.create_string_buffer(1024)
+        buf = ctypes.create_string_buffer(8192)
         self._check(self._lib.mcpm_stats_json(self._handle(), buf, len(buf)))
         result: dict[str, Any] = json.loads(buf.value.decode())
         return result
+
+    @property
+    def device(self) -> str:
+        """Where prefill/decode run: "cpu" or "gpu"."""
+        return _text(self._lib.mcpm_model_device(self._handle()))
+
+    @property
+    def notice(self) -> str:
+        """Why a model loaded with device="auto" runs on the CPU ("" otherwise)."""
+        return _text(self._lib.mcpm_model_notice(self._handle()))
+
+    def kernel_times(self) -> list[dict[str, Any]]:
+        """GPU kernel times (load with profile=True) since the load or the last generate, slowest first:
+        [{"kernel", "count", "launches", "ms"}]; [] on the CPU."""
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            if self._lib.mcpm_kernel_times_json(self._handle(), buf, len(buf)) == 0:
+                times: list[dict[str, Any]] = json.loads(buf.value.decode())
+                return times
+            if size >= 1 << 24:
+                self._check(-1)
+            size *= 4
 
     @property
     def position(self) -> int:

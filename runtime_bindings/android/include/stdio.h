@@ -29,6 +29,8 @@ __END_DECLS
 __BEGIN_DECLS
 FILE* fopen(const char* path, const char* mode);
 int fclose(FILE* f);
+int rename(const char* from, const char* to);
+int remove(const char* path);
 size_t fread(void* buf, size_t size, size_t n, FILE* f);
 size_t fwrite(const void* buf, size_t size, size_t n, FILE* f);
 int fseek(FILE* f, long offset, int whence);

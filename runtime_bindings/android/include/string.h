@@ -20,6 +20,7 @@ char* strchr(const char* s, int c);
 char* strrchr(const char* s, int c);
 char* strstr(const char* haystack, const char* needle);
 char* strpbrk(const char* s, const char* accept);
+char* strtok_r(char* s, const char* delim, char** save);
 size_t strspn(const char* s, const char* accept);
 size_t strcspn(const char* s, const char* reject);
 char* strcpy(char* dst, const char* src);
