@@ -8,6 +8,7 @@ call's kernel's launches run in order with global size = grid * block. Only the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from mcpm.errors import McpmError
 from mcpm.export.compiler.gpu import eval_rpn, validate_gpu_section
 from mcpm.export.compiler.plan import CacheArg, InputArg, Plan, TensorRef, WeightArg, nbytes, shape_at
 from mcpm.export.compiler.plan_runner import prefill_in_chunks
+
+if TYPE_CHECKING:
+    import pyopencl as cl
 
 _NP_SCALAR: dict[str, type[np.generic]] = {"int32": np.int32, "int64": np.int64, "float32": np.float32}
 
