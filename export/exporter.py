@@ -155,7 +155,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
         from mcpm.export.ios.package import package_ios
 
         with phase("ios"):  # MCPMKernels.xcframework (device + simulator), Swift package, app wired to the bundle
-            report.ios = package_ios(out, root, model_name_for(opts.model_dir))
+            report.ios = package_ios(out, root, model_name_for(opts.model_dir), device=opts.device)
     report.weight_bytes = sum(e.nbytes for e in written if not e.name.startswith("rope_"))
     report.weight_count = sum(p.numel() for p in loaded.model.parameters())
     return report

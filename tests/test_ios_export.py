@@ -171,3 +171,48 @@ def test_export_refuses_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
     res = CliRunner().invoke(export, ["default", "--target", "ios", "-o", str(tmp_path)])
     assert res.exit_code != 0 and "not empty and holds no iOS export" in str(res.exception or res.output)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- --device gpu: the Metal dispatcher and kernels
+
+
+@pytest.fixture(scope="module")
+def ios_gpu_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import tiny_minicpm, write_tiny
+
+    tiny = write_tiny(tmp_path_factory.mktemp("ios-gpu") / "tiny", tiny_minicpm())
+    out = tmp_path_factory.mktemp("ios-gpu") / "out"
+    res = CliRunner().invoke(export, [str(tiny), "--target", "ios", "--device", "gpu", "-o", str(out),
+                                      "--context-length", "48", "--prefill-chunk", "4"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return out
+
+
+def test_gpu_package_has_metal_kernels_and_dispatcher(ios_gpu_out: Path) -> None:
+    from mcpm.export.ios.package import METAL_DIR, METAL_SOURCE, OPENCL_SOURCE
+
+    out = ios_gpu_out
+    plan = json.loads((out / "bundle" / "plan.json").read_text())
+    models = [p for p in (out / "App" / "Models").iterdir() if p.is_dir()]
+    assert len(models) == 1
+    metal = models[0] / plan["gpu"]["metal_source"]
+    assert metal.is_file() and filecmp.cmp(metal, out / "bundle" / plan["gpu"]["metal_source"], shallow=False)
+    cdir = out / "MCPM" / "Sources" / "CMCPM"
+    assert filecmp.cmp(cdir / METAL_SOURCE, METAL_DIR / METAL_SOURCE, shallow=False)
+    assert not (cdir / OPENCL_SOURCE).exists()  # one dispatcher: both define mcpm_gpu_*
+    for name in (*SOURCES, *HEADERS):
+        if name != OPENCL_SOURCE:
+            copy = cdir / "include" / name if name == "mcpm.h" else cdir / name
+            assert filecmp.cmp(copy, C_DIR / name, shallow=False), name
+    for inc in re.findall(r'^\s*#\s*include\s+"([^"]+)"', (cdir / METAL_SOURCE).read_text(), re.M):
+        assert (cdir / inc).is_file(), inc
+    package_swift = (out / "MCPM" / "Package.swift").read_text()
+    assert '.linkedFramework("Metal")' in package_swift and '.define("MCPM_METAL")' in package_swift
+    assert ".unsafeFlags(" not in package_swift
+
+
+def test_cpu_package_keeps_the_opencl_dispatcher(ios_out: tuple[Path, str]) -> None:
+    out, _ = ios_out
+    cdir = out / "MCPM" / "Sources" / "CMCPM"
+    assert (cdir / "mcpm_opencl.c").is_file() and not (cdir / "mcpm_metal.m").exists()
+    assert "Metal" not in (out / "MCPM" / "Package.swift").read_text().split("linkerSettings", 1)[1].split("]", 1)[0]

@@ -236,3 +236,43 @@ def test_swift_sources_are_balanced(swift: Path) -> None:
     for o, c in ("{}", "()", "[]"):
         assert text.count(o) == text.count(c), (swift.name, o)
     assert len(re.findall(r"^\s*#if\b", text, re.M)) == len(re.findall(r"^\s*#endif\b", text, re.M))
+
+
+# ---------------------------------------------------------------- the GPU (Metal) wiring
+
+
+def test_device_setting_reaches_mcpm_params_with_values_the_runtime_accepts() -> None:
+    """MCPMDevice's raw values are the devices mcpm_model_load accepts, and MCPMModel passes the chosen one as
+    params.device; .gpu/.auto are available exactly under the compilation condition GPU exports define."""
+    from mcpm.export.ios.package import METAL_DEFINE, PACKAGE_GPU_EDITS
+
+    settings = (PKG / "Sources" / "MCPM" / "MCPMSettings.swift").read_text()
+    enum = re.search(r"public enum MCPMDevice\b.*?\{(.*?)\n\}", settings, re.S).group(1)
+    cases = re.findall(r"^\s*case (\w+)\s*$", enum, re.M)
+    runtime = (ROOT / "runtime_bindings" / "c" / "mcpm_runtime.c").read_text()
+    accepted = set(re.findall(r'strcmp\(m->want_device, "(\w+)"\)', runtime))
+    assert set(cases) == accepted == {"cpu", "gpu", "auto"}
+    assert f"#if {METAL_DEFINE}" in _strip_swift(enum) and "self == .cpu" in enum
+    assert any(f'.define("{METAL_DEFINE}")' in new for _, new in PACKAGE_GPU_EDITS)
+    model = _strip_swift((PKG / "Sources" / "MCPM" / "MCPMModel.swift").read_text())
+    assert re.search(r"settings\.device\.rawValue\.withCString \{ cDevice in", model)
+    assert re.search(r"params\.device = cDevice\b", model)
+    assert "device" in c_struct_fields("mcpm_params")
+    # the runtime's answer is surfaced (where it runs, why auto stayed on the CPU)
+    assert {"mcpm_model_device", "mcpm_model_notice"} <= {n for _, n, _ in swift_c_calls(SWIFT_LIB)}
+
+
+def test_gpu_package_manifest_edits_apply_to_the_template() -> None:
+    """The anchors package_ios(device="gpu") edits exist once in Package.swift, and the result keeps the checks of
+    test_package_manifest_declares_the_targets (no unsafeFlags) plus Metal.framework for the C target."""
+    from mcpm.export.ios.package import PACKAGE_GPU_EDITS
+
+    text = (PKG / "Package.swift").read_text()
+    for anchor, new in PACKAGE_GPU_EDITS:
+        assert text.count(anchor) == 1, anchor
+        text = text.replace(anchor, new)
+    assert '.linkedFramework("Metal")' in text and ".unsafeFlags(" not in text
+    assert re.search(r'name: "MCPM",\s*dependencies: \["CMCPM"\],\s*path: "Sources/MCPM",\s*swiftSettings: '
+                     r'\[\.define\("MCPM_METAL"\)\]', text)
+    for o, c in ("{}", "()", "[]"):
+        assert _strip_swift(text).count(o) == _strip_swift(text).count(c)

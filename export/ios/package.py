@@ -8,6 +8,8 @@ Output layout (OUT = ``-o``)::
     OUT/MCPM/MCPMKernels.xcframework             ios-arm64 (device) + ios-arm64_x86_64-simulator static libraries
     OUT/MCPM/Sources/CMCPM/                      the C runtime: the files of runtime_bindings/c, copied here
     OUT/MCPM/Sources/CMCPM/mcpm_kernel_table.c   generated: every kernel symbol per variant (static lookup)
+    OUT/MCPM/Sources/CMCPM/mcpm_metal.m          GPU bundles only: the Metal dispatcher, built INSTEAD of
+                                                 mcpm_opencl.c (same interface, mcpm_opencl.h), + Metal.framework
     OUT/App/                                     the SwiftUI app (from ios_app/App)
     OUT/App/Models/<name>/                       the bundle without *.o (hard links), embedded in the app
     OUT/project.yml                              XcodeGen spec: `xcodegen` makes MCPMDemo.xcodeproj
@@ -48,6 +50,23 @@ MODULE_MAP = 'module MCPMKernels {\n    header "mcpm.h"\n    export *\n}\n'
 # header mcpm.h in Sources/CMCPM/include (next to the committed module.modulemap).
 CMCPM_DIR = Path("Sources") / "CMCPM"
 PUBLIC_HEADER = "mcpm.h"
+# GPU bundles (plan.json has a "gpu" section): the Metal dispatcher replaces the OpenCL one in the C target. Both
+# define mcpm_opencl.h's mcpm_gpu_* functions, so exactly one of them may be in the target. A CPU-only package keeps
+# mcpm_opencl.c (it compiles everywhere and only dlopens libOpenCL when asked for the GPU) and never depends on the
+# Objective-C file, which cannot be compiled on the machines that export.
+METAL_DIR = ROOT / "runtime_bindings" / "metal"
+METAL_SOURCE = "mcpm_metal.m"
+OPENCL_SOURCE = "mcpm_opencl.c"
+METAL_DEFINE = "MCPM_METAL"  # Swift compilation condition of the MCPM target: MCPMDevice.gpu/.auto available
+# (anchor in ios_app/MCPM/Package.swift, replacement) for GPU packages
+PACKAGE_GPU_EDITS = (
+    ('                .linkedLibrary("m"),\n',
+     '                .linkedLibrary("m"),\n'
+     '                .linkedFramework("Metal"),  // mcpm_metal.m (GPU bundle)\n'
+     '                .linkedFramework("Foundation"),\n'),
+    ('            path: "Sources/MCPM"\n',
+     f'            path: "Sources/MCPM",\n            swiftSettings: [.define("{METAL_DEFINE}")]  // GPU bundle\n'),
+)
 
 
 @dataclass
@@ -201,17 +220,25 @@ def kernel_table_source(plan, model_name: str) -> str:
 # ---------------------------------------------------------------- package and app
 
 
-def copy_runtime_sources(dest: Path) -> list[Path]:
+def bundle_has_gpu(bundle: Path) -> bool:
+    """plan.json has a "gpu" section (exported with --device gpu)."""
+    return "gpu" in json.loads((Path(bundle) / "plan.json").read_text())
+
+
+def copy_runtime_sources(dest: Path, metal: bool = False) -> list[Path]:
     """Copies runtime_bindings/c's sources and headers (the files every platform builds: mcpm.runtime.build's
     SOURCES and HEADERS, plus the headers they include) into a SwiftPM C target folder: mcpm.h into include/, the
-    rest next to it. Returns the copied files."""
+    rest next to it. With metal, runtime_bindings/metal/mcpm_metal.m replaces mcpm_opencl.c. Returns the copied
+    files."""
     from mcpm.runtime.build import C_DIR, HEADERS, SOURCES
 
     missing = [n for n in (*SOURCES, *HEADERS) if not (C_DIR / n).is_file()]
+    if metal and not (METAL_DIR / METAL_SOURCE).is_file():
+        missing.append(str(METAL_DIR / METAL_SOURCE))
     if missing:
         raise McpmError(f"runtime sources are missing from {C_DIR}: {', '.join(missing)}",
                         "reinstall mcpm from its source tree (pip install -e .)")
-    names = [*SOURCES, *HEADERS]
+    names = [n for n in (*SOURCES, *HEADERS) if not (metal and n == OPENCL_SOURCE)]
     for name in names:  # plus every header they include with "..." (transitively) that lies in C_DIR
         for inc in re.findall(r'^\s*#\s*include\s+"([^"]+)"', (C_DIR / name).read_text(), re.M):
             if inc not in names and (C_DIR / inc).is_file():
@@ -222,7 +249,21 @@ def copy_runtime_sources(dest: Path) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(C_DIR / name, target)
         out.append(target)
+    if metal:
+        shutil.copy2(METAL_DIR / METAL_SOURCE, dest / METAL_SOURCE)
+        out.append(dest / METAL_SOURCE)
     return out
+
+
+def enable_metal(package_swift: Path) -> None:
+    """A GPU package's manifest: Metal.framework for the C target, MCPM_METAL for the Swift target."""
+    text = package_swift.read_text()
+    for anchor, new in PACKAGE_GPU_EDITS:
+        if text.count(anchor) != 1:
+            raise McpmError(f"{package_swift} does not have the expected layout ({anchor.strip()!r})",
+                            "reinstall mcpm from its source tree (pip install -e .)")
+        text = text.replace(anchor, new)
+    package_swift.write_text(text)
 
 
 def stage_model(bundle: Path, dest: Path) -> list[Path]:
@@ -251,10 +292,16 @@ def package_ios(bundle_dir: Path, out_dir: Path, model_name: str, device: str = 
     arm64 Mach-O for iOS, or an XCFramework that fails :func:`check_xcframework`."""
     bundle = Path(bundle_dir)
     out = Path(out_dir)
-    if device != "cpu":
-        # Metal hook: the GPU issue adds the Metal kernels (bundle) and the Objective-C dispatcher (package);
-        # until then only the CPU kernels are packaged.
-        raise McpmError(f"--device {device} is not available for iOS yet", "export with the CPU kernels (the default)")
+    if device not in ("cpu", "gpu"):
+        raise McpmError(f"unknown device {device!r}", "use --device cpu or --device gpu")
+    metal = device == "gpu"
+    if metal and not bundle_has_gpu(bundle):
+        raise McpmError(f"{bundle} has no GPU kernels (plan.json has no \"gpu\" section)",
+                        "export it with --device gpu")
+    if metal:  # newLibraryWithSource reads it from the model folder in the app (stage_model copies it)
+        metal_src = str(json.loads((bundle / "plan.json").read_text())["gpu"].get("metal_source", ""))
+        if not metal_src or not (bundle / metal_src).is_file():
+            raise McpmError(f"{bundle / metal_src} is missing", "export the bundle again with --device gpu")
     for src in (IOS_APP_DIR / PACKAGE_NAME / "Package.swift", IOS_APP_DIR / "App", IOS_APP_DIR / "project.yml"):
         if not src.exists():
             raise McpmError(f"{src} is missing", "reinstall mcpm from its source tree (pip install -e .)")
@@ -284,7 +331,9 @@ def package_ios(bundle_dir: Path, out_dir: Path, model_name: str, device: str = 
     problems = check_xcframework(xcf, {arch: kernel_symbols(plan, arch) for arch in SIMULATOR_ARCHS})
     if problems:
         raise McpmError(f"{xcf.name} fails its checks: {'; '.join(problems)}", "report this as a bug in mcpm")
-    copy_runtime_sources(pkg / CMCPM_DIR)
+    copy_runtime_sources(pkg / CMCPM_DIR, metal=metal)
+    if metal:
+        enable_metal(pkg / "Package.swift")
     (pkg / CMCPM_DIR / TABLE_NAME).write_text(kernel_table_source(plan, model_name))
 
     app = out / "App"

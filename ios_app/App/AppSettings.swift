@@ -12,7 +12,7 @@ final class AppSettings: ObservableObject {
     @Published var topK: Int { didSet { defaults.set(topK, forKey: "topK") } }
     @Published var topP: Double { didSet { defaults.set(topP, forKey: "topP") } }
     @Published var seed: Int { didSet { defaults.set(seed, forKey: "seed") } }
-    /// Always .cpu until the Metal backend lands (MCPMDevice.gpu.isAvailable is false).
+    /// .gpu/.auto only in apps exported with --device gpu (MCPMDevice.isAvailable); else .cpu.
     @Published var device: MCPMDevice { didSet { defaults.set(device.rawValue, forKey: "device") } }
 
     private init() {

@@ -13,13 +13,13 @@ struct SettingsView: View {
                             value: $settings.threads, in: 0 ... 16)
                     Picker("Device", selection: $settings.device) {
                         ForEach(MCPMDevice.allCases, id: \.self) { d in
-                            Text(d.isAvailable ? d.rawValue.uppercased() : "\(d.rawValue.uppercased()) (not yet)")
+                            Text(d.isAvailable ? d.rawValue.uppercased() : "\(d.rawValue.uppercased()) (CPU export)")
                                 .tag(d)
                         }
                     }
                     .pickerStyle(.segmented)
                     .onChange(of: settings.device) { d in
-                        if !d.isAvailable { settings.device = .cpu }  // METAL HOOK: GPU disabled until Metal lands
+                        if !d.isAvailable { settings.device = .cpu }  // METAL HOOK: GPU only in --device gpu exports
                     }
                 }
                 Section("Sampling") {

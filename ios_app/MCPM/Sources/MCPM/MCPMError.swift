@@ -13,7 +13,7 @@ public enum MCPMError: Error, LocalizedError, Equatable, Sendable {
     case statsUnavailable(String)
     /// A setting out of range (threads, token counts).
     case invalidSettings(String)
-    /// Not in this build: the GPU (Metal) backend, image input for MiniCPM-V bundles.
+    /// Not in this build: the GPU (Metal) backend in an app exported for the CPU, image input for MiniCPM-V bundles.
     case notAvailable(String)
 
     public var errorDescription: String? {

@@ -15,12 +15,17 @@ public final class MCPMModel: @unchecked Sendable {
     public let contextLength: Int
     /// bos_token_id of the bundle's mcpm-config.json (the benchmark's first prompt token), nil if none.
     public let bosTokenID: Int32?
+    /// Where the model runs: "cpu" or "gpu" (mcpm_model_device).
+    public let runningDevice: String
+    /// Why a model loaded with device .auto runs on the CPU, "" otherwise (mcpm_model_notice).
+    public let loadNotice: String
 
     /// Loads the bundle folder at bundleURL (it holds mcpm-config.json, plan.json, weights.bin, the tokenizer).
     /// Blocks: prefer `load(bundleURL:settings:)`.
     public init(bundleURL: URL, settings: MCPMModelSettings = MCPMModelSettings()) throws {
         guard settings.device.isAvailable else {
-            throw MCPMError.notAvailable("The GPU (Metal) backend is not in this build yet: use the CPU.")
+            throw MCPMError.notAvailable("This app has no GPU (Metal) dispatcher: export the model with "
+                                         + "`mcpm-export --target ios --device gpu`, or use the CPU.")
         }
         guard MCPMModel.linkedKernelCount > 0 else {
             throw MCPMError.loadFailed("No kernels are linked into this app: build it from an `mcpm-export --target ios` output.")
@@ -29,13 +34,14 @@ public final class MCPMModel: @unchecked Sendable {
         params.threads = Int32(clamping: settings.resolvedThreads)
         params.verify = settings.verify ? 1 : 0
         let dir = bundleURL.path
+        let variant = settings.kernelVariant ?? ""
         let loaded: OpaquePointer? = dir.withCString { cDir in
-            guard let variant = settings.kernelVariant, !variant.isEmpty else {
-                return mcpm_model_load(cDir, &params)
-            }
-            return variant.withCString { cVariant in
-                params.kernel_variant = cVariant
-                return mcpm_model_load(cDir, &params)
+            settings.device.rawValue.withCString { cDevice in
+                variant.withCString { cVariant in
+                    params.device = cDevice  // "cpu", "gpu" or "auto"
+                    params.kernel_variant = variant.isEmpty ? nil : cVariant
+                    return mcpm_model_load(cDir, &params)
+                }
             }
         }
         guard let model = loaded else {
@@ -48,6 +54,8 @@ public final class MCPMModel: @unchecked Sendable {
         vocabSize = Int(mcpm_vocab_size(model))
         contextLength = Int(mcpm_context_length(model))
         bosTokenID = MCPMModel.readBOS(bundleURL)
+        runningDevice = String(cString: mcpm_model_device(model))
+        loadNotice = String(cString: mcpm_model_notice(model))
     }
 
     /// Kernel entries linked into the app (every variant; mcpm_kernel_table.c of the export). Calling it also makes

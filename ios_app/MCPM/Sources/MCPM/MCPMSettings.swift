@@ -1,16 +1,39 @@
 import CMCPM
 import Foundation
 
-/// Where the kernels run. Only `.cpu` exists in this build.
+/// Where the kernels run (mcpm_params.device).
 ///
-/// METAL HOOK: the GPU backend (Metal kernels in the bundle + an Objective-C dispatcher in the package) comes
-/// with the GPU issue. Until then `isAvailable` is false for `.gpu`, the demo app disables the switch, and
-/// `MCPMModel` throws `MCPMError.notAvailable` when asked for it.
+/// METAL HOOK (wired): `.gpu` and `.auto` need the Metal dispatcher (mcpm_metal.m), which `mcpm-export --target ios
+/// --device gpu` puts into the package together with the bundle's Metal kernels (kernels.metal) and the `MCPM_METAL`
+/// compilation condition. Without it (a CPU export) only `.cpu` is available: the demo app disables the others and
+/// `MCPMModel` throws `MCPMError.notAvailable`. `.gpu` fails the load when the bundle has no GPU kernels or Metal does
+/// not work; `.auto` then runs on the CPU and says why in `MCPMModel.loadNotice`.
 public enum MCPMDevice: String, CaseIterable, Codable, Sendable {
     case cpu
     case gpu
+    case auto
 
-    public var isAvailable: Bool { self == .cpu }
+    /// This build can run it (GPU: the package was exported with --device gpu).
+    public var isAvailable: Bool {
+        #if MCPM_METAL
+        return true
+        #else
+        return self == .cpu
+        #endif
+    }
+
+    /// Available, and the bundle at bundleURL has GPU kernels (its plan.json has a "gpu" section) where needed.
+    public func isAvailable(for bundleURL: URL) -> Bool {
+        isAvailable && (self == .cpu || MCPMDevice.bundleHasGPUKernels(bundleURL))
+    }
+
+    /// plan.json of the bundle has a "gpu" section (exported with --device gpu).
+    public static func bundleHasGPUKernels(_ bundleURL: URL) -> Bool {
+        let url = bundleURL.appendingPathComponent("plan.json")
+        guard let data = try? Data(contentsOf: url),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return false }
+        return object["gpu"] is [String: Any]
+    }
 }
 
 /// Settings for loading a model (mcpm_params).
