@@ -6,7 +6,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,11 +17,54 @@ from mcpm.android_cli import android
 from mcpm.cli_util import model_dir_argument, run_main
 from mcpm.errors import McpmError
 
+if TYPE_CHECKING:
+    from mcpm.export.bundle.reader import Bundle
+    from mcpm.export.tokenizer import Tokenizer
+    from mcpm.runtime.binding import Model
+
 
 def resolve_model_dir(model_dir: str) -> Path:
     from mcpm.export.loading import DEFAULT_MODEL_DIR
 
     return DEFAULT_MODEL_DIR if model_dir == "default" else Path(model_dir)
+
+
+def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--device cpu|gpu|auto of the commands that run a bundle in the C runtime."""
+    return click.option(
+        "--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True,
+        help="Where the C runtime runs the bundle: cpu, gpu (its OpenCL kernels, from mcpm-export --device gpu) or "
+             "auto (the GPU when OpenCL works, else the CPU with a notice).")(func)
+
+
+def load_bundle_on(bundle_dir: Path, threads: int, device: str) -> tuple[Bundle, Model, Tokenizer]:
+    """load_host_bundle on DEVICE: (bundle, model, tokenizer); a notice on stderr when auto runs on the CPU."""
+    from mcpm.runtime.host import load_host_bundle
+
+    if device == "cpu":
+        return load_host_bundle(bundle_dir, threads=threads)
+    from mcpm.export.bundle.reader import open_bundle
+    from mcpm.export.bundle.target import check_runs_here
+    from mcpm.export.tokenizer import Tokenizer
+    from mcpm.runtime.bench import check_device
+    from mcpm.runtime.binding import Model
+    from mcpm.runtime.build import build_library, default_cache_dir
+
+    check_device(Path(bundle_dir), device)
+    bundle = open_bundle(Path(bundle_dir))
+    check_runs_here(bundle.config["target"])
+    model = Model.load(bundle.path, threads=threads, library=build_library(bundle.path, bundle.plan.object_file),
+                       device=device, cache_dir=default_cache_dir() / "opencl")
+    cfg = bundle.config
+    tok = Tokenizer.from_bundle(bundle.path, cfg["tokenizer"], cfg["chat_template"], cfg["bos_token_id"])
+    show_notice(model.notice)
+    return bundle, model, tok
+
+
+def show_notice(notice: str) -> None:
+    """The runtime's notice (device auto fell back to the CPU) as one line on stderr."""
+    if notice:
+        click.echo(f"notice: {notice}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,9 +90,10 @@ def cli() -> None:
 @click.option("--threads", "-t", default=0,
               help="CPU threads of the C runtime (0 = one per CPU); with --reference, of PyTorch (0 = its default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on the last line.")
+@device_option
 def generate(
     path: str, prompt: str, max_new_tokens: int, reference: bool, chat: bool, temperature: float,
-    top_k: int, top_p: float, seed: int, threads: int, as_json: bool,
+    top_k: int, top_p: float, seed: int, threads: int, as_json: bool, device: str = "cpu",
 ) -> None:
     """Generate text, streaming tokens, then print tokens/s.
 
@@ -65,14 +111,19 @@ def generate(
     used_threads = torch.get_num_threads()
     folder = resolve_model_dir(path)
     is_bundle = (folder / CONFIG_NAME).is_file()
+    if device != "cpu" and (reference or not is_bundle):
+        raise McpmError(f"--device {device} runs bundles in the C runtime; the PyTorch reference runs on the CPU",
+                        "drop --device, or pass a bundle written by mcpm-export --device gpu")
     t0 = time.perf_counter()
     if is_bundle and not reference:
-        from mcpm.runtime.host import RuntimeStepper, load_host_bundle
+        from mcpm.runtime.host import RuntimeStepper
 
-        bundle, runtime_model, tok = load_host_bundle(folder, threads=max(threads, 0))
+        bundle, runtime_model, tok = load_bundle_on(folder, max(threads, 0), device)
         model: object = RuntimeStepper(runtime_model)
         used_threads = threads if threads > 0 else (os.cpu_count() or 1)
-        context, engine = bundle.config["context_length"], f"bundle ({bundle.config['quantization']}, C runtime)"
+        on = runtime_model.device
+        context = bundle.config["context_length"]
+        engine = f"bundle ({bundle.config['quantization']}, C runtime{', GPU' if on == 'gpu' else ''})"
     elif reference and not is_bundle:
         from mcpm.export.loading import load_model
 
@@ -100,6 +151,8 @@ def generate(
     click.echo()
     stats = {"load_ms": round(load_ms, 1), **{k: round(v, 2) for k, v in result.stats().items()},
              "threads": used_threads, "engine": engine}
+    if device != "cpu":
+        stats["device"] = runtime_model.device
     click.echo(
         f"[{stats['prompt_tokens']} prompt tokens, {stats['prefill_tok_s']:.1f} tok/s prefill; "
         f"{stats['generated_tokens']} generated, {stats['decode_tok_s']:.1f} tok/s decode; {engine}]",
@@ -117,11 +170,21 @@ def generate(
 @click.option("-r", "--repetitions", default=5, show_default=True, help="Measured runs (after one warm-up).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the machine and every run.")
-def bench(bundle: Path, n_prompt: int, n_gen: int, threads: int, repetitions: int, seed: int, as_json: bool) -> None:
-    """Prefill and decode speed of BUNDLE in the C runtime (mean ± sd over the runs), TTFT, load time, peak RSS."""
+@device_option
+@click.option("--kernel-times/--no-kernel-times", default=None,
+              help="Time every GPU kernel (OpenCL profiling events) and list the slowest (default: on unless "
+                   "--device cpu).")
+def bench(bundle: Path, n_prompt: int, n_gen: int, threads: int, repetitions: int, seed: int, as_json: bool,
+          device: str = "cpu", kernel_times: bool | None = None) -> None:
+    """Prefill and decode speed of BUNDLE in the C runtime (mean ± sd over the runs), TTFT, load time, peak RSS.
+
+    With --device gpu (a bundle from mcpm-export --device gpu) it runs the OpenCL kernels and adds the GPU's name
+    and the time of every kernel, slowest first ("kernel_times" in --json).
+    """
     from mcpm.runtime.bench import format_table, run_bench
 
-    result = run_bench(bundle, n_prompt, n_gen, threads, repetitions, seed)
+    result = run_bench(bundle, n_prompt, n_gen, threads, repetitions, seed, device=device, kernel_times=kernel_times)
+    show_notice(result["notice"])
     click.echo(json.dumps(result) if as_json else format_table(result))
 
 
@@ -224,20 +287,20 @@ def quant_size(model_dir: str, rules: tuple[str, ...]) -> None:
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", "-t", default=0, help="C runtime threads (0 = one per CPU).")
+@device_option
 def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int,
-         threads: int) -> None:
+         threads: int, device: str = "cpu") -> None:
     """Interactive multi-turn chat with BUNDLE (the KV cache is kept between turns; /reset, /quit)."""
     from mcpm.errors import ContextOverflowError
     from mcpm.runtime.binding import Sampling
     from mcpm.runtime.chat import ChatSession
-    from mcpm.runtime.host import load_host_bundle
-
-    _, model, tok = load_host_bundle(bundle_dir, threads=threads)
+    _, model, tok = load_bundle_on(bundle_dir, threads, device)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     session = ChatSession(model, tok, sampling, max_new_tokens)
     interactive = sys.stdin.isatty()
     if interactive:
-        click.echo(f"chatting with {bundle_dir} ({model.context_length} tokens of context); /reset, /quit")
+        on = " on the GPU" if model.device == "gpu" else ""
+        click.echo(f"chatting with {bundle_dir}{on} ({model.context_length} tokens of context); /reset, /quit")
     while True:
         try:
             line = input("> " if interactive else "")

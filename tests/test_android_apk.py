@@ -29,7 +29,7 @@ from mcpm.export.android.apk import (
     verify_apk,
 )
 
-CONTRACT_METHODS = ("load", "chat", "complete", "reset", "stats", "bench", "free")
+CONTRACT_METHODS = ("load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free")
 CONTRACT_SYMBOLS = {f"Java_org_mcpm_demo_McpmNative_{m}" for m in CONTRACT_METHODS}
 ACTIVITIES = {f"org.mcpm.demo.{a}" for a in ("MainActivity", "SettingsActivity", "BenchmarkActivity")}
 

@@ -39,7 +39,8 @@ def _host_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("android-native-host")
     ckpt = write_tiny(base / "ckpt", tiny_minicpm(num_hidden_layers=1))
     out = base / "bundle"
-    run_export(ExportOptions(ckpt, out, "host", "q4g32", (), TINY_CTX, TINY_CHUNK, progress=False))
+    # --device gpu: the CPU kernels plus kernels.cl and plan.json's "gpu" section (the JVM test runs both)
+    run_export(ExportOptions(ckpt, out, "host", "q4g32", (), TINY_CTX, TINY_CHUNK, progress=False, device="gpu"))
     return out
 
 
@@ -113,10 +114,38 @@ def test_library_passes_the_android_checks(android_lib: Path) -> None:
 def test_jni_exports_equal_the_contract(android_lib: Path) -> None:
     r = native.check_android_library(android_lib)
     contract = _contract_methods()
-    assert contract == {"load", "chat", "complete", "reset", "stats", "bench", "free"}
+    assert contract == {"load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free"}
     assert set(r.jni_methods) == contract
     java = (JAVA_SRC / "McpmNative.java").read_text()
     assert set(re.findall(r"static native \w+ (\w+)\(", java)) == contract
+
+
+_JNI_TYPES = {"void": "void", "boolean": "jboolean", "int": "jint", "long": "jlong", "float": "jfloat",
+              "String": "jstring", "TextSink": "jobject"}
+
+
+def _java_natives(text: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name -> (return type, parameter types) of every `static native` declaration in text."""
+    out = {}
+    for ret, name, params in re.findall(r"static native (\w+) (\w+)\(([^()]*)\)", text):
+        out[name] = (ret, tuple(p.split()[0] for p in params.split(",") if p.strip()))
+    return out
+
+
+def test_jni_signatures_match_java_and_readme() -> None:
+    """The C functions take the JNI types of the Java declarations (a wrong parameter list would link but crash on
+    the phone), and the README's contract declares the same signatures as McpmNative.java."""
+    java = _java_natives((JAVA_SRC / "McpmNative.java").read_text())
+    assert _java_natives(README.read_text()) == java
+    assert java["load"] == ("long", ("String", "int", "String", "String", "boolean"))
+    assert java["kernelTimes"] == ("String", ("long",))
+    c = {}
+    for ret, name, params in re.findall(r"JNIEXPORT (\w+) JNICALL Java_org_mcpm_demo_McpmNative_(\w+)\(([^()]*)\)",
+                                        JNI_C.read_text()):
+        c[name] = (ret, tuple(p.split()[0].rstrip("*") for p in params.split(",")))
+    assert set(c) == set(java)
+    for name, (ret, params) in java.items():
+        assert c[name] == (_JNI_TYPES[ret], ("JNIEnv", "jclass", *(_JNI_TYPES[t] for t in params))), name
 
 
 def test_kernel_symbols_are_exported(android_lib: Path, android_bundle: Path) -> None:
@@ -313,12 +342,19 @@ public final class JniSmoke {
         McpmNative.ensureLoaded();
         StringBuilder out = new StringBuilder("{");
         try {
-            McpmNative.load(args[0] + "/does-not-exist", 1);
+            McpmNative.load(args[0] + "/does-not-exist", 1, "cpu", null, false);
             out.append("\"load_error\": null,");
         } catch (McpmException e) {
             out.append("\"load_error\": ").append(q(e.getMessage())).append(',');
         }
-        long h = McpmNative.load(args[0], 2);
+        String badDevice = null;
+        try {
+            McpmNative.load(args[0], 1, "npu", null, false);
+        } catch (McpmException e) {
+            badDevice = e.getMessage();
+        }
+        out.append("\"bad_device\": ").append(badDevice == null ? "null" : q(badDevice)).append(',');
+        long h = McpmNative.load(args[0], 2, null, null, false);
         Collect a = new Collect(1 << 30), b = new Collect(1 << 30), stop = new Collect(1);
         int na = McpmNative.complete(h, "Hello h\u00e9llo \ud83d\ude00", 12, 0f, 0, 1f, 0L, a);
         int nb = McpmNative.complete(h, "Hello h\u00e9llo \ud83d\ude00", 12, 0f, 0, 1f, 0L, b);
@@ -349,8 +385,20 @@ public final class JniSmoke {
             tooLong = e.getMessage();
         }
         String stats = McpmNative.stats(h);
+        String cpuTimes = McpmNative.kernelTimes(h);
         McpmNative.free(h);
         McpmNative.free(0L);
+        String gpu = "null";
+        if (args.length > 2 && args[1].equals("gpu")) {  // an OpenCL platform answers (PoCL)
+            long g = McpmNative.load(args[0], 2, "gpu", args[2], true);
+            Collect ga = new Collect(1 << 30);
+            int nga = McpmNative.complete(g, "Hello h\u00e9llo \ud83d\ude00", 12, 0f, 0, 1f, 0L, ga);
+            String gbench = McpmNative.bench(g, 8, 4);
+            String times = McpmNative.kernelTimes(g);
+            McpmNative.free(g);
+            gpu = "{\"n\": " + nga + ", \"a\": " + q(ga.text.toString()) + ", \"bench\": " + gbench
+                    + ", \"kernel_times\": " + times + "}";
+        }
         out.append("\"na\": ").append(na).append(", \"nb\": ").append(nb).append(", \"ns\": ").append(ns)
            .append(", \"nn\": ").append(nn).append(", \"nc\": ").append(nc)
            .append(", \"a\": ").append(q(a.text.toString())).append(", \"b\": ").append(q(b.text.toString()))
@@ -358,7 +406,10 @@ public final class JniSmoke {
            .append(", \"thrown\": ").append(thrown == null ? "null" : q(thrown))
            .append(", \"bad_sampling\": ").append(badSampling == null ? "null" : q(badSampling))
            .append(", \"too_long\": ").append(tooLong == null ? "null" : q(tooLong))
-           .append(", \"bench\": ").append(bench).append(", \"stats\": ").append(stats).append('}');
+           .append(", \"bench\": ").append(bench).append(", \"stats\": ").append(stats)
+           .append(", \"cpu_kernel_times\": ").append(cpuTimes).append(", \"kernel_times_0\": ")
+           .append(McpmNative.kernelTimes(0L) == null ? "null" : "\"?\"").append(", \"gpu\": ").append(gpu)
+           .append('}');
         System.out.println(out);
     }
 }
@@ -387,8 +438,10 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     classes = work / "classes"
     java_files = [JAVA_SRC / "McpmNative.java", JAVA_SRC / "McpmException.java", src / "org/mcpm/demo/JniSmoke.java"]
     subprocess.run(["javac", "-d", str(classes), *map(str, java_files)], check=True)
+    gpu_args = ["gpu", str(work / "cache")] if not _no_opencl() else ["cpu"]
     res = subprocess.run(["java", "-Xcheck:jni", f"-Djava.library.path={work}", "-cp", str(classes),
-                          "org.mcpm.demo.JniSmoke", str(bundle)], capture_output=True, text=True, timeout=120)
+                          "org.mcpm.demo.JniSmoke", str(bundle), *gpu_args], capture_output=True, text=True,
+                         timeout=180)
     assert res.returncode == 0, res.stderr
     assert "WARNING" not in res.stdout + res.stderr, res.stderr  # -Xcheck:jni complaints
     r = json.loads(res.stdout.strip().splitlines()[-1])
@@ -400,4 +453,35 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert r["bad_sampling"] and "top_p" in r["bad_sampling"]
     assert r["too_long"] and "context" in r["too_long"]
     assert r["bench"]["prefill_tokens"] == 8 and r["bench"]["decode_tokens"] >= 3
-    assert r["stats"]["threads"] == 2
+    assert r["stats"]["threads"] == 2 and r["stats"]["device"] == "cpu" and r["stats"]["notice"] == ""
+    assert r["bad_device"] and "unknown device 'npu'" in r["bad_device"]
+    assert r["cpu_kernel_times"] == [] and r["kernel_times_0"] is None
+    if _no_opencl():
+        assert r["gpu"] is None
+        return
+    g = r["gpu"]  # device "gpu" on PoCL, profiled: same greedy text, a GPU name, per-kernel times
+    assert g["n"] == r["na"] and g["a"] == r["a"]
+    assert g["bench"]["device"] == "gpu" and g["bench"]["gpu_device"].startswith("OpenCL")
+    assert g["bench"]["prefill_tokens"] == 8 and g["bench"]["decode_tokens"] >= 3
+    assert g["kernel_times"] and all(t["count"] >= 1 and t["ms"] >= 0 for t in g["kernel_times"])
+    ms = [t["ms"] for t in g["kernel_times"]]
+    assert ms == sorted(ms, reverse=True)
+    assert any((work / "cache" / "opencl").iterdir())  # the compiled program went to cacheDir/opencl
+
+
+def _no_opencl() -> str:
+    """'' when an OpenCL platform answers (PoCL here), else the reason."""
+    import ctypes
+
+    for name in ("libOpenCL.so.1", "libOpenCL.so"):
+        try:
+            cl = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return "no OpenCL library"
+    n = ctypes.c_uint32(0)
+    if cl.clGetPlatformIDs(0, None, ctypes.byref(n)) != 0 or n.value == 0:
+        return "no OpenCL platform"
+    return ""

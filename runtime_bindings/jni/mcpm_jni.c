@@ -239,25 +239,58 @@ static int32_t read_bos(const char* dir, int vocab) {
 
 /* ---------------------------------------------------------------- the native methods */
 
-/* static native long load(String bundleDir, int threads) throws McpmException */
+/* An optional Java string argument as malloc'ed UTF-8 in *out (NULL for a null or empty string). Returns -1 with an
+ * exception pending on out of memory, else 0. */
+static int optional_utf8(JNIEnv* env, jstring s, char** out) {
+    *out = NULL;
+    if (!s) return 0;
+    char* v = utf8_from_jstring(env, s, NULL);
+    if (!v) return -1; /* out of memory: an exception is pending */
+    if (!*v) {
+        free(v);
+        return 0;
+    }
+    *out = v;
+    return 0;
+}
+
+/* static native long load(String bundleDir, int threads, String device, String cacheDir, boolean profile)
+ *     throws McpmException
+ * device: "cpu" (also null), "gpu" (the bundle's OpenCL kernels: an error when impossible) or "auto" (the GPU when
+ * it works, else the CPU with the reason in the stats' "notice"); cacheDir: the app's cache dir, where the runtime
+ * keeps the compiled OpenCL program (<cacheDir>/opencl/; null = no cache); profile: time every GPU kernel launch
+ * for kernelTimes() (BenchmarkActivity; it adds a wait after every step, so the chat screen loads without it). */
 JNIEXPORT jlong JNICALL Java_org_mcpm_demo_McpmNative_load(JNIEnv* env, jclass cls, jstring bundle_dir,
-                                                           jint threads) {
+                                                           jint threads, jstring device, jstring cache_dir,
+                                                           jboolean profile) {
     (void)cls;
     if (!bundle_dir) {
         throw_mcpm(env, "the bundle folder is null");
         return 0;
     }
+    char* dev = NULL;
+    char* cache = NULL;
+    if (optional_utf8(env, device, &dev) || optional_utf8(env, cache_dir, &cache)) {
+        free(dev);
+        return 0;
+    }
     char* dir = utf8_from_jstring(env, bundle_dir, NULL);
-    if (!dir) return 0;
-    mcpm_jni_handle* h = calloc(1, sizeof *h);
+    mcpm_jni_handle* h = dir ? calloc(1, sizeof *h) : NULL;
     if (!h) {
+        if (dir) throw_mcpm(env, "out of memory");
         free(dir);
-        throw_mcpm(env, "out of memory");
+        free(dev);
+        free(cache);
         return 0;
     }
     mcpm_params p = mcpm_default_params();
     p.threads = threads > 0 ? threads : 0; /* 0 = number of online CPUs */
+    p.device = dev;                        /* NULL = "cpu"; the runtime rejects other names */
+    p.cache_dir = cache;
+    p.profile = profile ? 1 : 0;
     h->model = mcpm_model_load(dir, &p);
+    free(dev);   /* the runtime reads the params during mcpm_model_load only */
+    free(cache); /* (the OpenCL program is built or read from the cache then) */
     if (!h->model) {
         throw_mcpm(env, mcpm_last_error(NULL));
         free(h);
@@ -273,8 +306,10 @@ JNIEXPORT jlong JNICALL Java_org_mcpm_demo_McpmNative_load(JNIEnv* env, jclass c
         return 0;
     }
     h->bos = read_bos(dir, mcpm_vocab_size(h->model));
-    MCPM_LOG_INFO("loaded %s: vocab %d, context %d, threads %d", dir, mcpm_vocab_size(h->model),
-                  mcpm_context_length(h->model), (int)threads);
+    const char* notice = mcpm_model_notice(h->model);
+    MCPM_LOG_INFO("loaded %s: vocab %d, context %d, threads %d, device %s%s%s", dir, mcpm_vocab_size(h->model),
+                  mcpm_context_length(h->model), (int)threads, mcpm_model_device(h->model), *notice ? "; " : "",
+                  notice);
     free(dir);
     return (jlong)(intptr_t)h;
 }
@@ -373,6 +408,26 @@ JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_bench(JNIEnv* env, jclas
     jstring s = stats_string(env, h);
     mcpm_session_reset(h->session);
     return s;
+}
+
+/* static native String kernelTimes(long handle): mcpm_kernel_times_json (GPU kernel times of the last bench or
+ * generation, slowest first; "[]" on the CPU or when loaded without profile); null for handle 0 */
+JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_kernelTimes(JNIEnv* env, jclass cls, jlong handle) {
+    (void)cls;
+    mcpm_jni_handle* h = handle_of(handle);
+    if (!h) return NULL;
+    for (size_t len = 16384; len <= ((size_t)16 << 20); len *= 4) { /* about 100 bytes per plan kernel */
+        char* buf = malloc(len); /* char[len] */
+        if (!buf) break;
+        if (mcpm_kernel_times_json(h->model, buf, len) == 0) {
+            jstring s = jstring_from_utf8(env, buf, strlen(buf));
+            free(buf);
+            return s;
+        }
+        free(buf);
+    }
+    throw_mcpm(env, "out of memory (kernel times)");
+    return NULL;
 }
 
 /* static native void free(long handle): the handle is invalid afterwards; 0 is ignored */

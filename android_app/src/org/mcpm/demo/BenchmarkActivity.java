@@ -5,18 +5,22 @@ import android.os.Bundle;
 import android.util.Log;
 import android.widget.TextView;
 
+import org.json.JSONArray;
 import org.json.JSONException;
 import org.json.JSONObject;
 
 import java.io.File;
 import java.io.IOException;
+import java.util.Locale;
 
 /**
  * Started by adb (contract: android_app/README.md):
  * {@code am start -n org.mcpm.demo/.BenchmarkActivity --es model_dir <dir|name> --ei prompt_tokens 128
- * --ei gen_tokens 64 --ei threads 4}. Writes the runtime's stats JSON to {@code <external files dir>/bench/latest.json}
- * and {@code bench/<unix-millis>.json}, logs {@code MCPM_BENCH {json}} (tag mcpm), or on failure writes
- * {@code {"error": "..."}} there and logs {@code MCPM_BENCH_ERROR <message>}; then finishes.
+ * --ei gen_tokens 64 --ei threads 4 --es device cpu|gpu|auto}. Writes the runtime's stats JSON plus
+ * {@code "requested_device"} and {@code "kernel_times"} (GPU kernel times, slowest first; [] on the CPU) to
+ * {@code <external files dir>/bench/latest.json} and {@code bench/<unix-millis>.json}, logs {@code MCPM_BENCH {json}}
+ * (tag mcpm), or on failure writes {@code {"error": "..."}} there and logs {@code MCPM_BENCH_ERROR <message>}; then
+ * finishes.
  */
 public class BenchmarkActivity extends Activity {
     public static final String TAG = "mcpm";
@@ -24,6 +28,7 @@ public class BenchmarkActivity extends Activity {
     public static final String EXTRA_PROMPT_TOKENS = "prompt_tokens";
     public static final String EXTRA_GEN_TOKENS = "gen_tokens";
     public static final String EXTRA_THREADS = "threads";
+    public static final String EXTRA_DEVICE = "device";
 
     private TextView text;
 
@@ -39,22 +44,28 @@ public class BenchmarkActivity extends Activity {
         final int promptTokens = getIntent().getIntExtra(EXTRA_PROMPT_TOKENS, 128);
         final int genTokens = getIntent().getIntExtra(EXTRA_GEN_TOKENS, 64);
         final int threads = getIntent().getIntExtra(EXTRA_THREADS, 4);
+        String deviceExtra = getIntent().getStringExtra(EXTRA_DEVICE);
+        final String device = deviceExtra == null ? Prefs.DEVICE_CPU
+                : deviceExtra.trim().toLowerCase(Locale.US);
         Thread worker = new Thread(new Runnable() {
             @Override
             public void run() {
-                runBenchmark(modelDir, promptTokens, genTokens, threads);
+                runBenchmark(modelDir, promptTokens, genTokens, threads, device);
             }
         }, "mcpm-bench");
         worker.start();
     }
 
-    private void runBenchmark(String modelDir, int promptTokens, int genTokens, int threads) {
+    private void runBenchmark(String modelDir, int promptTokens, int genTokens, int threads, String device) {
         String result = null;
         String error = null;
         try {
             if (promptTokens < 1 || genTokens < 1 || threads < 1) {
                 throw new McpmException("prompt_tokens, gen_tokens and threads must be at least 1 (got "
                         + promptTokens + ", " + genTokens + ", " + threads + ")");
+            }
+            if (!device.equals(Prefs.validDevice(device))) {
+                throw new McpmException("device must be cpu, gpu or auto (got '" + device + "')");
             }
             McpmNative.ensureLoaded();
             ModelStore.Model model = ModelStore.find(this, modelDir);
@@ -64,17 +75,23 @@ public class BenchmarkActivity extends Activity {
                     show(message);
                 }
             });
-            show("Loading " + model.name + " (" + threads + " threads)...");
-            long handle = McpmNative.load(dir.getAbsolutePath(), threads);
+            show("Loading " + model.name + " (" + threads + " threads, device " + device + ")...");
+            File cache = getCacheDir(); // the compiled OpenCL program is kept in <cache>/opencl/
+            // profile: OpenCL profiling events time every GPU kernel (kernel_times); no effect on the CPU
+            long handle = McpmNative.load(dir.getAbsolutePath(), threads, device,
+                    cache != null ? cache.getAbsolutePath() : null, !Prefs.DEVICE_CPU.equals(device));
+            String kernelTimes;
             try {
                 show("Benchmarking " + model.name + ": " + promptTokens + " prompt + " + genTokens + " tokens...");
                 result = McpmNative.bench(handle, promptTokens, genTokens);
+                kernelTimes = McpmNative.kernelTimes(handle);
             } finally {
                 McpmNative.free(handle);
             }
             if (result == null) {
                 throw new McpmException("the runtime returned no statistics");
             }
+            result = withKernelTimes(result, device, kernelTimes);
         } catch (McpmException e) {
             error = e.getMessage();
         } catch (OutOfMemoryError e) {
@@ -132,6 +149,18 @@ public class BenchmarkActivity extends Activity {
             if (!tmp.delete()) {
                 tmp.deleteOnExit();
             }
+        }
+    }
+
+    /** The stats JSON with "requested_device" and "kernel_times" (the runtime's array; [] when it has none). */
+    private static String withKernelTimes(String stats, String device, String kernelTimes) throws McpmException {
+        try {
+            JSONObject o = new JSONObject(stats);
+            o.put("requested_device", device);
+            o.put("kernel_times", kernelTimes != null ? new JSONArray(kernelTimes) : new JSONArray());
+            return o.toString();
+        } catch (JSONException e) {
+            throw new McpmException("the runtime's statistics are not valid JSON: " + e.getMessage(), e);
         }
     }
 

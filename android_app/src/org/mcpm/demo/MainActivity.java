@@ -15,6 +15,9 @@ import android.widget.ScrollView;
 import android.widget.Spinner;
 import android.widget.TextView;
 
+import org.json.JSONException;
+import org.json.JSONObject;
+
 import java.io.File;
 import java.util.ArrayList;
 import java.util.List;
@@ -25,6 +28,8 @@ import java.util.concurrent.Executors;
 /**
  * The chat screen: a model picker, the conversation with streaming tokens, Send / Stop, New chat and Settings.
  * All native calls run on one background thread (so they never overlap); every error is shown, never thrown.
+ * The model runs where Settings says (CPU, GPU or Auto); when Auto falls back to the CPU, the runtime's reason is
+ * shown in the status line.
  */
 public class MainActivity extends Activity {
     private static final int COLOR_STATUS = 0xFF666666;
@@ -50,6 +55,8 @@ public class MainActivity extends Activity {
     private long handle;
     private String loadedKey;
     private int loadedThreads;
+    private String loadedDevice; // the device setting it was loaded with
+    private String runsOn = "";  // "CPU" or "GPU", for the status line
 
     @Override
     protected void onCreate(Bundle savedInstanceState) {
@@ -156,7 +163,7 @@ public class MainActivity extends Activity {
             }
         }
         if (modelSpinner.getSelectedItemPosition() == index) {
-            loadInBackground(models.get(index)); // same item: no selection event; reloads only if threads changed
+            loadInBackground(models.get(index)); // same item: no selection event; reloads if threads/device changed
         } else {
             modelSpinner.setSelection(index);
         }
@@ -168,12 +175,12 @@ public class MainActivity extends Activity {
     }
 
     private void loadInBackground(final ModelStore.Model model) {
-        final int threads = Prefs.load(this).threads;
+        final Prefs prefs = Prefs.load(this);
         runTask(new Runnable() {
             @Override
             public void run() {
                 try {
-                    ensureModel(model, threads);
+                    ensureModel(model, prefs.threads, prefs.device);
                 } catch (Throwable t) {
                     reportError("Loading " + model.name + " failed", t);
                 }
@@ -181,9 +188,9 @@ public class MainActivity extends Activity {
         }, false);
     }
 
-    /** Worker thread: loads model with the given thread count unless it is loaded already. */
-    private void ensureModel(ModelStore.Model model, int threads) throws McpmException {
-        if (handle != 0 && model.key().equals(loadedKey) && threads == loadedThreads) {
+    /** Worker thread: loads model with the given thread count and device unless it is loaded already. */
+    private void ensureModel(ModelStore.Model model, int threads, String device) throws McpmException {
+        if (handle != 0 && model.key().equals(loadedKey) && threads == loadedThreads && device.equals(loadedDevice)) {
             return;
         }
         freeModel();
@@ -197,13 +204,42 @@ public class MainActivity extends Activity {
                 setStatus(message, false);
             }
         });
-        setStatus("Loading " + model.name + " (" + threads + " threads)...", false);
+        setStatus("Loading " + model.name + " (" + threads + " threads, device " + device + ")...", false);
         long t0 = System.nanoTime();
-        handle = McpmNative.load(dir.getAbsolutePath(), threads);
+        File cache = getCacheDir(); // the runtime keeps the compiled OpenCL program in <cache>/opencl/
+        try {
+            handle = McpmNative.load(dir.getAbsolutePath(), threads, device,
+                    cache != null ? cache.getAbsolutePath() : null, false);
+        } catch (McpmException e) {
+            if (Prefs.DEVICE_GPU.equals(device)) {
+                throw new McpmException(e.getMessage() + " (Settings: choose CPU or Auto)", e);
+            }
+            throw e;
+        }
         loadedKey = model.key();
         loadedThreads = threads;
+        loadedDevice = device;
         double seconds = (System.nanoTime() - t0) / 1e9;
-        setStatus(String.format(Locale.US, "%s loaded in %.1f s (%d threads)", model.name, seconds, threads), false);
+        String runsOnDevice = "cpu";
+        String gpuName = "";
+        String notice = "";
+        try {
+            JSONObject stats = new JSONObject(McpmNative.stats(handle));
+            runsOnDevice = stats.optString("device", "cpu");
+            gpuName = stats.optString("gpu_device", "");
+            notice = stats.optString("notice", "");
+        } catch (JSONException e) {
+            // Older runtime without these keys: the CPU, no notice.
+        } catch (RuntimeException e) {
+            // stats() returned null.
+        }
+        runsOn = "gpu".equals(runsOnDevice) ? "GPU" : "CPU";
+        String where = "gpu".equals(runsOnDevice) ? (gpuName.isEmpty() ? "GPU" : gpuName) : threads + " threads";
+        String line = String.format(Locale.US, "%s loaded in %.1f s (%s)", model.name, seconds, where);
+        if (!notice.isEmpty()) {
+            line += "\n" + notice; // device auto fell back to the CPU: say why
+        }
+        setStatus(line, false);
     }
 
     /** Worker thread. */
@@ -212,6 +248,7 @@ public class MainActivity extends Activity {
             long h = handle;
             handle = 0;
             loadedKey = null;
+            loadedDevice = null;
             try {
                 McpmNative.free(h);
             } catch (Throwable t) {
@@ -242,7 +279,7 @@ public class MainActivity extends Activity {
             @Override
             public void run() {
                 try {
-                    ensureModel(model, prefs.threads);
+                    ensureModel(model, prefs.threads, prefs.device);
                     setStatus("Generating...", false);
                     McpmNative.TextSink sink = new McpmNative.TextSink() {
                         @Override
@@ -257,8 +294,8 @@ public class MainActivity extends Activity {
                     int n = McpmNative.chat(handle, message, prefs.maxNewTokens, prefs.temperature, prefs.topK,
                             prefs.topP, prefs.effectiveSeed(), sink);
                     double seconds = Math.max((System.nanoTime() - t0) / 1e9, 1e-9);
-                    setStatus(String.format(Locale.US, "%d tokens in %.1f s (%.1f tokens/s)%s", n, seconds,
-                            n / seconds, stopRequested ? ", stopped" : ""), false);
+                    setStatus(String.format(Locale.US, "%d tokens in %.1f s (%.1f tokens/s, %s)%s", n, seconds,
+                            n / seconds, runsOn, stopRequested ? ", stopped" : ""), false);
                 } catch (Throwable t) {
                     appendChat("\n[error]");
                     reportError("Generation failed", t);

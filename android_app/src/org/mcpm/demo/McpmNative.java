@@ -31,8 +31,15 @@ public final class McpmNative {
         }
     }
 
-    /** Loads a bundle folder (mcpm-config.json, plan.json, weights.bin, tokenizer); returns a handle. */
-    static native long load(String bundleDir, int threads) throws McpmException;
+    /**
+     * Loads a bundle folder (mcpm-config.json, plan.json, weights.bin, tokenizer); returns a handle.
+     * device: "cpu", "gpu" (the bundle's OpenCL kernels; an error when the bundle has none or OpenCL fails) or
+     * "auto" (the GPU when that works, else the CPU: the reason is the stats' "notice"). cacheDir: where the
+     * compiled OpenCL program is kept (the app's cache dir; null = none). profile: time every GPU kernel for
+     * {@link #kernelTimes} (benchmarks only: it waits for the GPU after every step).
+     */
+    static native long load(String bundleDir, int threads, String device, String cacheDir, boolean profile)
+            throws McpmException;
 
     /** One chat turn (the model's chat template); returns the number of tokens generated. */
     static native int chat(long handle, String message, int maxTokens, float temperature, int topK, float topP,
@@ -50,6 +57,12 @@ public final class McpmNative {
 
     /** Prefill promptTokens and decode genTokens synthetic tokens; returns the stats JSON. */
     static native String bench(long handle, int promptTokens, int genTokens) throws McpmException;
+
+    /**
+     * GPU kernel times of the last bench or generation as a JSON array, slowest first:
+     * [{"kernel", "count", "launches", "ms"}, ...]; "[]" on the CPU or without profile.
+     */
+    static native String kernelTimes(long handle);
 
     /** Releases the model; the handle is invalid afterwards. */
     static native void free(long handle);

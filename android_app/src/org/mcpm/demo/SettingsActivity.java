@@ -5,9 +5,11 @@ import android.content.SharedPreferences;
 import android.os.Bundle;
 import android.view.View;
 import android.widget.EditText;
+import android.widget.RadioGroup;
 import android.widget.Toast;
 
-/** Threads, max new tokens, temperature, top-k, top-p and seed, stored in SharedPreferences "mcpm". */
+/** Threads, max new tokens, temperature, top-k, top-p, seed and the device (CPU / GPU / Auto), stored in
+ * SharedPreferences "mcpm". */
 public class SettingsActivity extends Activity {
     private EditText threads;
     private EditText maxTokens;
@@ -15,6 +17,7 @@ public class SettingsActivity extends Activity {
     private EditText topK;
     private EditText topP;
     private EditText seed;
+    private RadioGroup device;
 
     @Override
     protected void onCreate(Bundle savedInstanceState) {
@@ -26,6 +29,7 @@ public class SettingsActivity extends Activity {
         topK = (EditText) findViewById(R.id.top_k_edit);
         topP = (EditText) findViewById(R.id.top_p_edit);
         seed = (EditText) findViewById(R.id.seed_edit);
+        device = (RadioGroup) findViewById(R.id.device_group);
 
         Prefs p = Prefs.load(this);
         threads.setText(String.valueOf(p.threads));
@@ -34,6 +38,8 @@ public class SettingsActivity extends Activity {
         topK.setText(String.valueOf(p.topK));
         topP.setText(String.valueOf(p.topP));
         seed.setText(String.valueOf(p.seed));
+        device.check(Prefs.DEVICE_GPU.equals(p.device) ? R.id.device_gpu
+                : Prefs.DEVICE_AUTO.equals(p.device) ? R.id.device_auto : R.id.device_cpu);
 
         findViewById(R.id.save_button).setOnClickListener(new View.OnClickListener() {
             @Override
@@ -69,6 +75,9 @@ public class SettingsActivity extends Activity {
         e.putInt(Prefs.TOP_K, k);
         e.putFloat(Prefs.TOP_P, pp);
         e.putLong(Prefs.SEED, s);
+        int checked = device.getCheckedRadioButtonId();
+        e.putString(Prefs.DEVICE, checked == R.id.device_gpu ? Prefs.DEVICE_GPU
+                : checked == R.id.device_auto ? Prefs.DEVICE_AUTO : Prefs.DEVICE_CPU);
         return e.commit();
     }
 
