@@ -83,8 +83,9 @@ def push_model(ctx: click.Context, bundle: Path, name: str | None) -> None:
 @click.option("-p", "--prompt-tokens", default=128, show_default=True, help="Prompt tokens to prefill.")
 @click.option("-n", "--gen-tokens", default=64, show_default=True, help="Tokens to generate.")
 @click.option("-t", "--threads", default=4, show_default=True, help="CPU threads on the phone.")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="Where the app runs the model.")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True,
+              help="Where the app runs the model (gpu: OpenCL, needs a bundle exported with --device gpu; auto: "
+                   "the GPU when it works, else the CPU).")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the phone's stats JSON instead of a table.")
 @click.pass_context
@@ -122,9 +123,15 @@ def format_stats(stats: dict[str, Any], model: str) -> str:
         ("load", f"{value('load_ms', '.1f')} ms"),
         ("peak rss", f"{value('peak_rss_kb', '.1f', 1024)} MiB"),
     ]
-    head = f"model {model}, {stats.get('threads', '?')} threads"
+    head = (f"model {model}, {stats.get('threads', '?')} threads, device {stats.get('device', 'cpu')}"
+            f"{' (' + str(stats['gpu_device']) + ')' if stats.get('gpu_device') else ''}, kernels "
+            f"{stats.get('kernel_variant', '?')}")
     lines = [head, f"{'test':<12}{'value':>18}"]
     lines += [f"{name:<12}{text:>18}" for name, text in rows]
+    if stats.get("notice"):
+        lines.append(f"notice: {stats['notice']}")
+    for k in (stats.get("kernel_times") or [])[:5]:  # GPU runs: the slowest kernels
+        lines.append(f"  {k.get('kernel', '?'):<40}{k.get('ms', 0):>10.1f} ms  x{k.get('count', 0)}")
     return "\n".join(lines)
 
 
