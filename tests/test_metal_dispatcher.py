@@ -208,8 +208,8 @@ def check_layout(plan: dict, metal_src: str) -> int:
             bufs = [p for p in r["params"] if "arg" in p]
             scalars = [p["scalar"] for p in r["params"] if "scalar" in p]
             assert dev in kparams, where
-            assert kparams[dev] == [("buf", i) for i in range(len(bufs))] + ([("args", len(bufs))] if scalars else []), \
-                (where, kparams[dev])
+            expected = [("buf", i) for i in range(len(bufs))] + ([("args", len(bufs))] if scalars else [])
+            assert kparams[dev] == expected, (where, kparams[dev])
             fields = structs.get(dev, [])
             assert len(fields) == len(scalars), (where, fields, scalars)
             for (ftype, decl), dtype in zip(fields, scalars, strict=True):
