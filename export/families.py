@@ -16,6 +16,10 @@ from mcpm.export.models.minicpm3 import presets as minicpm3_presets
 from mcpm.export.models.minicpm3.config import MiniCPM3Config
 from mcpm.export.models.minicpm3.loader import HF_NAMES as MINICPM3_NAMES
 from mcpm.export.models.minicpm3.model import MiniCPM3
+from mcpm.export.models.minicpmv import presets as minicpmv_presets
+from mcpm.export.models.minicpmv.config import MiniCPMVConfig
+from mcpm.export.models.minicpmv.loader import HF_NAMES as MINICPMV_NAMES
+from mcpm.export.models.minicpmv.model import MiniCPMV
 from mcpm.export.name_map import NameMap
 
 
@@ -32,11 +36,12 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "minicpm": Family("minicpm", MiniCPMConfig, MiniCPM, MINICPM_NAMES, "minicpm", minicpm_presets.PRESETS),
     "minicpm3": Family("minicpm3", MiniCPM3Config, MiniCPM3, MINICPM3_NAMES, "chatml", minicpm3_presets.PRESETS),
+    # MiniCPM-V 2.0 (later MiniCPM-V versions share this model_type and are refused by MiniCPMVConfig)
+    "minicpmv": Family("minicpmv", MiniCPMVConfig, MiniCPMV, MINICPMV_NAMES, "minicpm", minicpmv_presets.PRESETS),
 }
 
 # model_type values of MiniCPM relatives that mcpm does not (yet) support, with what to say
 _LATER = {
-    "minicpmv": "MiniCPM-V arrives with the vision issue",
     "minicpmo": "MiniCPM-o is not supported",
 }
 

@@ -86,7 +86,7 @@ def test_garbled_config(tiny_dir: Path, tmp_path: Path) -> None:
     ("changes", "message"),
     [
         ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
-        ({"model_type": "minicpmv"}, "MiniCPM-V arrives"),
+        ({"model_type": "minicpmv"}, "vision_encoder is missing"),
         ({"hidden_size": "big"}, "hidden_size must be int"),
         ({"num_attention_heads": 5}, "must divide hidden_size"),
         ({"num_key_value_heads": 3}, "must divide num_attention_heads"),
@@ -183,7 +183,7 @@ def test_cli_prints_one_line_error_not_traceback(tiny_dir: Path, tmp_path: Path)
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: config.json: model_type 'llama4' is not supported (supported model_type values: minicpm, minicpm3)"
+        "error: config.json: model_type 'llama4' is not supported (supported model_type values: minicpm, minicpm3, minicpmv)"
     ]
     assert "Traceback" not in proc.stderr
 
