@@ -183,7 +183,8 @@ def test_cli_prints_one_line_error_not_traceback(tiny_dir: Path, tmp_path: Path)
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: config.json: model_type 'llama4' is not supported (supported model_type values: minicpm, minicpm3, minicpmv)"
+        "error: config.json: model_type 'llama4' is not supported "
+        "(supported model_type values: minicpm, minicpm3, minicpmv)"
     ]
     assert "Traceback" not in proc.stderr
 
