@@ -73,6 +73,25 @@ def write_tiny(path: Path, config: dict[str, Any], dtype: str = "fp32", seed: in
     return path
 
 
+def opencl_unavailable() -> str:
+    """'' when an OpenCL platform answers (PoCL here), else the reason (a skip message)."""
+    import ctypes
+
+    for name in ("libOpenCL.so.1", "libOpenCL.so"):
+        try:
+            cl = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return "no OpenCL library (apt-get install ocl-icd-libopencl1 pocl-opencl-icd)"
+    n = ctypes.c_uint32(0)
+    rc = cl.clGetPlatformIDs(0, None, ctypes.byref(n))
+    if rc != 0 or n.value == 0:
+        return f"no OpenCL platform (clGetPlatformIDs: {rc}; apt-get install pocl-opencl-icd)"
+    return ""
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

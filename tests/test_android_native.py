@@ -18,7 +18,7 @@ import pytest
 
 from mcpm.errors import McpmError
 from mcpm.export.android import native
-from tests.conftest import tiny_minicpm, write_tiny
+from tests.conftest import opencl_unavailable, tiny_minicpm, write_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "android_app" / "README.md"
@@ -438,7 +438,7 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     classes = work / "classes"
     java_files = [JAVA_SRC / "McpmNative.java", JAVA_SRC / "McpmException.java", src / "org/mcpm/demo/JniSmoke.java"]
     subprocess.run(["javac", "-d", str(classes), *map(str, java_files)], check=True)
-    gpu_args = ["gpu", str(work / "cache")] if not _no_opencl() else ["cpu"]
+    gpu_args = ["gpu", str(work / "cache")] if not opencl_unavailable() else ["cpu"]
     res = subprocess.run(["java", "-Xcheck:jni", f"-Djava.library.path={work}", "-cp", str(classes),
                           "org.mcpm.demo.JniSmoke", str(bundle), *gpu_args], capture_output=True, text=True,
                          timeout=180)
@@ -456,7 +456,7 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert r["stats"]["threads"] == 2 and r["stats"]["device"] == "cpu" and r["stats"]["notice"] == ""
     assert r["bad_device"] and "unknown device 'npu'" in r["bad_device"]
     assert r["cpu_kernel_times"] == [] and r["kernel_times_0"] is None
-    if _no_opencl():
+    if opencl_unavailable():
         assert r["gpu"] is None
         return
     g = r["gpu"]  # device "gpu" on PoCL, profiled: same greedy text, a GPU name, per-kernel times
@@ -467,21 +467,3 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     ms = [t["ms"] for t in g["kernel_times"]]
     assert ms == sorted(ms, reverse=True)
     assert any((work / "cache" / "opencl").iterdir())  # the compiled program went to cacheDir/opencl
-
-
-def _no_opencl() -> str:
-    """'' when an OpenCL platform answers (PoCL here), else the reason."""
-    import ctypes
-
-    for name in ("libOpenCL.so.1", "libOpenCL.so"):
-        try:
-            cl = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return "no OpenCL library"
-    n = ctypes.c_uint32(0)
-    if cl.clGetPlatformIDs(0, None, ctypes.byref(n)) != 0 or n.value == 0:
-        return "no OpenCL platform"
-    return ""

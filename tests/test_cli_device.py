@@ -7,7 +7,6 @@ Two bundles of one tiny model, exported once per module: one with `--device gpu`
 
 from __future__ import annotations
 
-import ctypes
 import json
 import shutil
 from collections.abc import Iterator
@@ -17,25 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from mcpm.cli import cli, main
+from tests.conftest import opencl_unavailable
 
-
-def _no_opencl() -> str:
-    """'' when an OpenCL platform answers, else the reason."""
-    for name in ("libOpenCL.so.1", "libOpenCL.so"):
-        try:
-            cl = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return "no OpenCL library (apt-get install ocl-icd-libopencl1 pocl-opencl-icd)"
-    n = ctypes.c_uint32(0)
-    if cl.clGetPlatformIDs(0, None, ctypes.byref(n)) != 0 or n.value == 0:
-        return "no OpenCL platform (apt-get install pocl-opencl-icd)"
-    return ""
-
-
-NO_OPENCL = _no_opencl()
+NO_OPENCL = opencl_unavailable()
 needs_opencl = pytest.mark.skipif(bool(NO_OPENCL), reason=NO_OPENCL or "OpenCL present")
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not found: the C runtime cannot be built")
 

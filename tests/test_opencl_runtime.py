@@ -11,7 +11,6 @@ Every test skips with the reason when there is no OpenCL platform (apt: pocl-ope
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -24,30 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import opencl_unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 C_DIR = ROOT / "runtime_bindings" / "c"
 H, V, CTX, CHUNK = 16, 48, 64, 8
 SCRATCH_OFFSET = 256  # bytes into storage 3: a sub-buffer (PoCL binds at multiples of 128 bytes)
 
 
-def _opencl_platforms() -> str:
-    """'' when an OpenCL platform with a device answers, else the reason."""
-    for name in ("libOpenCL.so.1", "libOpenCL.so"):
-        try:
-            cl = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return "no OpenCL library (apt-get install ocl-icd-libopencl1 pocl-opencl-icd)"
-    n = ctypes.c_uint32(0)
-    rc = cl.clGetPlatformIDs(0, None, ctypes.byref(n))
-    if rc != 0 or n.value == 0:
-        return f"no OpenCL platform (clGetPlatformIDs: {rc}; apt-get install pocl-opencl-icd)"
-    return ""
-
-
-NO_OPENCL = _opencl_platforms()
+NO_OPENCL = opencl_unavailable()
 pytestmark = [
     pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not found: the C runtime cannot be built"),
     pytest.mark.skipif(bool(NO_OPENCL), reason=NO_OPENCL or "OpenCL present"),
