@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -24,6 +24,9 @@ from mcpm.export.bundle.weights_file import write_weights
 from mcpm.export.hf_config import config_to_dict
 from mcpm.export.loading import LoadedModel, load_config, load_model
 from mcpm.quantize.recipe import Recipe
+
+if TYPE_CHECKING:  # tvm is imported only when compiling
+    from mcpm.export.compiler.lower import Exported
 
 
 @dataclass
@@ -131,7 +134,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
     with phase("compile"):  # define -> legalize -> fuse -> lower -> memory plan -> extract -> kernels.o
         exported = export_plan(loaded.config, spec, out, target.tvm_target, opts.debug_dump,
                                variants=list(target.variants) or None)
-        gpu_files = _export_gpu(loaded.config, spec, target, exported, out) if opts.device == "gpu" else []
+        gpu_files = _export_gpu(exported, out) if opts.device == "gpu" else []
     with phase("weights"):  # quantize and write one tensor at a time
         params = weight_params(loaded.config, spec)
         written = write_weights(out / "weights.bin", ((p.name, a) for p, a in iter_weights(loaded.model,
@@ -161,7 +164,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
     return report
 
 
-def _export_gpu(cfg, spec, target: Target, exported, out: Path) -> list[str]:
+def _export_gpu(exported: Exported, out: Path) -> list[str]:
     """--device gpu: GPU kernels of the same plan (docs/gpu-plan.md); adds the "gpu" section to plan.json."""
     from mcpm.export.compiler.gpu import export_gpu
 
