@@ -142,11 +142,18 @@ def _resample_axis0(img: np.ndarray, out_size: int) -> np.ndarray:
 
 
 def resize_bicubic(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    """H x W x 3 uint8 -> height x width x 3 uint8, bit-exact with PIL's ``resize((width, height), BICUBIC)``."""
+    """H x W x 3 uint8 -> height x width x 3 uint8, bit-exact with PIL's ``resize((width, height), BICUBIC)``.
+
+    Pillow 12 runs the horizontal pass first, except for a very tall image shrunk in height (h > 100 * w), where it
+    runs the vertical pass first (PIL/Image.py); the passes round to uint8 in between, so the order matters."""
+    h, w = rgb.shape[:2]
     out = rgb
-    if width != rgb.shape[1]:
+    vertical_first = h > w * 100 and height < h
+    if vertical_first:
+        out = _resample_axis0(out, height)
+    if width != w:
         out = _resample_axis0(out.transpose(1, 0, 2), width).transpose(1, 0, 2)
-    if height != rgb.shape[0]:
+    if height != h and not vertical_first:
         out = _resample_axis0(out, height)
     return np.ascontiguousarray(out)
 
