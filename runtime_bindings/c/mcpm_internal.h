@@ -14,6 +14,10 @@
 /* size bytes aligned to MCPM_ALIGN, freed with free(); NULL when out of memory. posix_memalign, not C11's
  * aligned_alloc: Android's libc has aligned_alloc only from API 28 and the app supports API 24. */
 void* mcpm_aligned_alloc(size_t size);
+
+/* The whole file at path as malloc'ed bytes char[*len + 1] (NUL-terminated, freed with free()); NULL when it cannot
+ * be opened or read, or on out of memory. */
+char* mcpm_read_file(const char* path, size_t* len);
 #define MCPM_MAX_NDIM 8
 #define MCPM_ERR_LEN 1024
 

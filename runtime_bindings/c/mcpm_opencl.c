@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "mcpm_cl.h"
+#include "mcpm_internal.h"
 #include "mcpm_gpu_plan.h"
 
 /* ================================================================ OpenCL library (process-wide, loaded once) */
@@ -268,21 +269,6 @@ static int pick_device(mcpm_gpu* g, char* err, size_t errlen) {
     return 0;
 }
 
-static char* read_text(const char* path, size_t* len) {
-    FILE* f = fopen(path, "rb");
-    if (!f) return NULL;
-    char* buf = NULL;
-    if (!fseek(f, 0, SEEK_END)) {
-        long size = ftell(f);
-        if (size >= 0 && !fseek(f, 0, SEEK_SET) && (buf = malloc((size_t)size + 1))) {
-            if (fread(buf, 1, (size_t)size, f) != (size_t)size) { free(buf); buf = NULL; }
-            else { buf[size] = '\0'; *len = (size_t)size; }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 static uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
     const unsigned char* b = p;
     for (size_t i = 0; i < n; i++) { h ^= b[i]; h *= 1099511628211ULL; }
@@ -316,7 +302,7 @@ static void cache_path(const mcpm_gpu* g, const char* cache_dir, const char* src
 
 static mcl_program build_from_binary(mcpm_gpu* g, const char* path, const char* options) {
     size_t len = 0;
-    char* bin = path[0] ? read_text(path, &len) : NULL;
+    char* bin = path[0] ? mcpm_read_file(path, &len) : NULL;
     if (!bin) return NULL;
     mcl_int rc = 0, status = 0;
     const unsigned char* b = (const unsigned char*)bin;
@@ -354,7 +340,7 @@ static int build_program(mcpm_gpu* g, const mcpm_gpu_desc* d, char* err, size_t 
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", d->bundle_dir, srcn->str);
     size_t len = 0;
-    char* src = read_text(path, &len);
+    char* src = mcpm_read_file(path, &len);
     if (!src) return gpu_err(err, errlen, "%s is missing: re-export the bundle with --device gpu", path);
     const char* options = "";
     char cpath[4400];

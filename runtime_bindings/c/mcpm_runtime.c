@@ -448,7 +448,7 @@ static int parse_entry(plan_ctx* pc, const json_node* entries, plan_entry* e, co
     return 0;
 }
 
-static char* read_file(const char* path, size_t* len) {
+char* mcpm_read_file(const char* path, size_t* len) {
     FILE* f = fopen(path, "rb");
     if (!f) return NULL;
     char* buf = NULL;
@@ -456,7 +456,7 @@ static char* read_file(const char* path, size_t* len) {
         long size = ftell(f);
         if (size >= 0 && !fseek(f, 0, SEEK_SET) && (buf = malloc((size_t)size + 1))) {
             if (fread(buf, 1, (size_t)size, f) != (size_t)size) { free(buf); buf = NULL; }
-            else *len = (size_t)size;
+            else { buf[size] = '\0'; *len = (size_t)size; }
         }
     }
     fclose(f);
@@ -637,7 +637,7 @@ __attribute__((weak)) const mcpm_static_kernel* mcpm_static_kernels(void) { retu
 static int load_plan(mcpm_model* m, const char* dir, const char* path, const wentry* wes, uint32_t wcount,
                      const unsigned char* wdata) {
     size_t len = 0;
-    char* text = read_file(path, &len);
+    char* text = mcpm_read_file(path, &len);
     if (!text) return seterr(m->err, "%s is missing: re-export the bundle", path);
     json_doc doc;
     char jerr[256];

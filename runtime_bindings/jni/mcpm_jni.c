@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "mcpm.h"
+#include "mcpm_internal.h"
 #include "mcpm_json.h"
 
 #ifdef __ANDROID__
@@ -213,22 +214,14 @@ static jint run_text(JNIEnv* env, jlong handle, jstring text, jint max_tokens, j
 static int32_t read_bos(const char* dir, int vocab) {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/mcpm-config.json", dir) >= (int)sizeof path) return -1;
-    FILE* f = fopen(path, "rb");
-    if (!f) return -1;
-    char* text = NULL;
-    long size = -1;
-    if (!fseek(f, 0, SEEK_END) && (size = ftell(f)) >= 0 && !fseek(f, 0, SEEK_SET) &&
-        (text = malloc((size_t)size + 1)) && fread(text, 1, (size_t)size, f) != (size_t)size) {
-        free(text);
-        text = NULL;
-    }
-    fclose(f);
+    size_t size = 0;
+    char* text = mcpm_read_file(path, &size);
     if (!text) return -1;
     int32_t bos = -1;
     json_doc doc;
     memset(&doc, 0, sizeof doc);
     char err[128];
-    if (json_parse(&doc, text, (size_t)size, err, sizeof err) == 0 && doc.nodes[0].type == JSON_OBJECT) {
+    if (json_parse(&doc, text, size, err, sizeof err) == 0 && doc.nodes[0].type == JSON_OBJECT) {
         const json_node* b = json_get(&doc, &doc.nodes[0], "bos_token_id");
         if (b && b->type == JSON_NUMBER && b->is_int && b->i >= 0 && b->i < vocab) bos = (int32_t)b->i;
     }
