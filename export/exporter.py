@@ -43,6 +43,8 @@ class ExportOptions:
     embed_model: bool | None = None  # android: bundle inside the APK (None: when it is at most 256 MiB)
     keystore: Any = None  # android: mcpm.export.android.apk.KeystoreOptions (None: the cached debug key)
     device: str = "cpu"  # cpu | gpu: gpu also writes kernels.cl, kernels.metal and plan.json's "gpu" launch records
+    vision_dtype: str = "f16"  # minicpmv: f16 | f32 weights of the vision tower and resampler
+    max_patches: int = 0  # minicpmv: most patches of one image slice (0: ceil(1.125 * (448 // 14)^2) = 1152)
 
 
 @dataclass
@@ -88,12 +90,36 @@ def bundle_config(loaded: LoadedModel, recipe: Recipe, target: Target, opts: Exp
         "stop_token_ids": list(tok.stop_ids),
         "tokenizer": {"kind": tok.kind, "file": tokenizer_file, "added_tokens": tok.added},
         "target": target.record(),
+        **({"vision": vision_config(loaded)} if loaded.family.model_type == "minicpmv" else {}),
         "files": {},
     }
 
 
+MAX_PIXELS = 4096 * 4096  # larger images are downscaled by the runtime first (docs/minicpmv.md)
+VISION_DTYPES = {"f16": "float16", "f32": "float32"}
+
+
+def vision_config(loaded: LoadedModel) -> dict[str, Any]:
+    """mcpm-config.json "vision" (docs/minicpmv.md): slicing settings and the image marker token ids."""
+    from mcpm.export.models.minicpmv.preprocess import ImageTokens
+
+    cfg, tok = loaded.config, loaded.tokenizer
+    assert tok is not None
+    ids = ImageTokens.from_tokenizer(tok)
+    return {
+        "max_slices": cfg.max_slice_nums,
+        "scale_resolution": cfg.scale_resolution,
+        "slice_mode": cfg.slice_mode,
+        "patch": cfg.patch_size,
+        "query_num": cfg.query_num,
+        "max_pixels": MAX_PIXELS,
+        "image_tokens": {"image_start": ids.image_start, "image_end": ids.image_end, "slice_start": ids.slice_start,
+                         "slice_end": ids.slice_end, "unk": ids.unk, "newline": ids.newline},
+    }
+
+
 def run_export(opts: ExportOptions) -> ExportReport:
-    from mcpm.export.compiler.layout import weight_params
+    from mcpm.export.compiler.layout import bundle_weight_params
     from mcpm.export.compiler.lower import export_plan
     from mcpm.export.compiler.spec import CompileSpec
     from mcpm.export.compiler.weights import check_supported, iter_weights
@@ -115,18 +141,29 @@ def run_export(opts: ExportOptions) -> ExportReport:
 
     if opts.device not in ("cpu", "gpu"):
         raise McpmError(f"unknown device {opts.device!r}", "use --device cpu or --device gpu")
+    if opts.vision_dtype not in VISION_DTYPES:
+        raise McpmError(f"unknown vision weight dtype {opts.vision_dtype!r}", "use --vision-dtype f16 or f32")
+    if opts.max_patches < 0:
+        raise McpmError(f"--max-patches {opts.max_patches} must be positive", "give --max-patches N >= 1")
     family, cfg = load_config(opts.model_dir)
-    if family.model_type != "minicpm":
+    if family.model_type not in ("minicpm", "minicpmv"):
         raise McpmError(f"exporting {family.model_type} is not supported yet",
-                        "export a minicpm model (1B/2B/MoE)")
+                        "export a minicpm model (1B/2B/MoE) or MiniCPM-V 2.0")
+    vision = family.model_type == "minicpmv"
+    if vision and opts.device == "gpu":
+        raise McpmError("--device gpu does not support MiniCPM-V bundles (the vision entries have no GPU kernels)",
+                        "export it with --device cpu")
     with phase("load"):  # in the checkpoint's own dtype: a 2B model stays 5 GB, not 11
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.extra.get("torch_dtype"), torch.float32)
         loaded = load_model(opts.model_dir, dtype=dtype, progress=False)
     if opts.context_length > loaded.config.max_position_embeddings:
         raise McpmError(f"--context-length {opts.context_length} exceeds the model's max_position_embeddings "
                         f"({loaded.config.max_position_embeddings})", "choose a shorter context")
+    if vision:
+        vision_config(loaded)  # the tokenizer has the image markers (else a one-line TokenizerError now)
     spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, recipe=recipe,
-                       num_experts=loaded.config.num_experts)
+                       num_experts=loaded.config.num_experts, vision_dtype=VISION_DTYPES[opts.vision_dtype],
+                       max_patches=opts.max_patches)
     check_supported(loaded.config, spec)
     if root.exists():
         shutil.rmtree(root)
@@ -136,7 +173,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
                                variants=list(target.variants) or None)
         gpu_files = _export_gpu(exported, out) if opts.device == "gpu" else []
     with phase("weights"):  # quantize and write one tensor at a time
-        params = weight_params(loaded.config, spec)
+        params = bundle_weight_params(loaded.config, spec)
         written = write_weights(out / "weights.bin", ((p.name, a) for p, a in iter_weights(loaded.model,
                                 loaded.config, spec)), len(params))
     with phase("bundle"):
@@ -159,8 +196,9 @@ def run_export(opts: ExportOptions) -> ExportReport:
 
         with phase("ios"):  # MCPMKernels.xcframework (device + simulator), Swift package, app wired to the bundle
             report.ios = package_ios(out, root, model_name_for(opts.model_dir), device=opts.device)
-    report.weight_bytes = sum(e.nbytes for e in written if not e.name.startswith("rope_"))
-    report.weight_count = sum(p.numel() for p in loaded.model.parameters())
+    report.weight_bytes = sum(e.nbytes for e in written if not e.name.startswith(("rope_", "vision.", "resampler.")))
+    lm = loaded.model.llm if vision else loaded.model  # bits/weight of the LM (the vision weights are float)
+    report.weight_count = sum(p.numel() for p in lm.parameters())
     return report
 
 

@@ -2,7 +2,8 @@
 
 Tensors are generated and written one at a time into <=2 GiB safetensors shards, so MiniCPM-2B needs only a
 shard's worth of memory. The default model's tokenizer is copied so the checkpoint runs end to end (its
-vocabulary is smaller than the preset's: ids stay valid, the text is meaningless).
+vocabulary is smaller than the preset's: ids stay valid, the text is meaningless). MiniCPM-V checkpoints get
+the image markers ``<image>``, ``</image>``, ``<slice>``, ``</slice>`` as added tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mcpm.export.checkpoint import CheckpointWriter
 from mcpm.export.families import Family, all_presets
 from mcpm.export.hf_config import parse_config
 from mcpm.export.loading import DEFAULT_MODEL_DIR
+from mcpm.export.models.minicpmv.preprocess import IMAGE_END, IMAGE_START, SLICE_END, SLICE_START
 from mcpm.export.tokenizer import write_tokenizer_files
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -59,7 +61,22 @@ def write_random_checkpoint(
     data["mcpm_random_weights"] = True
     (out / "config.json").write_text(json.dumps(data, indent=2) + "\n")
     shutil.copy(DEFAULT_MODEL_DIR / "tokenizer.model", out / "tokenizer.model")
-    write_tokenizer_files(out, chat_template=family.chat_template)
+    write_tokenizer_files(out, chat_template=family.chat_template, added=_added_tokens(family, config))
+
+
+def _added_tokens(family: Family, config: Any) -> dict[str, int] | None:
+    """MiniCPM-V: the image markers (pieces of the real tokenizer) as added tokens just past the default
+    SentencePiece model's pieces (``<unk>`` and the newline byte piece are already pieces)."""
+    if family.model_type != "minicpmv":
+        return None
+    import sentencepiece as spm
+
+    pieces = spm.SentencePieceProcessor(model_file=str(DEFAULT_MODEL_DIR / "tokenizer.model")).get_piece_size()
+    markers = (IMAGE_START, IMAGE_END, SLICE_START, SLICE_END)
+    if pieces + len(markers) > config.vocab_size:
+        raise McpmError(f"vocab_size {config.vocab_size} leaves no room for the image tokens (the tokenizer has "
+                        f"{pieces} pieces)", f"use vocab_size >= {pieces + len(markers)}")
+    return {m: pieces + i for i, m in enumerate(markers)}
 
 
 def make_preset_checkpoint(preset: str, out: Path, seed: int = 0, dtype: str = "bf16", progress: bool = True) -> None:

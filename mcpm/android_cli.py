@@ -88,22 +88,29 @@ def push_model(ctx: click.Context, bundle: Path, name: str | None) -> None:
                    "the GPU when it works, else the CPU).")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the phone's stats JSON instead of a table.")
+@click.option("--image", type=click.Path(path_type=Path), metavar="PATH",
+              help="An image file (MiniCPM-V models): pushed to the phone and encoded once before the text "
+                   "benchmark; adds the vision encoder's time (image_encode_ms) and its runs and patches.")
 @click.pass_context
 def bench(ctx: click.Context, model: str, prompt_tokens: int, gen_tokens: int, threads: int, device: str,
-          timeout: float, as_json: bool) -> None:
+          timeout: float, as_json: bool, image: Path | None = None) -> None:
     """Benchmark a model on the phone.
 
     Prints prefill and decode tok/s, time to first token, load time and peak memory. Starts the app's
     BenchmarkActivity and waits for its result file (/sdcard/Android/data/org.mcpm.demo/files/bench/latest.json).
+    With --image PATH (a MiniCPM-V model) also the image encode time, apart from prefill and decode.
 
     \b
     Example:
       mcpm android bench --model minicpm-1b -p 128 -n 64 -t 4
+      mcpm android bench --model minicpm-v2 --image photo.jpg
     """
     for option, value in (("--prompt-tokens", prompt_tokens), ("--gen-tokens", gen_tokens), ("--threads", threads)):
         if value < 1:
             raise McpmError(f"{option} must be at least 1, got {value}", f"pass {option} 1 or more")
-    stats = _adb(ctx).bench(model, prompt_tokens, gen_tokens, threads, device, timeout)
+    if image is not None and not image.is_file():
+        raise McpmError(f"image {image} does not exist", "give a JPEG or PNG file")
+    stats = _adb(ctx).bench(model, prompt_tokens, gen_tokens, threads, device, timeout, image=image)
     click.echo(json.dumps(stats) if as_json else format_stats(stats, model))
 
 
@@ -123,11 +130,22 @@ def format_stats(stats: dict[str, Any], model: str) -> str:
         ("load", f"{value('load_ms', '.1f')} ms"),
         ("peak rss", f"{value('peak_rss_kb', '.1f', 1024)} MiB"),
     ]
+    if "image_encode_ms" in stats:  # bench --image: the vision encoder, apart from prefill and decode
+        size = f"{stats.get('image_width', '?')}x{stats.get('image_height', '?')}"
+        rows.insert(2, ("image", f"{value('image_encode_ms', '.1f')} ms"))
+        extra_image = (f"image {size}: {stats.get('image_slices', '?')} vision runs, "
+                       f"{stats.get('image_patches', '?')} patches")
+    else:
+        extra_image = ""
     head = (f"model {model}, {stats.get('threads', '?')} threads, device {stats.get('device', 'cpu')}"
             f"{' (' + str(stats['gpu_device']) + ')' if stats.get('gpu_device') else ''}, kernels "
             f"{stats.get('kernel_variant', '?')}")
     lines = [head, f"{'test':<12}{'value':>18}"]
     lines += [f"{name:<12}{text:>18}" for name, text in rows]
+    if extra_image:
+        lines.append(extra_image)
+    if stats.get("image_notice"):
+        lines.append(f"image notice: {stats['image_notice']}")
     if stats.get("notice"):
         lines.append(f"notice: {stats['notice']}")
     for k in (stats.get("kernel_times") or [])[:5]:  # GPU runs: the slowest kernels

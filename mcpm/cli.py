@@ -18,6 +18,8 @@ from mcpm.cli_util import model_dir_argument, run_main
 from mcpm.errors import McpmError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mcpm.export.bundle.reader import Bundle
     from mcpm.export.tokenizer import Tokenizer
     from mcpm.runtime.binding import Model
@@ -174,16 +176,21 @@ def generate(
 @click.option("--kernel-times/--no-kernel-times", default=None,
               help="Time every GPU kernel (OpenCL profiling events) and list the slowest (default: on unless "
                    "--device cpu).")
+@click.option("--image", type=click.Path(path_type=Path), metavar="PATH",
+              help="Also time the vision encoder on this image file in every run (MiniCPM-V bundles): "
+                   "image_encode_ms, image_slices, image_patches, apart from prefill and decode.")
 def bench(bundle: Path, n_prompt: int, n_gen: int, threads: int, repetitions: int, seed: int, as_json: bool,
-          device: str = "cpu", kernel_times: bool | None = None) -> None:
+          device: str = "cpu", kernel_times: bool | None = None, image: Path | None = None) -> None:
     """Prefill and decode speed of BUNDLE in the C runtime (mean ± sd over the runs), TTFT, load time, peak RSS.
 
     With --device gpu (a bundle from mcpm-export --device gpu) it runs the OpenCL kernels and adds the GPU's name
-    and the time of every kernel, slowest first ("kernel_times" in --json).
+    and the time of every kernel, slowest first ("kernel_times" in --json). With --image PATH (a MiniCPM-V bundle)
+    each run first encodes the image (overview + slices) and reports that time on its own row ("image_encode_ms").
     """
     from mcpm.runtime.bench import format_table, run_bench
 
-    result = run_bench(bundle, n_prompt, n_gen, threads, repetitions, seed, device=device, kernel_times=kernel_times)
+    result = run_bench(bundle, n_prompt, n_gen, threads, repetitions, seed, device=device, kernel_times=kernel_times,
+                       image=image)
     show_notice(result["notice"])
     click.echo(json.dumps(result) if as_json else format_table(result))
 
@@ -279,6 +286,39 @@ def quant_size(model_dir: str, rules: tuple[str, ...]) -> None:
         click.echo(f"{recipe.name:<24}{8 * nbytes / count:>8.3f}{nbytes / 2**30:>9.3f}")
 
 
+def image_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--image PATH (repeatable) of the commands that take images (MiniCPM-V bundles)."""
+    return click.option("--image", "images", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+                        help=help_text)
+
+
+def load_images(paths: tuple[Path, ...] | list[Path]) -> list[np.ndarray]:
+    """Decode image files to RGB8 arrays uint8 [h, w, 3]; an unreadable file is a one-line ImageError."""
+    from mcpm.export.models.minicpmv.preprocess import load_image
+
+    return [load_image(p) for p in paths]
+
+
+def require_vision(model: Model, bundle_dir: Path, option: str = "--image") -> None:
+    """One-line McpmError when images are given for a bundle without a vision encoder."""
+    if not model.has_vision:
+        raise McpmError(f"{bundle_dir} has no vision encoder: {option} needs a MiniCPM-V bundle",
+                        f"export a MiniCPM-V checkpoint with mcpm-export, or drop {option}")
+
+
+def describe_image(name: str, rgb: np.ndarray, info: dict[str, Any]) -> str:
+    """One stderr line about an attached image: size, vision runs, encode time, the runtime's notice."""
+    line = f"[image {name}: {rgb.shape[1]}x{rgb.shape[0]}, {info['slices']} vision runs"
+    if "image_patches" in info:
+        line += f", {info['image_patches']} patches"
+    if "image_encode_ms" in info:
+        line += f", encoded in {float(info['image_encode_ms']):.1f} ms"
+    line += "]"
+    if info.get("notice"):
+        line += f" ({info['notice']})"
+    return line
+
+
 @cli.command()
 @click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=Path))
 @click.option("-n", "--max-new-tokens", default=256, show_default=True, help="Most tokens per reply.")
@@ -287,20 +327,46 @@ def quant_size(model_dir: str, rules: tuple[str, ...]) -> None:
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", "-t", default=0, help="C runtime threads (0 = one per CPU).")
+@image_option("An image file (JPEG, PNG, ...) for a MiniCPM-V bundle, attached to the first message; repeat the "
+              "option for several (in order). Later images: type /image PATH before a message.")
 @device_option
 def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int,
-         threads: int, device: str = "cpu") -> None:
-    """Interactive multi-turn chat with BUNDLE (the KV cache is kept between turns; /reset, /quit)."""
+         threads: int, images: tuple[Path, ...] = (), device: str = "cpu") -> None:
+    """Interactive multi-turn chat with BUNDLE (the KV cache is kept between turns; /reset, /quit).
+
+    With a MiniCPM-V bundle, --image PATH (or /image PATH during the chat) attaches a picture to the next
+    message; its encode time is printed on stderr. Example: echo "What is in the picture?" | mcpm chat BUNDLE
+    --image photo.jpg
+    """
     from mcpm.errors import ContextOverflowError
     from mcpm.runtime.binding import Sampling
-    from mcpm.runtime.chat import ChatSession
+    from mcpm.runtime.chat import ChatSession, ImageChatSession
+
+    pictures = list(zip([str(p) for p in images], load_images(images), strict=True))  # unreadable: fail first
     _, model, tok = load_bundle_on(bundle_dir, threads, device)
+    if pictures:
+        require_vision(model, bundle_dir)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    session = ChatSession(model, tok, sampling, max_new_tokens)
+    session: ChatSession | ImageChatSession
+    if model.has_vision:  # the C session (mcpm_session_chat) is what takes images
+        session = ImageChatSession(model, sampling, max_new_tokens)
+    else:
+        session = ChatSession(model, tok, sampling, max_new_tokens)
+
+    def attach(name: str, rgb: np.ndarray) -> None:
+        if not isinstance(session, ImageChatSession):
+            require_vision(model, bundle_dir, "/image")
+            return
+        click.echo(describe_image(name, rgb, session.attach(rgb)), err=True)
+
+    for name, rgb in pictures:
+        attach(name, rgb)
     interactive = sys.stdin.isatty()
     if interactive:
         on = " on the GPU" if model.device == "gpu" else ""
-        click.echo(f"chatting with {bundle_dir}{on} ({model.context_length} tokens of context); /reset, /quit")
+        images_hint = "; /image PATH attaches a picture" if model.has_vision else ""
+        click.echo(f"chatting with {bundle_dir}{on} ({model.context_length} tokens of context); /reset, /quit"
+                   f"{images_hint}")
     while True:
         try:
             line = input("> " if interactive else "")
@@ -312,6 +378,15 @@ def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, 
         if message == "/reset":
             session.reset()
             click.echo("(new conversation)")
+            continue
+        if message == "/image" or message.startswith("/image "):
+            try:
+                path = Path(message[len("/image"):].strip())
+                if not str(path) or str(path) == ".":
+                    raise McpmError("/image needs a file", "type /image PATH")
+                attach(str(path), load_images([path])[0])
+            except McpmError as exc:
+                click.echo(f"error: {exc}", err=True)
             continue
         if not message:
             continue

@@ -40,9 +40,14 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="gpu: also export OpenCL (Android) and Metal (iOS) kernels with their launch records "
                    "(docs/gpu-plan.md); the CPU kernels stay in the bundle.")
+@click.option("--vision-dtype", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+              help="MiniCPM-V: weight dtype of the vision tower and resampler.")
+@click.option("--max-patches", type=click.IntRange(min=1), default=None,
+              help="MiniCPM-V: most 14x14 patches of one image slice (default ceil(1.125 * (448/14)^2) = 1152; "
+                   "larger slices are refused by the runtime).")
 def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...], context_length: int,
            prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
-           key_alias: str, device: str = "cpu") -> None:
+           key_alias: str, device: str = "cpu", vision_dtype: str = "f16", max_patches: int | None = None) -> None:
     """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer.
 
     \b
@@ -51,12 +56,14 @@ def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...]
       mcpm-export default --target android -o dist/android     # bundle + libmcpm.so + signed APK
       mcpm-export default --target ios -o dist/ios             # bundle + XCFramework + Swift package + app
       mcpm-export ./MiniCPM-2B-sft-bf16 --target android --context-length 1024 -o dist/minicpm-2b
+      mcpm-export ./MiniCPM-V-2 --target host --context-length 2048 -o dist/minicpm-v-2   # + vision entries
     """
     from mcpm.export.exporter import ExportOptions, run_export
 
     opts = ExportOptions(resolve_model_dir(model_dir), out, target, quant, quant_rules, context_length, prefill_chunk,
                          debug_dump, progress=sys.stderr.isatty(), embed_model=embed_model,
-                         keystore=_keystore(keystore, key_alias), device=device)
+                         keystore=_keystore(keystore, key_alias), device=device, vision_dtype=vision_dtype,
+                         max_patches=max_patches or 0)
     report = run_export(opts)
     click.echo(report.table())
     click.echo(f"bundle written to {report.bundle_dir}")

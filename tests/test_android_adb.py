@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from mcpm.errors import McpmError
-from mcpm.export.android.adb import BENCH_ACTIVITY, BENCH_DIR, MODELS_DIR, RESULT_PATH, Adb, parse_devices
+from mcpm.export.android.adb import (
+    BENCH_ACTIVITY,
+    BENCH_DIR,
+    IMAGES_DIR,
+    MODELS_DIR,
+    RESULT_PATH,
+    Adb,
+    parse_devices,
+)
 
 STATS = {"load_ms": 812.5, "prefill_tokens": 128, "prefill_tok_s": 95.25, "decode_tokens": 64,
          "decode_tok_s": 12.5, "ttft_ms": 1343.0, "peak_rss_kb": 1048576, "threads": 4}
@@ -358,3 +366,40 @@ def test_cli_as_a_process(fake_adb: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: Android device SER1 is unauthorized") and proc.stderr.count("\n") == 1
     assert proc.stdout == ""
+
+
+IMAGE_STATS = {**STATS, "image_encode_ms": 431.5, "image_slices": 3, "image_patches": 2304, "image_width": 1024,
+               "image_height": 768, "image_path": f"{IMAGES_DIR}/photo.jpg"}
+
+
+def test_bench_with_an_image_pushes_it_and_passes_the_extra(fake_adb: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8 jpeg")
+    Adb(poll_interval=0.01).bench("minicpm-v2", 8, 4, 2, timeout=5, image=photo)
+    got = calls(fake_adb)
+    assert ["-s", "SER1", "shell", "mkdir", "-p", IMAGES_DIR] in got
+    assert ["-s", "SER1", "push", str(photo), f"{IMAGES_DIR}/photo.jpg"] in got
+    start = next(c for c in got if c[3:5] == ["am", "start"])
+    assert start[-2:] == ["image", f"{IMAGES_DIR}/photo.jpg"] and start[-3] == "--es"
+    # an odd file name gets a plain one on the phone
+    odd = tmp_path / "my photo (1).png"
+    odd.write_bytes(b"png")
+    Adb(poll_interval=0.01).bench("m", timeout=5, image=odd)
+    assert ["-s", "SER1", "push", str(odd), f"{IMAGES_DIR}/bench-image.png"] in calls(fake_adb)
+
+
+def test_cli_bench_image_row_and_missing_file(fake_adb: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from mcpm.android_cli import format_stats
+
+    table = format_stats(IMAGE_STATS, "minicpm-v2")
+    assert "image" in table and "431.5 ms" in table and "1024x768: 3 vision runs, 2304 patches" in table
+    assert "image" not in format_stats(STATS, "m").split("\n", 1)[1]
+    code, _, err = run_cli(["android", "bench", "--model", "m", "--image", str(tmp_path / "none.jpg")], capsys)
+    assert code == 2 and err.startswith("error: image") and "does not exist" in err and err.count("\n") == 1
+    assert calls(fake_adb) == []  # refused before adb runs
+    photo = tmp_path / "p.png"
+    photo.write_bytes(b"png")
+    code, out, err = run_cli(["android", "bench", "--model", "m", "--image", str(photo)], capsys)
+    assert code == 0, err
+    assert any(c[-2:] == ["image", f"{IMAGES_DIR}/p.png"] for c in calls(fake_adb))

@@ -29,7 +29,8 @@ from mcpm.export.android.apk import (
     verify_apk,
 )
 
-CONTRACT_METHODS = ("load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free")
+CONTRACT_METHODS = ("load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free", "hasVision",
+                    "encodeImage", "clearImages")
 CONTRACT_SYMBOLS = {f"Java_org_mcpm_demo_McpmNative_{m}" for m in CONTRACT_METHODS}
 ACTIVITIES = {f"org.mcpm.demo.{a}" for a in ("MainActivity", "SettingsActivity", "BenchmarkActivity")}
 
@@ -158,7 +159,8 @@ def test_dex_classes(built: tuple[Path, Path, Path, Path]) -> None:
     if not Path(dexdump).exists():
         pytest.skip("dexdump not installed")
     out = subprocess.run([dexdump, str(built[0])], capture_output=True, text=True).stdout
-    for cls in ("MainActivity", "SettingsActivity", "BenchmarkActivity", "McpmNative", "McpmException", "ModelStore"):
+    for cls in ("MainActivity", "SettingsActivity", "BenchmarkActivity", "McpmNative", "McpmException", "ModelStore",
+                "ImageLoader"):
         assert f"'Lorg/mcpm/demo/{cls};'" in out
     assert "'Lorg/mcpm/demo/McpmNative$TextSink;'" in out
 

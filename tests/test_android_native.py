@@ -114,14 +114,15 @@ def test_library_passes_the_android_checks(android_lib: Path) -> None:
 def test_jni_exports_equal_the_contract(android_lib: Path) -> None:
     r = native.check_android_library(android_lib)
     contract = _contract_methods()
-    assert contract == {"load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free"}
+    assert contract == {"load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free", "hasVision",
+                        "encodeImage", "clearImages"}
     assert set(r.jni_methods) == contract
     java = (JAVA_SRC / "McpmNative.java").read_text()
     assert set(re.findall(r"static native \w+ (\w+)\(", java)) == contract
 
 
 _JNI_TYPES = {"void": "void", "boolean": "jboolean", "int": "jint", "long": "jlong", "float": "jfloat",
-              "String": "jstring", "TextSink": "jobject"}
+              "String": "jstring", "TextSink": "jobject", "int[]": "jintArray"}
 
 
 def _java_natives(text: str) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -139,6 +140,9 @@ def test_jni_signatures_match_java_and_readme() -> None:
     assert _java_natives(README.read_text()) == java
     assert java["load"] == ("long", ("String", "int", "String", "String", "boolean"))
     assert java["kernelTimes"] == ("String", ("long",))
+    assert java["hasVision"] == ("boolean", ("long",))
+    assert java["encodeImage"] == ("int", ("long", "int[]", "int", "int"))
+    assert java["clearImages"] == ("void", ("long",))
     c = {}
     for ret, name, params in re.findall(r"JNIEXPORT (\w+) JNICALL Java_org_mcpm_demo_McpmNative_(\w+)\(([^()]*)\)",
                                         JNI_C.read_text()):
@@ -386,6 +390,37 @@ public final class JniSmoke {
         }
         String stats = McpmNative.stats(h);
         String cpuTimes = McpmNative.kernelTimes(h);
+        boolean vision = McpmNative.hasVision(h);
+        String notVision = null, shortPixels = null, nullPixels = null, emptyImage = null, noHandle = null;
+        try {
+            McpmNative.encodeImage(h, new int[6], 3, 2);
+        } catch (McpmException e) {
+            notVision = e.getMessage();
+        }
+        try {
+            McpmNative.encodeImage(h, new int[5], 3, 2);
+        } catch (McpmException e) {
+            shortPixels = e.getMessage();
+        }
+        try {
+            McpmNative.encodeImage(h, null, 3, 2);
+        } catch (McpmException e) {
+            nullPixels = e.getMessage();
+        }
+        try {
+            McpmNative.encodeImage(h, new int[6], 0, 2);
+        } catch (McpmException e) {
+            emptyImage = e.getMessage();
+        }
+        try {
+            McpmNative.encodeImage(0L, new int[6], 3, 2);
+        } catch (McpmException e) {
+            noHandle = e.getMessage();
+        }
+        McpmNative.clearImages(h);
+        McpmNative.clearImages(0L);
+        Collect afterImage = new Collect(1 << 30);
+        int nAfterImage = McpmNative.chat(h, "Hi there", 4, 0f, 0, 1f, 0L, afterImage);
         McpmNative.free(h);
         McpmNative.free(0L);
         String gpu = "null";
@@ -407,6 +442,13 @@ public final class JniSmoke {
            .append(", \"bad_sampling\": ").append(badSampling == null ? "null" : q(badSampling))
            .append(", \"too_long\": ").append(tooLong == null ? "null" : q(tooLong))
            .append(", \"bench\": ").append(bench).append(", \"stats\": ").append(stats)
+           .append(", \"vision\": ").append(vision).append(", \"vision_0\": ").append(McpmNative.hasVision(0L))
+           .append(", \"not_vision\": ").append(notVision == null ? "null" : q(notVision))
+           .append(", \"short_pixels\": ").append(shortPixels == null ? "null" : q(shortPixels))
+           .append(", \"null_pixels\": ").append(nullPixels == null ? "null" : q(nullPixels))
+           .append(", \"empty_image\": ").append(emptyImage == null ? "null" : q(emptyImage))
+           .append(", \"no_handle\": ").append(noHandle == null ? "null" : q(noHandle))
+           .append(", \"n_after_image\": ").append(nAfterImage)
            .append(", \"cpu_kernel_times\": ").append(cpuTimes).append(", \"kernel_times_0\": ")
            .append(McpmNative.kernelTimes(0L) == null ? "null" : "\"?\"").append(", \"gpu\": ").append(gpu)
            .append('}');
@@ -416,28 +458,35 @@ public final class JniSmoke {
 """
 
 
+def _host_jni_build(bundle: Path, work: Path, jdk_inc: list[str], main_class: str, main_source: str) -> Path:
+    """work/libmcpm.so (the runtime + the JNI layer + bundle's kernels, for the host) and the app's McpmNative and
+    McpmException classes with main_class compiled into work/classes (returned)."""
+    from mcpm.runtime.build import CFLAGS, LIBS, SOURCES
+
+    subprocess.run(["gcc", *CFLAGS, *jdk_inc, f"-I{native.C_DIR}", "-o", str(work / "libmcpm.so"),
+                    *(str(native.C_DIR / s) for s in SOURCES), str(JNI_C), str(bundle / "kernels.o"), *LIBS],
+                   check=True)
+    src = work / "src" / "org" / "mcpm" / "demo"
+    src.mkdir(parents=True)
+    (src / f"{main_class}.java").write_text(main_source)
+    classes = work / "classes"
+    java_files = [JAVA_SRC / "McpmNative.java", JAVA_SRC / "McpmException.java", src / f"{main_class}.java"]
+    subprocess.run(["javac", "-d", str(classes), *map(str, java_files)], check=True)
+    return classes
+
+
 @pytest.mark.skipif(not (shutil.which("javac") and shutil.which("java") and shutil.which("gcc")),
                     reason="javac, java or gcc missing")
 def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The JNI layer built for the host with the runtime and a tiny host bundle, called from Java through the app's
-    own McpmNative/McpmException classes: streaming, stop, Java exceptions from the sink, McpmException, bench."""
-    from mcpm.runtime.build import CFLAGS, LIBS, SOURCES
-
+    own McpmNative/McpmException classes: streaming, stop, Java exceptions from the sink, McpmException, bench,
+    the image natives' refusals on a bundle without a vision encoder."""
     jdk_inc = [inc for inc in _host_jni_includes() if "jvm" in inc[0]]
     if not jdk_inc:
         pytest.skip("no JDK jni.h under /usr/lib/jvm")
     bundle = _host_bundle(tmp_path_factory)
     work = tmp_path_factory.mktemp("jni-host")
-    lib = work / "libmcpm.so"
-    subprocess.run(["gcc", *CFLAGS, *jdk_inc[0], f"-I{native.C_DIR}", "-o", str(lib),
-                    *(str(native.C_DIR / s) for s in SOURCES), str(JNI_C), str(bundle / "kernels.o"), *LIBS],
-                   check=True)
-    src = work / "src"
-    (src / "org" / "mcpm" / "demo").mkdir(parents=True)
-    (src / "org" / "mcpm" / "demo" / "JniSmoke.java").write_text(JAVA_SMOKE)
-    classes = work / "classes"
-    java_files = [JAVA_SRC / "McpmNative.java", JAVA_SRC / "McpmException.java", src / "org/mcpm/demo/JniSmoke.java"]
-    subprocess.run(["javac", "-d", str(classes), *map(str, java_files)], check=True)
+    classes = _host_jni_build(bundle, work, jdk_inc[0], "JniSmoke", JAVA_SMOKE)
     gpu_args = ["gpu", str(work / "cache")] if not opencl_unavailable() else ["cpu"]
     res = subprocess.run(["java", "-Xcheck:jni", f"-Djava.library.path={work}", "-cp", str(classes),
                           "org.mcpm.demo.JniSmoke", str(bundle), *gpu_args], capture_output=True, text=True,
@@ -456,6 +505,12 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert r["stats"]["threads"] == 2 and r["stats"]["device"] == "cpu" and r["stats"]["notice"] == ""
     assert r["bad_device"] and "unknown device 'npu'" in r["bad_device"]
     assert r["cpu_kernel_times"] == [] and r["kernel_times_0"] is None
+    # image input on a plain LM bundle: the runtime's one-line refusal; argument checks in the JNI layer
+    assert r["vision"] is False and r["vision_0"] is False
+    assert "no vision encoder" in r["not_vision"] and "\n" not in r["not_vision"], r["not_vision"]
+    assert "has 5 ints" in r["short_pixels"] and "3x2" in r["short_pixels"]
+    assert "null" in r["null_pixels"] and "empty" in r["empty_image"] and "handle 0" in r["no_handle"]
+    assert 1 <= r["n_after_image"] <= 4  # the session still chats
     if opencl_unavailable():
         assert r["gpu"] is None
         return
@@ -467,3 +522,74 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     ms = [t["ms"] for t in g["kernel_times"]]
     assert ms == sorted(ms, reverse=True)
     assert any((work / "cache" / "opencl").iterdir())  # the compiled program went to cacheDir/opencl
+
+
+JAVA_VISION = r"""
+package org.mcpm.demo;
+
+public final class JniVision {
+    static String q(String s) {
+        StringBuilder b = new StringBuilder("\"");
+        for (char c : s.toCharArray()) {
+            if (c == '"' || c == '\\') b.append('\\').append(c);
+            else if (c < 0x20 || c > 0x7e) b.append(String.format("\\u%04x", (int) c));
+            else b.append(c);
+        }
+        return b.append('"').toString();
+    }
+
+    public static void main(String[] args) throws Exception {
+        McpmNative.ensureLoaded();
+        int w = Integer.parseInt(args[1]), h = Integer.parseInt(args[2]);
+        int[] argb = new int[w * h];  // what Bitmap.getPixels gives: 0xAARRGGBB; alpha must be ignored
+        for (int i = 0; i < argb.length; i++) {
+            argb[i] = ((i * 3) & 0xFF) << 24 | ((i * 7) & 0xFF) << 16 | ((i * 13) & 0xFF) << 8 | ((i * 29) & 0xFF);
+        }
+        long m = McpmNative.load(args[0], 2, "cpu", null, false);
+        boolean vision = McpmNative.hasVision(m);
+        int runs = McpmNative.encodeImage(m, argb, w, h);
+        String imageStats = McpmNative.stats(m);
+        final StringBuilder text = new StringBuilder();
+        int n = McpmNative.chat(m, "What is in the picture?", 6, 0f, 0, 1f, 0L, new McpmNative.TextSink() {
+            public boolean onText(String piece) { text.append(piece); return true; }
+        });
+        McpmNative.free(m);
+        System.out.println("{\"vision\": " + vision + ", \"runs\": " + runs + ", \"stats\": " + imageStats
+                + ", \"n\": " + n + ", \"text\": " + q(text.toString()) + "}");
+    }
+}
+"""
+
+
+@pytest.mark.skipif(not (shutil.which("javac") and shutil.which("java") and shutil.which("gcc")),
+                    reason="javac, java or gcc missing")
+def test_jni_image_on_a_minicpmv_bundle(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """encodeImage + chat through the JNI layer on a tiny MiniCPM-V bundle: the ARGB ints become the RGB8 image the
+    Python binding encodes (same vision runs and patches, same greedy reply), under -Xcheck:jni."""
+    import numpy as np
+
+    from mcpm.runtime.binding import Model, Session
+    from tests.test_cli_image import export_tiny_v_bundle
+
+    jdk_inc = [inc for inc in _host_jni_includes() if "jvm" in inc[0]]
+    if not jdk_inc:
+        pytest.skip("no JDK jni.h under /usr/lib/jvm")
+    bundle = export_tiny_v_bundle(tmp_path_factory.mktemp("jni-v-bundle"))
+    work = tmp_path_factory.mktemp("jni-v-host")
+    classes = _host_jni_build(bundle, work, jdk_inc[0], "JniVision", JAVA_VISION)
+    w, h = 112, 56
+    res = subprocess.run(["java", "-Xcheck:jni", f"-Djava.library.path={work}", "-cp", str(classes),
+                          "org.mcpm.demo.JniVision", str(bundle), str(w), str(h)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "WARNING" not in res.stdout + res.stderr, res.stderr
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["vision"] is True and r["runs"] >= 2 and 1 <= r["n"] <= 6
+    assert r["stats"]["image_slices"] == r["runs"] and r["stats"]["image_encode_ms"] > 0
+    i = np.arange(w * h, dtype=np.int64)
+    rgb = np.stack([(i * 7) & 0xFF, (i * 13) & 0xFF, (i * 29) & 0xFF], axis=1).astype(np.uint8).reshape(h, w, 3)
+    with Model.load(bundle, threads=2) as model, Session(model) as session:
+        assert session.encode_image(rgb) == r["runs"]
+        assert model.stats()["image_patches"] == r["stats"]["image_patches"]
+        n, text = session.chat("What is in the picture?", 6)
+    assert (n, text) == (r["n"], r["text"])

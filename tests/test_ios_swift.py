@@ -182,11 +182,35 @@ def test_platform_only_apis_are_guarded_in_the_package() -> None:
     assert unguarded_platform_uses("#if os(iOS)\nlet a = UIDevice.current\n#endif\n") == []
 
 
-def test_gpu_and_image_input_are_marked_hooks() -> None:
+def test_gpu_hook_is_marked() -> None:
     settings = (PKG / "Sources" / "MCPM" / "MCPMSettings.swift").read_text()
     assert "METAL HOOK" in settings and "self == .cpu" in settings
-    image = (PKG / "Sources" / "MCPM" / "MCPMImageInput.swift").read_text()
-    assert "NOT WIRED" in image and "throw MCPMError.notAvailable" in image
+
+
+def test_image_input_is_wired_to_the_runtime() -> None:
+    """MiniCPM-V images: MCPMModel.hasVision asks the runtime, the session encodes RGB8 pixels drawn from a CGImage
+    (alpha dropped) on the model's queue, UIKit stays guarded, the app shows the picker only for vision bundles."""
+    image = _strip_swift((PKG / "Sources" / "MCPM" / "MCPMImageInput.swift").read_text())
+    model = _strip_swift((PKG / "Sources" / "MCPM" / "MCPMModel.swift").read_text())
+    assert "NOT WIRED" not in image and "notAvailable" not in image
+    assert re.search(r"hasVision = mcpm_model_has_vision\(model\) == 1", model)
+    calls = {name: args for _, name, args in swift_c_calls([PKG / "Sources" / "MCPM" / "MCPMImageInput.swift"])}
+    assert calls["mcpm_encode_image"][:2] == ["session", "p.baseAddress"]
+    assert "mcpm_session_clear_images" in calls and "mcpm_session_last_error" in calls
+    assert "model.queue.async" in image  # the runtime's one-thread-per-model rule
+    assert "CGImageAlphaInfo.noneSkipLast" in image and "bitsPerComponent: 8" in image
+    assert re.search(r"rgb\[3 \* i \+ 2\] = rgba\[4 \* i \+ 2\]", image)  # RGBA8 -> RGB8
+    assert "public func encodeImage(_ image: CGImage) async throws -> MCPMImageEncoding" in image
+    assert "public func encodeImage(_ image: UIImage) async throws -> MCPMImageEncoding" in image
+    stats = (PKG / "Sources" / "MCPM" / "MCPMStats.swift").read_text()
+    for key in ("image_encode_ms", "image_slices", "image_patches"):
+        assert f'"{key}"' in stats
+    view = _strip_swift((IOS / "App" / "ChatView.swift").read_text())
+    assert "if chat.model?.hasVision == true {" in view and ".photosPicker(" in view
+    assert "UIImagePickerController" in view
+    with open(IOS / "App" / "Info.plist", "rb") as f:
+        info = plistlib.load(f)
+    assert info["NSCameraUsageDescription"] and info["NSPhotoLibraryUsageDescription"]
 
 
 # ---------------------------------------------------------------- manifest, module map, Info.plist

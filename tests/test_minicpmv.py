@@ -43,7 +43,7 @@ def tiny_minicpmv(**overrides: Any) -> dict[str, Any]:
     """V2.0 architecture, tiny: 5x5 position grid, 3 vision blocks (2 used), 16 queries, slices at 56x56."""
     cfg: dict[str, Any] = {
         "model_type": "minicpmv",
-        "vocab_size": 4096,
+        "vocab_size": 4128,
         "hidden_size": 64,
         "intermediate_size": 96,
         "num_hidden_layers": 2,

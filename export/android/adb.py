@@ -25,6 +25,7 @@ BENCH_ACTIVITY = f"{PACKAGE}/.BenchmarkActivity"
 APP_FILES_DIR = f"/sdcard/Android/data/{PACKAGE}/files"
 MODELS_DIR = f"{APP_FILES_DIR}/models"
 BENCH_DIR = f"{APP_FILES_DIR}/bench"
+IMAGES_DIR = f"{APP_FILES_DIR}/images"  # bench --image pushes the image here (the app may read its own files)
 RESULT_PATH = f"{BENCH_DIR}/latest.json"
 BUNDLE_CONFIG = "mcpm-config.json"  # = mcpm.export.bundle.reader.CONFIG_NAME (not imported: keeps this module light)
 
@@ -216,15 +217,19 @@ class Adb:
         return remote
 
     def bench(self, model: str, prompt_tokens: int = 128, gen_tokens: int = 64, threads: int = 4,
-              device: str = "cpu", timeout: float = 600.0) -> dict[str, Any]:
+              device: str = "cpu", timeout: float = 600.0, image: Path | None = None) -> dict[str, Any]:
         """Run ``.BenchmarkActivity`` on MODEL (a name under MODELS_DIR or a folder on the phone) and return the
-        runtime's stats JSON that it writes to RESULT_PATH."""
+        runtime's stats JSON that it writes to RESULT_PATH. image: a local image file, pushed to IMAGES_DIR and
+        passed as the ``image`` extra (MiniCPM-V models: the JSON then has image_encode_ms, image_slices, ...)."""
         if not model.strip():
             raise McpmError("no model given", "pass a model name (see push-model) or an absolute folder on the phone")
+        remote_image = self.push_image(Path(image)) if image is not None else None
         self.shell("rm", "-f", RESULT_PATH)
         start = ["am", "start", "-W", "-n", BENCH_ACTIVITY, "--es", "model_dir", model,
                  "--ei", "prompt_tokens", str(prompt_tokens), "--ei", "gen_tokens", str(gen_tokens),
                  "--ei", "threads", str(threads), "--es", "device", device]
+        if remote_image is not None:
+            start += ["--es", "image", remote_image]
         proc = self.shell(*start)
         started = f"{proc.stdout}\n{proc.stderr}"
         if re.search(r"^\s*Error", started, re.MULTILINE):  # `am start` exits 0 when the activity is unknown
@@ -244,6 +249,19 @@ class Adb:
             raise McpmError(f"benchmark failed on the phone: {result['error']}",
                             "check the model name (mcpm android push-model) and `adb logcat -s mcpm`")
         return result
+
+    def push_image(self, image: Path) -> str:
+        """Copy a local image file to IMAGES_DIR on the phone (the app's own files: no storage permission needed);
+        returns its path there."""
+        if not image.is_file():
+            raise McpmError(f"image {image} does not exist", "give a JPEG or PNG file")
+        name = image.name if _MODEL_NAME.fullmatch(image.name) else "bench-image" + "".join(
+            c for c in image.suffix if c.isalnum() or c == ".")
+        remote = f"{IMAGES_DIR}/{name}"
+        self.shell("mkdir", "-p", IMAGES_DIR)
+        self.run("push", str(image), remote, timeout=None,
+                 fix="check the phone has enough free storage and is still connected")
+        return remote
 
     def _read_result(self) -> dict[str, Any] | None:
         """The result file's JSON object, or None while it is missing or being written."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
 from dataclasses import dataclass
 
 from mcpm.export.compiler.spec import CompileSpec
@@ -69,3 +71,41 @@ def weight_params(cfg: MiniCPMConfig, spec: CompileSpec) -> list[Param]:
     params.append(Param("rope_cos", (spec.max_ctx, d), "float32"))  # [C, d] cos(pos * inv_freq), halves repeated
     params.append(Param("rope_sin", (spec.max_ctx, d), "float32"))  # [C, d]
     return params
+
+
+# ---------------------------------------------------------------- MiniCPM-V (docs/minicpmv.md)
+
+
+def is_vision_config(cfg: MiniCPMConfig) -> bool:
+    """A MiniCPM-V config (the LM config plus a vision tower and resampler)."""
+    return getattr(cfg, "model_type", "") == "minicpmv"
+
+
+def vision_compiler_available() -> bool:
+    """Whether the vision tower's relax definition (vision_def.py) is installed (MiniCPM-V exports need it)."""
+    return importlib.util.find_spec("mcpm.export.compiler.vision_def") is not None
+
+
+def default_max_patches(cfg: MiniCPMConfig) -> int:
+    """ceil(1.125 * (scale_resolution // patch)^2): 1152 for V2.0 (slices of images up to 50:1 fit)."""
+    side = cfg.scale_resolution // cfg.patch_size  # type: ignore[attr-defined]
+    return math.ceil(1.125 * side * side)
+
+
+def vision_max_patches(cfg: MiniCPMConfig, spec: CompileSpec) -> int:
+    return spec.max_patches or default_max_patches(cfg)
+
+
+def vision_params(cfg: MiniCPMConfig, spec: CompileSpec) -> list[Param]:
+    """The vision tower's and resampler's weights (``vision.*``, ``resampler.*``) in the vision entry's order."""
+    if not is_vision_config(cfg):
+        return []
+    from mcpm.export.compiler.vision_def import vision_weight_params
+
+    return list(vision_weight_params(cfg, spec.vision_dtype))
+
+
+def bundle_weight_params(cfg: MiniCPMConfig, spec: CompileSpec) -> list[Param]:
+    """Every weight of the bundle (plan.json "weights", weights.bin): the LM's, then (MiniCPM-V) the vision
+    entry's. Entries take their weights by name from this list."""
+    return weight_params(cfg, spec) + vision_params(cfg, spec)

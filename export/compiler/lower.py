@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import tvm
 from tvm import relax, sym, tirx
@@ -24,10 +25,11 @@ from tvm.relax.backend.cpu_generic.pipeline import library_dispatch_passes
 from tvm.s_tir import dlight as dl
 
 from mcpm.errors import McpmError
-from mcpm.export.compiler.layout import weight_params
+from mcpm.export.compiler.layout import bundle_weight_params, is_vision_config, vision_max_patches
 from mcpm.export.compiler.model_def import build_module
 from mcpm.export.compiler.plan import (
     ALIGN,
+    ENTRY_INPUTS,
     SYMBOL_PREFIX,
     CacheArg,
     EntryPlan,
@@ -48,6 +50,8 @@ from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.models.minicpm.config import MiniCPMConfig
 
 ENTRIES = ("prefill", "decode")
+VISION_PLAN_ENTRIES = ("embed", "prefill_embeds", "vision")  # MiniCPM-V adds these (docs/minicpmv.md)
+INPUT_NAMES = frozenset(name for names in ENTRY_INPUTS.values() for name in names)
 
 # ---------------------------------------------------------------- phases
 
@@ -208,25 +212,33 @@ def _int(x) -> int:
     return int(x.value) if hasattr(x, "value") else int(x)
 
 
-def _params_env(func, cfg: MiniCPMConfig, spec: CompileSpec, dims: _Dims) -> dict:
-    """tokens, pos, caches (k0, v0, k1, ...), weights in weight_params order."""
-    params = list(func.params)
-    wps = weight_params(cfg, spec)
-    n_cache = 2 * cfg.num_hidden_layers
-    if len(params) != 2 + n_cache + len(wps):
-        raise McpmError(f"plan extraction: unexpected parameter count {len(params)}")
+def _params_env(func, weights: list[WeightInfo], dims: _Dims) -> dict:
+    """Each parameter by its name: an input (ENTRY_INPUTS), the scalar pos, a cache ``k_cache_<i>`` /
+    ``v_cache_<i>``, or a weight (relax name = weight name with "." -> "_") of the plan's weight list, so an
+    entry may take any subset of the weights."""
+    by_name = {w.name.replace(".", "_"): (i, w) for i, w in enumerate(weights)}
+    if len(by_name) != len(weights):
+        raise McpmError("plan extraction: two weights have the same parameter name")
     values: dict = {}
-    shape, dtype = _tensor_type(params[0])
-    values[_key(params[0])] = InputArg("tokens", dtype, dims.shape(shape))
-    values[_key(params[1])] = ScalarArg("pos", "int64")
-    for i, p in enumerate(params[2 : 2 + n_cache]):
+    for p in func.params:
+        name = p.name
+        if name == "pos":
+            values[_key(p)] = ScalarArg("pos", "int64")
+            continue
         shape, dtype = _tensor_type(p)
-        values[_key(p)] = CacheArg(i // 2, "kv"[i % 2], dtype, dims.shape(shape))
-    for i, (p, wp) in enumerate(zip(params[2 + n_cache :], wps, strict=True)):
-        if p.name != wp.name.replace(".", "_"):
-            raise McpmError(f"plan extraction: parameter {p.name} != weight {wp.name}")
-        shape, dtype = _tensor_type(p)
-        values[_key(p)] = WeightArg(i, wp.name, dtype, dims.shape(shape))
+        if name in INPUT_NAMES:
+            values[_key(p)] = InputArg(name, dtype, dims.shape(shape))
+        elif name.startswith(("k_cache_", "v_cache_")) and name[8:].isdigit():
+            values[_key(p)] = CacheArg(int(name[8:]), name[0], dtype, dims.shape(shape))
+        elif name in by_name:
+            index, w = by_name[name]
+            got = dims.shape(shape)
+            if dtype != w.dtype or got != [(0, x) for x in w.shape]:
+                raise McpmError(f"plan extraction: parameter {name} is {dtype}{got}, weight {w.name} is "
+                                f"{w.dtype}{w.shape}")
+            values[_key(p)] = WeightArg(index, w.name, dtype, got)
+        else:
+            raise McpmError(f"plan extraction: parameter {name} is no input, cache or weight of the plan")
     return values
 
 
@@ -302,16 +314,17 @@ def _walk(env: _Env, func, mod: tvm.IRModule) -> list[KernelCall]:
     return calls
 
 
-def extract_entry(mod: tvm.IRModule, name: str, cfg: MiniCPMConfig, spec: CompileSpec) -> EntryPlan:
+def extract_entry(mod: tvm.IRModule, name: str, weights: list[WeightInfo]) -> EntryPlan:
+    """One relax function -> EntryPlan; its first parameter is the input whose first dim is n."""
     func = mod[name]
-    tokens_dim = _tensor_type(func.params[0])[0][0]
-    if isinstance(tokens_dim, tvm.tirx.IntImm):
-        dims, n_max = _Dims(None, int(tokens_dim.value)), int(tokens_dim.value)
+    n_dim = _tensor_type(func.params[0])[0][0]
+    if isinstance(n_dim, tvm.tirx.IntImm):
+        dims, n_max = _Dims(None, int(n_dim.value)), int(n_dim.value)
     else:
-        n_max = int(func.attrs["tir_var_upper_bound"][tokens_dim.name])
-        dims = _Dims(tokens_dim, n_max)
+        n_max = int(func.attrs["tir_var_upper_bound"][n_dim.name])
+        dims = _Dims(n_dim, n_max)
     env = _Env(dims, {}, [], {})
-    env.values = _params_env(func, cfg, spec, dims)
+    env.values = _params_env(func, weights, dims)
     calls = _walk(env, func, mod)
     out = _lookup(env, func.body.body)
     if not isinstance(out, TensorRef):
@@ -319,8 +332,21 @@ def extract_entry(mod: tvm.IRModule, name: str, cfg: MiniCPMConfig, spec: Compil
     return EntryPlan(name, n_max, env.storages, calls, out)
 
 
+def plan_entries(cfg: MiniCPMConfig) -> tuple[str, ...]:
+    """The entries of a model's plan: prefill, decode (+ embed, prefill_embeds, vision for MiniCPM-V)."""
+    return ENTRIES + VISION_PLAN_ENTRIES if is_vision_config(cfg) else ENTRIES
+
+
+def vision_section(cfg: MiniCPMConfig, spec: CompileSpec) -> dict:
+    """plan.json "vision" (docs/minicpmv.md)."""
+    c: Any = cfg
+    return {"patch": c.patch_size, "pos_grid": c.vision_pos_grid, "max_patches": vision_max_patches(cfg, spec),
+            "query_num": c.query_num, "hidden": c.hidden_size, "vision_hidden": c.vision_hidden}
+
+
 def extract_plan(mod: tvm.IRModule, cfg: MiniCPMConfig, spec: CompileSpec, target: dict | None = None) -> Plan:
-    entries = {name: extract_entry(mod, name, cfg, spec) for name in ENTRIES}
+    weights = [WeightInfo(p.name, list(p.shape), p.dtype) for p in bundle_weight_params(cfg, spec)]
+    entries = {name: extract_entry(mod, name, weights) for name in plan_entries(cfg)}
     kernels: list[str] = []
     for e in entries.values():
         for c in e.calls:
@@ -335,9 +361,10 @@ def extract_plan(mod: tvm.IRModule, cfg: MiniCPMConfig, spec: CompileSpec, targe
         num_layers=cfg.num_hidden_layers,
         cache_shape=[spec.max_ctx, cfg.num_kv_heads, cfg.head_dim],
         cache_dtype="float32",
-        weights=[WeightInfo(p.name, list(p.shape), p.dtype) for p in weight_params(cfg, spec)],
+        weights=weights,
         entries=entries,
         extra={"all_logits": spec.all_logits, "weights": spec.recipe.name if spec.recipe else spec.int4_group},
+        vision=vision_section(cfg, spec) if "vision" in entries else None,
     )
     validate(plan)
     return plan

@@ -1,4 +1,5 @@
-"""Relax definition (BlockBuilder) of a ``minicpm`` model (dense or MoE): ``prefill`` and ``decode``.
+"""Relax definition (BlockBuilder) of a ``minicpm`` model (dense or MoE): ``prefill`` and ``decode``
+(``minicpmv``: also ``embed``, ``prefill_embeds`` and ``vision``, see docs/minicpmv.md).
 
 Both functions take (tokens int32[n], pos int64, k_cache_0, v_cache_0, ..., weights...) and return logits:
 [1, vocab] for the last position (or [n, vocab] with ``spec.all_logits``). The caches [C, Hkv, d] are written
@@ -11,7 +12,14 @@ from __future__ import annotations
 from tvm import IRModule, relax, tirx
 
 from mcpm.export.compiler import kernels, moe_kernels, quant_kernels
-from mcpm.export.compiler.layout import linear_shapes, weight_params
+from mcpm.export.compiler.layout import (
+    Param,
+    is_vision_config,
+    linear_params,
+    linear_shapes,
+    vision_max_patches,
+    weight_params,
+)
 from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.models.minicpm.config import MiniCPMConfig
 
@@ -95,7 +103,16 @@ class _Builder:
             args = [tokens, w["embed.qweight"], w["embed.scales"]]
         return self.emit(op.call_tir(gv, args, _t([n, hid])))  # [n, D]
 
+    def scaled_embedding(self, w: dict, tokens, n):
+        """tokens [n] -> embedding rows * scale_emb [n, D] (the LM's input)."""
+        h = self.embedding(w, tokens, n)  # [n, D]
+        return self.emit(relax.op.multiply(h, relax.const(self.cfg.scale_emb, "float32")))  # [n, D]
+
     def body(self, n, tokens, pos, caches, w: dict):
+        return self.layers(n, self.scaled_embedding(w, tokens, n), pos, caches, w)
+
+    def layers(self, n, h, pos, caches, w: dict):
+        """h [n, D] (scaled embeddings) -> the decoder layers -> logits [1, V] (or [n, V] with all_logits)."""
         cfg, spec = self.cfg, self.spec
         hid, hq, hkv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_kv_heads, cfg.head_dim
         shapes = linear_shapes(cfg)
@@ -103,8 +120,6 @@ class _Builder:
         append = self.kernel(("kv_append", hq, hkv, d), lambda: kernels.kv_append(hq, hkv, d, spec.max_ctx))
         attn = self.kernel(("attention", hq, hkv, d), lambda: kernels.attention(hq, hkv, d, spec.max_ctx))
         op = relax.op
-        h = self.embedding(w, tokens, n)  # [n, D]
-        h = self.emit(op.multiply(h, relax.const(cfg.scale_emb, "float32")))  # [n, D]
         for i in range(cfg.num_hidden_layers):
             p = f"layers.{i}."
             x = self.emit(op.nn.rms_norm(h, w[p + "attn_norm"], axes=[-1], epsilon=cfg.rms_norm_eps))  # [n, D]
@@ -141,30 +156,67 @@ class _Builder:
         head = "embed" if cfg.tie_word_embeddings else "lm_head"
         return self.linear(x, w, head, rows, (cfg.vocab_size, hid))  # [rows, V]
 
-    def function(self, name: str, n) -> None:
+    def _weights(self, params: list[Param]) -> tuple[list, dict]:
+        wvars = [relax.Var(p.name.replace(".", "_"), _t(p.shape, p.dtype)) for p in params]
+        return wvars, {p.name: v for p, v in zip(params, wvars, strict=True)}
+
+    def _caches(self) -> list:
         cfg, spec = self.cfg, self.spec
-        tokens = relax.Var("tokens", _t([n], "int32"))  # [n]
-        pos = tirx.Var("pos", "int64")  # first cache row written; pos + n <= max_ctx (driver check + kv_append assert)
-        caches = [
+        return [
             relax.Var(f"{kind}_cache_{i}", _t([spec.max_ctx, cfg.num_kv_heads, cfg.head_dim]))  # [C, Hkv, d]
             for i in range(cfg.num_hidden_layers)
             for kind in ("k", "v")
         ]
-        params = weight_params(cfg, spec)
-        wvars = [relax.Var(p.name.replace(".", "_"), _t(p.shape, p.dtype)) for p in params]
-        w = {p.name: v for p, v in zip(params, wvars, strict=True)}
+
+    def function(self, name: str, n) -> None:
+        """prefill / decode: (tokens [n], pos, caches, LM weights) -> logits."""
+        tokens = relax.Var("tokens", _t([n], "int32"))  # [n]
+        pos = tirx.Var("pos", "int64")  # first cache row written; pos + n <= max_ctx (driver check + kv_append assert)
+        caches = self._caches()
+        wvars, w = self._weights(weight_params(self.cfg, self.spec))
         with self.bb.function(name, [tokens, pos, *caches, *wvars]):
             with self.bb.dataflow():
                 logits = self.bb.emit_output(self.body(n, tokens, pos, caches, w))
             self.bb.emit_func_output(logits)
 
+    def embed_function(self, n) -> None:
+        """embed: (tokens [n], the embedding's weights) -> embedding * scale_emb [n, D]."""
+        tokens = relax.Var("tokens", _t([n], "int32"))  # [n]
+        wvars, w = self._weights(linear_params("embed", self.cfg.vocab_size, self.cfg.hidden_size, self.spec))
+        with self.bb.function("embed", [tokens, *wvars]):
+            with self.bb.dataflow():
+                h = self.bb.emit_output(self.scaled_embedding(w, tokens, n))
+            self.bb.emit_func_output(h)
+
+    def prefill_embeds_function(self, n) -> None:
+        """prefill_embeds: (embeds [n, D], pos, caches, LM weights) -> logits; the layers of prefill."""
+        embeds = relax.Var("embeds", _t([n, self.cfg.hidden_size]))  # [n, D]
+        pos = tirx.Var("pos", "int64")
+        caches = self._caches()
+        wvars, w = self._weights(weight_params(self.cfg, self.spec))
+        with self.bb.function("prefill_embeds", [embeds, pos, *caches, *wvars]):
+            with self.bb.dataflow():
+                logits = self.bb.emit_output(self.layers(n, embeds, pos, caches, w))
+            self.bb.emit_func_output(logits)
+
 
 def build_module(cfg: MiniCPMConfig, spec: CompileSpec) -> IRModule:
-    """IRModule with ``prefill`` (symbolic n <= chunk) and ``decode`` (n = 1)."""
+    """IRModule with ``prefill`` (symbolic n <= chunk) and ``decode`` (n = 1); for ``minicpmv`` also ``embed``,
+    ``prefill_embeds`` (n <= chunk) and ``vision`` (n patches <= max_patches; docs/minicpmv.md)."""
     b = _Builder(cfg, spec)
     b.function("prefill", tirx.Var("n", "int64"))
     b.function("decode", 1)
+    bounds = {"prefill": spec.chunk}
+    if is_vision_config(cfg):
+        from mcpm.export.compiler.vision_def import build_vision
+
+        b.embed_function(tirx.Var("n", "int64"))
+        b.prefill_embeds_function(tirx.Var("n", "int64"))
+        bounds.update(embed=spec.chunk, prefill_embeds=spec.chunk)
+        build_vision(b.bb, cfg, spec.vision_dtype, vision_max_patches(cfg, spec))
+        bounds["vision"] = vision_max_patches(cfg, spec)
     mod = b.bb.get()
-    gv = mod.get_global_var("prefill")
-    mod[gv] = mod[gv].with_attr("tir_var_upper_bound", {"n": spec.chunk})
+    for name, bound in bounds.items():
+        gv = mod.get_global_var(name)
+        mod[gv] = mod[gv].with_attr("tir_var_upper_bound", {"n": bound})
     return mod

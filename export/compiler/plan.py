@@ -21,6 +21,8 @@ is linked into the library). A dim is [a, b] = a * n + b (n = tokens in this cal
     {"kind": "weight", "index": i, "name": "...", "dtype": ..., "shape": [[0, 4096], [0, 64]]}
     {"kind": "cache",  "layer": l, "which": "k" | "v", "dtype": ..., "shape": [...]}
     {"kind": "tensor", "storage": s, "offset": bytes, "dtype": ..., "shape": [...]}   # a view into storage s
+MiniCPM-V plans add the entries embed, prefill_embeds and vision (inputs "embeds", "patches", "pos_interp",
+"key_pos"; ENTRY_INPUTS) and a top-level "vision" section (VISION_FIELDS); docs/minicpmv.md.
 Tensor args are passed to kernels as DLTensors (cpu, compact strides, byte_offset 0, data 64-byte aligned);
 scalars as int64. Kernels take their DPS outputs last; calls must run in order.
 """
@@ -40,6 +42,18 @@ SYMBOL_PREFIX = "__tvm_ffi_"
 ALIGN = 64
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "uint32": 4, "int8": 1, "uint8": 1}
 SCALARS = ("pos", "n")
+# entry -> its InputArg names (docs/minicpmv.md); entries with the KV caches take the scalar pos and advance it
+ENTRY_INPUTS: dict[str, tuple[str, ...]] = {
+    "prefill": ("tokens",),
+    "decode": ("tokens",),
+    "embed": ("tokens",),
+    "prefill_embeds": ("embeds",),
+    "vision": ("patches", "pos_interp", "key_pos"),
+}
+CACHE_ENTRIES = ("prefill", "decode", "prefill_embeds")
+VISION_ENTRIES = ("embed", "prefill_embeds", "vision")
+# plan.json "vision": what a runtime needs to build the vision entry's inputs
+VISION_FIELDS = ("patch", "pos_grid", "max_patches", "query_num", "hidden", "vision_hidden")
 
 Dim = tuple[int, int]  # a * n + b
 # CPU features a kernel variant may require (the C runtime knows how to detect exactly these)
@@ -214,6 +228,7 @@ class Plan:
     symbol_prefix: str = SYMBOL_PREFIX
     extra: dict = field(default_factory=dict)
     kernel_variants: list[KernelVariant] = field(default_factory=list)
+    vision: dict | None = None  # MiniCPM-V: {"patch", "pos_grid", "max_patches", "query_num", "hidden", ...}
 
     def symbols(self) -> list[str]:
         return [self.symbol_prefix + k for k in self.kernels]
@@ -241,6 +256,7 @@ class Plan:
             "cache": {"shape": list(self.cache_shape), "dtype": self.cache_dtype},
             "weights": [{"name": w.name, "shape": list(w.shape), "dtype": w.dtype} for w in self.weights],
             "entries": {name: _entry_to_dict(e) for name, e in self.entries.items()},
+            **({"vision": dict(self.vision)} if self.vision is not None else {}),
             "extra": self.extra,
         }
 
@@ -279,6 +295,7 @@ class Plan:
                 symbol_prefix=d.get("symbol_prefix", SYMBOL_PREFIX),
                 extra=d.get("extra", {}),
                 kernel_variants=[KernelVariant.from_dict(v) for v in d.get("kernel_variants", [])],
+                vision=dict(d["vision"]) if d.get("vision") is not None else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise _err(f"missing or malformed field ({type(e).__name__}: {e})") from e
@@ -320,8 +337,48 @@ def validate(plan: Plan) -> None:
         _check_dtype(w.dtype, f"weight {w.name}")
     _validate_variants(plan)
     kernels = set(plan.kernels)
-    for e in plan.entries.values():
+    for name, e in plan.entries.items():
+        if name not in ENTRY_INPUTS:
+            raise _err(f"unknown entry {name!r} (known: {', '.join(ENTRY_INPUTS)})")
         _validate_entry(plan, e, kernels)
+    _validate_vision(plan)
+
+
+def _validate_vision(plan: Plan) -> None:
+    """MiniCPM-V: embed / prefill_embeds / vision and the "vision" section come together, with matching sizes."""
+    present = [name for name in VISION_ENTRIES if name in plan.entries]
+    if plan.vision is None and "vision" not in plan.entries:
+        return
+    missing = [name for name in VISION_ENTRIES if name not in present]
+    if missing:
+        raise _err(f"a vision plan needs the entries {', '.join(VISION_ENTRIES)}; {', '.join(missing)} missing")
+    if plan.vision is None:
+        raise _err("the vision entry needs the plan's \"vision\" section")
+    v = plan.vision
+    for key in VISION_FIELDS:
+        if not isinstance(v.get(key), int) or isinstance(v.get(key), bool) or v[key] < 1:
+            raise _err(f"vision.{key} must be a positive integer, got {v.get(key)!r}")
+    hid, q = v["hidden"], v["query_num"]
+    if plan.entries["vision"].n_max != v["max_patches"]:
+        raise _err(f"vision entry n_max {plan.entries['vision'].n_max} != vision.max_patches {v['max_patches']}")
+    for name in ("embed", "prefill_embeds"):
+        if plan.entries[name].n_max != plan.chunk:
+            raise _err(f"{name}: n_max {plan.entries[name].n_max} != chunk {plan.chunk}")
+    expect = {"embed": [[1, 0], [0, hid]], "vision": [[0, q], [0, hid]]}
+    for name, shape in expect.items():
+        got = [list(d) for d in plan.entries[name].output.shape]
+        if got != shape:
+            raise _err(f"{name} output shape {got}, expected {shape}")
+    inputs = _inputs(plan.entries["prefill_embeds"])
+    if "embeds" not in inputs or [list(d) for d in inputs["embeds"].shape] != [[1, 0], [0, hid]]:
+        raise _err(f"prefill_embeds must take embeds f32 [n, {hid}]")
+    missing = [name for name in ENTRY_INPUTS["vision"] if name not in _inputs(plan.entries["vision"])]
+    if missing:
+        raise _err(f"the vision entry does not read its inputs {', '.join(missing)}")
+
+
+def _inputs(e: EntryPlan) -> dict[str, InputArg]:
+    return {a.name: a for c in e.calls for a in c.args if isinstance(a, InputArg)}
 
 
 def _validate_variants(plan: Plan) -> None:
@@ -368,6 +425,9 @@ def _validate_entry(plan: Plan, e: EntryPlan, kernels: set[str]) -> None:
             raise _err(f"{where}: unknown kernel {call.kernel!r}")
         for a in call.args:
             _validate_arg(plan, e, a, where)
+            if e.name not in CACHE_ENTRIES and (isinstance(a, CacheArg) or (isinstance(a, ScalarArg)
+                                                                         and a.name == "pos")):
+                raise _err(f"{where}: the {e.name} entry has no KV cache (got {a.kind} {getattr(a, 'name', '')})")
     _validate_arg(plan, e, e.output, f"{e.name} output")
 
 
@@ -396,5 +456,5 @@ def _validate_arg(plan: Plan, e: EntryPlan, a: Arg, where: str) -> None:
     elif isinstance(a, CacheArg):
         if not 0 <= a.layer < plan.num_layers or a.which not in ("k", "v"):
             raise _err(f"{where}: bad cache ref layer {a.layer} {a.which!r}")
-    elif isinstance(a, InputArg) and a.name != "tokens":
+    elif isinstance(a, InputArg) and a.name not in ENTRY_INPUTS.get(e.name, ()):
         raise _err(f"{where}: unknown input {a.name!r}")

@@ -17,6 +17,8 @@ import tvm
 from mcpm.errors import McpmError
 from mcpm.export.compiler.plan import (
     ALIGN,
+    CACHE_ENTRIES,
+    ENTRY_INPUTS,
     CacheArg,
     EntryPlan,
     InputArg,
@@ -106,7 +108,7 @@ class PlanModel:
             self._views[key + ("keep",)] = arr  # keep the numpy view alive
         return t
 
-    def _arg(self, entry: EntryPlan, a, n: int, tokens: np.ndarray):
+    def _arg(self, entry: EntryPlan, a, n: int, inputs: dict[str, np.ndarray]):
         if isinstance(a, ScalarArg):
             return self.pos if a.name == "pos" else n
         shape = shape_at(a.shape, n)
@@ -117,36 +119,64 @@ class PlanModel:
         if isinstance(a, CacheArg):
             return self._view(self.caches[2 * a.layer + (a.which == "v")], 0, a.dtype, shape)
         if isinstance(a, InputArg):
-            return self._view(tokens, 0, a.dtype, shape)
+            return self._view(inputs[a.name], 0, a.dtype, shape)
         raise McpmError(f"unknown plan arg {a!r}")
 
     # ---- execution
 
     def run(self, entry_name: str, tokens: np.ndarray) -> np.ndarray:
+        """A token entry (prefill, decode, embed) on tokens int32 [n]."""
+        return self.run_entry(entry_name, tokens=np.asarray(tokens))
+
+    def run_entry(self, entry_name: str, **inputs: np.ndarray) -> np.ndarray:
+        """Any entry with its inputs by name (plan.ENTRY_INPUTS: tokens; embeds; patches, pos_interp, key_pos),
+        each with n rows; entries with the KV caches write rows pos .. pos+n-1 and advance pos."""
+        if entry_name not in self.plan.entries:
+            raise McpmError(f"the plan has no {entry_name!r} entry")
         entry = self.plan.entries[entry_name]
-        n = len(tokens)
+        names = ENTRY_INPUTS[entry_name]
+        if sorted(inputs) != sorted(names):
+            raise McpmError(f"{entry_name} takes the inputs {', '.join(names)}, got {', '.join(sorted(inputs))}")
+        n = len(inputs[names[0]])
+        what = "patches" if entry_name == "vision" else "tokens"
         if not 1 <= n <= entry.n_max:
-            raise McpmError(f"{entry_name} takes 1..{entry.n_max} tokens, got {n}")
-        if self.pos + n > self.plan.max_ctx:
+            raise McpmError(f"{entry_name} takes 1..{entry.n_max} {what}, got {n}")
+        if any(len(v) != n for v in inputs.values()):
+            raise McpmError(f"{entry_name}: the inputs {', '.join(names)} must have {n} rows each")
+        cached = entry_name in CACHE_ENTRIES
+        if cached and self.pos + n > self.plan.max_ctx:
             raise McpmError(f"context full: {self.pos} + {n} tokens > max_ctx {self.plan.max_ctx}")
-        if tokens.min() < 0 or tokens.max() >= self.plan.vocab_size:
+        if "tokens" in inputs and (inputs["tokens"].min() < 0 or inputs["tokens"].max() >= self.plan.vocab_size):
             raise McpmError(f"token id out of range 0..{self.plan.vocab_size - 1}")
-        buf = self._token_buffer(entry_name, entry.n_max)
-        buf[:n] = tokens
+        bufs = {name: self._input_buffer(entry, name, np.asarray(value), n) for name, value in inputs.items()}
         for call in entry.calls:
-            self.funcs[call.kernel](*[self._arg(entry, a, n, buf) for a in call.args])
+            self.funcs[call.kernel](*[self._arg(entry, a, n, bufs) for a in call.args])
         out = entry.output
         size = nbytes(out.shape, out.dtype, n)
         store = self.storages[entry_name][out.storage]
-        logits = store[out.offset : out.offset + size].view(out.dtype).reshape(shape_at(out.shape, n)).copy()
-        self.pos += n
-        return logits
+        result = store[out.offset : out.offset + size].view(out.dtype).reshape(shape_at(out.shape, n)).copy()
+        if cached:
+            self.pos += n
+        return result
 
-    def _token_buffer(self, entry_name: str, n_max: int) -> np.ndarray:
-        key = ("tokens", entry_name)
+    def _input_buffer(self, entry: EntryPlan, name: str, value: np.ndarray, n: int) -> np.ndarray:
+        """The aligned buffer of one input (sized for n_max, reused), holding ``value`` in its first n rows."""
+        key = ("input", entry.name, name)
+        arg = next((a for c in entry.calls for a in c.args if isinstance(a, InputArg) and a.name == name), None)
         if key not in self._views:
-            self._views[key] = aligned_bytes(4 * n_max).view(np.int32)  # int32[n_max], reused
-        return self._views[key]
+            if arg is None:  # an input no kernel reads
+                self._views[key] = aligned_bytes(ALIGN)
+            else:
+                size = max(nbytes(arg.shape, arg.dtype, m) for m in (1, entry.n_max))
+                self._views[key] = aligned_bytes(size).view(arg.dtype)
+        buf = self._views[key]
+        flat = np.ascontiguousarray(value, dtype=buf.dtype).reshape(-1)
+        want = nbytes(arg.shape, arg.dtype, n) // buf.itemsize if arg is not None else 0
+        if arg is not None and flat.size != want:
+            shape = shape_at(arg.shape, n)
+            raise McpmError(f"{entry.name}: input {name} has shape {list(value.shape)}, the plan wants {shape}")
+        buf[: flat.size] = flat
+        return buf
 
     def prefill(self, tokens) -> np.ndarray:
         return prefill_in_chunks(tokens, self.plan.chunk, lambda chunk: self.run("prefill", chunk))

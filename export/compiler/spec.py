@@ -31,12 +31,18 @@ class CompileSpec:
     int4_group: int = 0  # without a recipe: 0 = float32 weights; G > 0 = int4 symmetric, group G
     recipe: Recipe | None = None  # per-weight schemes (ordered rules); overrides int4_group
     num_experts: int = 0  # MiniCPM-MoE: the config's num_experts (names the stacked experts' reference weights)
+    vision_dtype: str = "float16"  # MiniCPM-V: float dtype of the vision tower's and resampler's weights
+    max_patches: int = 0  # MiniCPM-V: most patches of one slice (0: layout.default_max_patches)
 
     def __post_init__(self) -> None:
         if not (1 <= self.chunk <= self.max_ctx):
             raise McpmError(f"chunk ({self.chunk}) must be in 1..max_ctx ({self.max_ctx})")
         if self.int4_group and self.int4_group % 8:
             raise McpmError(f"int4 group ({self.int4_group}) must be a multiple of 8")
+        if self.vision_dtype not in ("float16", "float32"):
+            raise McpmError(f"vision weight dtype {self.vision_dtype!r} is not supported", "use f16 or f32")
+        if self.max_patches < 0:
+            raise McpmError(f"max_patches ({self.max_patches}) must be positive", "give --max-patches N >= 1")
 
     def scheme_for(self, name: str) -> QuantScheme:
         """Scheme of a compiled 2-D weight: ``embed``, ``lm_head`` or ``layers.<i>.<wqkv|wo|w_gate_up|w_down>``."""

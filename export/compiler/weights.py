@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mcpm.errors import McpmError
-from mcpm.export.compiler.layout import Param, weight_params
+from mcpm.export.compiler.layout import Param, is_vision_config, vision_params, weight_params
 from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.models.layers import default_inv_freq, rope_cos_sin
 from mcpm.export.models.minicpm.config import MiniCPMConfig
@@ -90,9 +90,34 @@ def logical_weight(model, cfg: MiniCPMConfig, spec: CompileSpec, name: str, fold
 
 
 def iter_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> Iterator[tuple[Param, np.ndarray]]:
-    """(param, array) in ``weight_params`` order, one logical weight in memory at a time (quantized weights
-    packed into their parts: qweight, scales, mins)."""
+    """(param, array) in ``bundle_weight_params`` order, one logical weight in memory at a time (quantized weights
+    packed into their parts: qweight, scales, mins). MiniCPM-V (``model`` a MiniCPMV): the LM's weights (of
+    ``model.llm``), then the vision tower's and resampler's (vision_def.vision_weight_arrays)."""
     check_supported(cfg, spec)
+    if is_vision_config(cfg):
+        yield from _lm_weights(model.llm, cfg, spec)
+        yield from _vision_weights(model, cfg, spec)
+    else:
+        yield from _lm_weights(model, cfg, spec)
+
+
+def _vision_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> Iterator[tuple[Param, np.ndarray]]:
+    params = vision_params(cfg, spec)
+    if not params:
+        return
+    from mcpm.export.compiler.vision_def import vision_weight_arrays
+
+    arrays = vision_weight_arrays(model, spec.vision_dtype)
+    for p, (name, arr) in zip(params, arrays, strict=True):
+        if name != p.name:
+            raise McpmError(f"vision weight {name} arrives where {p.name} belongs")
+        arr = np.ascontiguousarray(arr, dtype=p.dtype)
+        if arr.shape != p.shape:
+            raise McpmError(f"vision weight {p.name} has shape {arr.shape}, the layout says {p.shape}")
+        yield p, arr
+
+
+def _lm_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> Iterator[tuple[Param, np.ndarray]]:
     packed: tuple[str, dict[str, np.ndarray]] = ("", {})
     for p in weight_params(cfg, spec):
         base, _, part = p.name.rpartition(".")
@@ -116,5 +141,5 @@ def iter_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> Iterator[tuple
 
 
 def export_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> list[np.ndarray]:
-    """Arrays in ``weight_params`` order."""
+    """Arrays in ``bundle_weight_params`` order (= ``weight_params`` for the LM families)."""
     return [arr for _, arr in iter_weights(model, cfg, spec)]

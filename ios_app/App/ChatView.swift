@@ -1,6 +1,7 @@
 import MCPM
 import PhotosUI
 import SwiftUI
+import UIKit
 import UniformTypeIdentifiers
 
 struct ChatView: View {
@@ -10,6 +11,8 @@ struct ChatView: View {
     @State private var input = ""
     @State private var showImporter = false
     @State private var photo: PhotosPickerItem?
+    @State private var showPhotoPicker = false
+    @State private var showCamera = false
 
     var body: some View {
         NavigationStack {
@@ -29,6 +32,12 @@ struct ChatView: View {
                                 stats.prefillTokensPerSecond, stats.decodeTokensPerSecond, stats.timeToFirstTokenMs))
                         .font(.caption).foregroundColor(.secondary).padding(.vertical, 2)
                 }
+                if let encoding = chat.lastImage {
+                    Text(encoding.summary).font(.caption).foregroundColor(.secondary)
+                }
+                if let image = chat.pendingImage {
+                    attachedImage(image)
+                }
                 inputBar
             }
             .navigationTitle("mcpm")
@@ -40,6 +49,23 @@ struct ChatView: View {
                 if case .success(let url) = result { store.importFolder(url) }
             }
             .task(id: store.selected) { await loadSelected() }
+            .photosPicker(isPresented: $showPhotoPicker, selection: $photo, matching: .images)
+            .onChange(of: photo) { item in
+                guard let item = item else { return }
+                Task {
+                    do {
+                        if let data = try await item.loadTransferable(type: Data.self) {
+                            chat.attachImage(data: data)
+                        }
+                    } catch {
+                        chat.messages.append(ChatMessage(role: .error, text: "Image not attached: \(error.localizedDescription)"))
+                    }
+                    photo = nil
+                }
+            }
+            .sheet(isPresented: $showCamera) {
+                CameraPicker { image in chat.attachImage(image) }.ignoresSafeArea()
+            }
         }
     }
 
@@ -63,10 +89,17 @@ struct ChatView: View {
 
     private var inputBar: some View {
         HStack {
-            // Image input for MiniCPM-V bundles: NOT WIRED (MCPMSession.attachImage always throws). The picker
-            // shows only for bundles that accept images, which none does yet.
-            if chat.model?.acceptsImages == true {
-                PhotosPicker(selection: $photo, matching: .images) { Image(systemName: "photo") }
+            // Image input: only for MiniCPM-V bundles (a vision encoder); the picture goes with the next message.
+            if chat.model?.hasVision == true {
+                Menu {
+                    Button { showPhotoPicker = true } label: { Label("Photo library", systemImage: "photo") }
+                    if UIImagePickerController.isSourceTypeAvailable(.camera) {
+                        Button { showCamera = true } label: { Label("Camera", systemImage: "camera") }
+                    }
+                } label: {
+                    Image(systemName: "photo.badge.plus")
+                }
+                .disabled(chat.isGenerating)
             }
             TextField("Message", text: $input, axis: .vertical)
                 .textFieldStyle(.roundedBorder)
@@ -85,6 +118,17 @@ struct ChatView: View {
             }
         }
         .padding()
+    }
+
+    private func attachedImage(_ image: UIImage) -> some View {
+        HStack {
+            Image(uiImage: image).resizable().scaledToFill().frame(width: 56, height: 56).clipped().cornerRadius(6)
+            Text("\(Int(image.size.width * image.scale))x\(Int(image.size.height * image.scale)) · goes with your next message")
+                .font(.caption).foregroundColor(.secondary)
+            Spacer()
+            Button("Remove") { chat.removeImage() }
+        }
+        .padding(.horizontal)
     }
 
     @MainActor
@@ -106,5 +150,37 @@ private struct MessageRow: View {
         case .error:
             Text(message.text).foregroundColor(.red).font(.footnote)
         }
+    }
+}
+
+/// The camera (UIImagePickerController): the photo comes back as a UIImage (upright by its imageOrientation, which
+/// MCPMSession.encodeImage applies).
+private struct CameraPicker: UIViewControllerRepresentable {
+    let onImage: (UIImage) -> Void
+    @Environment(\.dismiss) private var dismiss
+
+    func makeUIViewController(context: Context) -> UIImagePickerController {
+        let picker = UIImagePickerController()
+        picker.sourceType = .camera
+        picker.delegate = context.coordinator
+        return picker
+    }
+
+    func updateUIViewController(_ controller: UIImagePickerController, context: Context) {}
+
+    func makeCoordinator() -> Coordinator { Coordinator(self) }
+
+    final class Coordinator: NSObject, UIImagePickerControllerDelegate, UINavigationControllerDelegate {
+        let parent: CameraPicker
+
+        init(_ parent: CameraPicker) { self.parent = parent }
+
+        func imagePickerController(_ picker: UIImagePickerController,
+                                   didFinishPickingMediaWithInfo info: [UIImagePickerController.InfoKey: Any]) {
+            if let image = info[.originalImage] as? UIImage { parent.onImage(image) }
+            parent.dismiss()
+        }
+
+        func imagePickerControllerDidCancel(_ picker: UIImagePickerController) { parent.dismiss() }
     }
 }

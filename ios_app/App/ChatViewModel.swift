@@ -1,5 +1,6 @@
 import Foundation
 import MCPM
+import UIKit
 
 struct ChatMessage: Identifiable {
     enum Role { case user, assistant, error }
@@ -16,6 +17,9 @@ final class ChatViewModel: ObservableObject {
     @Published var isGenerating = false
     @Published var status = "No model loaded"
     @Published var lastStats: MCPMStats?
+    /// The image attached to the next message (MiniCPM-V models), and its last encoding (status line).
+    @Published var pendingImage: UIImage?
+    @Published var lastImage: MCPMImageEncoding?
 
     private(set) var model: MCPMModel?
     private(set) var session: MCPMSession?
@@ -30,6 +34,8 @@ final class ChatViewModel: ObservableObject {
         session = nil
         model = nil
         loadedKey = nil
+        pendingImage = nil
+        lastImage = nil
         isLoading = true
         status = "Loading \(entry.name)…"
         do {
@@ -39,6 +45,7 @@ final class ChatViewModel: ObservableObject {
             loadedKey = key
             let stats = try? m.stats()
             status = "\(entry.name): \(stats?.kernelVariant ?? "?") kernels, \(stats?.threads ?? 0) threads"
+                + (m.hasVision ? ", takes images" : "")
         } catch {
             status = error.localizedDescription
             messages.append(ChatMessage(role: .error, text: error.localizedDescription))
@@ -46,15 +53,51 @@ final class ChatViewModel: ObservableObject {
         isLoading = false
     }
 
+    /// Attaches picked image data (PhotosPicker) to the next message; an unreadable file is shown as an error.
+    func attachImage(data: Data) {
+        guard let image = UIImage(data: data) else {
+            messages.append(ChatMessage(role: .error, text: "Image not attached: the picked file is not an image iOS can read."))
+            return
+        }
+        attachImage(image)
+    }
+
+    /// Attaches an image (the camera's photo) to the next message.
+    func attachImage(_ image: UIImage) {
+        guard model?.hasVision == true else {
+            messages.append(ChatMessage(role: .error, text: "Image not attached: this model has no vision encoder (a MiniCPM-V model takes images)."))
+            return
+        }
+        pendingImage = image
+    }
+
+    func removeImage() {
+        pendingImage = nil
+    }
+
     func send(_ text: String, settings: AppSettings) {
         guard let session = session, !isGenerating, !text.isEmpty else { return }
-        messages.append(ChatMessage(role: .user, text: text))
+        let image = pendingImage
+        pendingImage = nil
+        messages.append(ChatMessage(role: .user, text: image == nil ? text : "[image] " + text))
         messages.append(ChatMessage(role: .assistant, text: ""))
         let index = messages.count - 1
         isGenerating = true
-        let stream = session.generate(prompt: text, mode: .chat, maxNewTokens: settings.maxNewTokens,
-                                      sampling: settings.sampling)
         task = Task { [weak self] in
+            if let image = image {
+                // The vision encoder runs first (its time is reported apart from prefill/decode), then the turn.
+                do {
+                    let encoding = try await session.encodeImage(image)
+                    self?.lastImage = encoding
+                    self?.status = encoding.summary
+                } catch {
+                    self?.messages.append(ChatMessage(role: .error, text: error.localizedDescription))
+                    self?.isGenerating = false
+                    return
+                }
+            }
+            let stream = session.generate(prompt: text, mode: .chat, maxNewTokens: settings.maxNewTokens,
+                                          sampling: settings.sampling)
             do {
                 for try await piece in stream {
                     self?.messages[index].text += piece
@@ -75,7 +118,9 @@ final class ChatViewModel: ObservableObject {
 
     func newConversation() {
         stop()
-        session?.reset()
+        session?.reset()  // also drops images attached to the next turn
         messages.removeAll()
+        pendingImage = nil
+        lastImage = nil
     }
 }

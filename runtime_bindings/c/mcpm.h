@@ -99,7 +99,8 @@ MCPM_API int mcpm_generate(mcpm_model* model, const int32_t* prompt, int n_promp
 /* One JSON object into out char[len] (NUL-terminated): load_ms, prefill_tokens, prefill_tok_s, decode_tokens,
  * decode_tok_s, ttft_ms (of the last mcpm_generate), peak_rss_kb (getrusage, now), threads, kernel_variant,
  * device ("cpu"/"gpu"), gpu_device (e.g. "OpenCL: <device> (<platform>)", "" on the CPU), gpu_program ("built" from
- * source or "cached"), notice (mcpm_model_notice). -1 if len is too small. */
+ * source or "cached"), notice (mcpm_model_notice), image_encode_ms / image_slices / image_patches (wall time, vision-encoder
+ * runs and patches of the last mcpm_encode_image; 0 before one). -1 if len is too small. */
 MCPM_API int mcpm_stats_json(mcpm_model* model, char* out, size_t len);
 
 /* Where prefill/decode run: "cpu" or "gpu". */
@@ -145,7 +146,19 @@ MCPM_API int mcpm_session_chat(mcpm_session* session, const char* user_message, 
 MCPM_API int mcpm_session_complete(mcpm_session* session, const char* prompt, int max_new_tokens,
                                    const mcpm_sampling* s, mcpm_text_callback cb, void* user);
 
-/* Forgets the conversation (mcpm_reset of the model and the pending token). */
+/* MiniCPM-V bundles: 1 when the bundle has a vision encoder (plan entries embed, prefill_embeds, vision). */
+MCPM_API int mcpm_model_has_vision(const mcpm_model* model);
+/* Encodes an image for the next mcpm_session_chat turn: rgb uint8[h][w][3]. Slices it as MiniCPM-V 2.0 does
+ * (overview + up to max_slices slices), runs the vision encoder on each now and keeps the features; the next
+ * chat turn puts the image's placeholders before the message (docs/minicpmv.md). Several calls attach several
+ * images to that turn, in order. Images over max_pixels are downscaled first (mcpm_model_notice / stats
+ * "notice"). Returns the number of vision-encoder runs (overview + slices), or -1 (mcpm_session_last_error):
+ * no vision encoder in the bundle, empty image, NULL rgb, a slice needing more than max_patches patches. */
+MCPM_API int mcpm_encode_image(mcpm_session* session, const uint8_t* rgb, int w, int h);
+/* Drops the images attached with mcpm_encode_image that no chat turn has used yet. */
+MCPM_API void mcpm_session_clear_images(mcpm_session* session);
+
+/* Forgets the conversation (mcpm_reset of the model, the pending token and the pending images). */
 MCPM_API void mcpm_session_reset(mcpm_session* session);
 
 /* Last error of the session's model ("" if none). */

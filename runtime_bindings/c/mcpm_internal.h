@@ -119,6 +119,48 @@ MCPM_HIDDEN char* mcpm_model_error_buffer(struct mcpm_model* model);
 /* The bundle_dir the model was loaded from (owned by the model). */
 MCPM_HIDDEN const char* mcpm_model_bundle_dir(const struct mcpm_model* model);
 
+/* ---- MiniCPM-V entries (docs/minicpmv.md; CPU only) */
+
+/* plan.json "vision" of a bundle with the entries embed, prefill_embeds and vision. */
+typedef struct {
+    int patch;       /* p: patch side in pixels (14) */
+    int pos_grid;    /* G: side of the vision tower's position table */
+    int max_patches; /* n_max of the vision entry */
+    int query_num;   /* Q: features per vision run */
+    int hidden;      /* D: LM hidden size (rows of embed / prefill_embeds, features) */
+    int vision_hidden;
+} mcpm_vision_info;
+
+/* The bundle's vision info, or NULL when it has no vision entry. */
+MCPM_HIDDEN const mcpm_vision_info* mcpm_model_vision_info(const struct mcpm_model* model);
+/* embed: tokens int32[n] (1 <= n <= chunk) -> out float32[n, D] (embedding * scale_emb). Does not move the position. */
+MCPM_HIDDEN int mcpm_model_embed(struct mcpm_model* model, const int32_t* tokens, int n, float* out);
+/* prefill_embeds: embeds float32[n, D] (n >= 1, chunked by the plan's chunk) at the current position; logits_out
+ * float[vocab] (may be NULL) gets the last position's logits. */
+MCPM_HIDDEN int mcpm_model_prefill_embeds(struct mcpm_model* model, const float* embeds, int n, float* logits_out);
+/* vision, one slice of n patches (1 <= n <= max_patches): patches float32[n, 3*p*p], pos_interp float32[n, G*G],
+ * key_pos float32[n, D] -> out float32[Q, D]. */
+MCPM_HIDDEN int mcpm_model_vision_run(struct mcpm_model* model, const float* patches, const float* pos_interp,
+                                      const float* key_pos, int n, float* out);
+/* The image part of a prompt for mcpm_generate_image: image[i] = 1 marks prompt position i as an image position,
+ * whose embedding is replaced by the next row of feats float32[n_image_rows, D] (rows in prompt order). */
+typedef struct {
+    const uint8_t* image; /* uint8[n_prompt] */
+    const float* feats;   /* float32[n_rows, D] */
+    int n_rows;           /* = number of marked positions */
+} mcpm_image_prompt;
+/* mcpm_generate with images in the prompt: chunks containing image positions run embed -> overwrite those rows
+ * -> prefill_embeds, the others prefill. img NULL = mcpm_generate. */
+MCPM_HIDDEN int mcpm_generate_image(struct mcpm_model* model, const int32_t* prompt, int n_prompt,
+                                    const mcpm_image_prompt* img, int max_new_tokens, const mcpm_sampling* s,
+                                    const int32_t* stop_ids, int n_stop, mcpm_token_callback cb, void* user);
+/* Stats of the last mcpm_encode_image (mcpm_stats_json image_encode_ms, image_slices, image_patches). */
+MCPM_HIDDEN void mcpm_model_set_image_stats(struct mcpm_model* model, double ms, int slices, int patches);
+/* Replaces mcpm_model_notice (e.g. an image was downscaled). */
+MCPM_HIDDEN void mcpm_model_set_notice(struct mcpm_model* model, const char* notice);
+/* Monotonic clock in milliseconds. */
+MCPM_HIDDEN double mcpm_now_ms(void);
+
 /* ---- sampler (mcpm_sampler.c) */
 
 typedef struct {

@@ -22,6 +22,7 @@
 #include "mcpm_internal.h"
 #include "mcpm_json.h"
 #include "mcpm_opencl.h"
+#include "mcpm_vision.h"
 
 /* ---------------------------------------------------------------- types */
 
@@ -40,6 +41,14 @@ static const dtype_info DTYPES[] = {
 #define N_DTYPES ((int)(sizeof(DTYPES) / sizeof(DTYPES[0])))
 
 enum { ARG_INPUT, ARG_SCALAR, ARG_WEIGHT, ARG_CACHE, ARG_TENSOR };
+
+/* Named inputs of the plan entries (docs/minicpmv.md); "tokens" is int32, the others float32 [n, width]. */
+enum { IN_TOKENS, IN_EMBEDS, IN_PATCHES, IN_POS_INTERP, IN_KEY_POS, N_INPUTS };
+static const char* const INPUT_NAMES[N_INPUTS] = {"tokens", "embeds", "patches", "pos_interp", "key_pos"};
+
+/* The plan entries: prefill/decode of every bundle, embed/prefill_embeds/vision of MiniCPM-V bundles. */
+enum { E_PREFILL, E_DECODE, E_EMBED, E_PREFILL_EMBEDS, E_VISION, N_ENTRIES };
+static const char* const ENTRY_NAMES[N_ENTRIES] = {"prefill", "decode", "embed", "prefill_embeds", "vision"};
 _Static_assert((int)ARG_INPUT == (int)MCPM_GPU_ARG_INPUT && (int)ARG_SCALAR == (int)MCPM_GPU_ARG_SCALAR &&
                    (int)ARG_WEIGHT == (int)MCPM_GPU_ARG_WEIGHT && (int)ARG_CACHE == (int)MCPM_GPU_ARG_CACHE &&
                    (int)ARG_TENSOR == (int)MCPM_GPU_ARG_TENSOR,
@@ -49,7 +58,7 @@ typedef struct {
     int kind;
     int dtype;          /* index into DTYPES */
     int scalar_pos;     /* ARG_SCALAR: 1 = "pos", 0 = "n" */
-    int index;          /* ARG_WEIGHT: weight index; ARG_CACHE: layer; ARG_TENSOR: storage id */
+    int index;          /* ARG_WEIGHT: weight index; ARG_CACHE: layer; ARG_TENSOR: storage id; ARG_INPUT: IN_* */
     int which_v;        /* ARG_CACHE: 0 = k, 1 = v */
     int64_t offset;     /* ARG_TENSOR: bytes into the storage */
     int ndim;
@@ -63,16 +72,20 @@ typedef struct {
 } plan_call;
 
 typedef struct {
-    const char* name;   /* "prefill" / "decode" */
+    const char* name;   /* ENTRY_NAMES[type] */
+    int type;           /* E_* */
     int present;
     int n_max;
     int n_storages;
     int64_t* storage_size;   /* int64[n_storages], bytes */
     unsigned char** storage; /* n_storages pointers to uint8[storage_size[i]], 64-byte aligned */
-    int32_t* tokens;         /* int32[n_max], 64-byte aligned */
+    unsigned char* input[N_INPUTS]; /* the inputs this entry reads (NULL otherwise), 64-byte aligned:
+                                       tokens int32[n_max], embeds float32[n_max, D], patches float32[n_max, 3*p*p],
+                                       pos_interp float32[n_max, G*G], key_pos float32[n_max, D] */
     int n_calls;
     plan_call* calls;        /* plan_call[n_calls] */
-    plan_arg output;         /* logits [1 or n, vocab] float32 */
+    plan_arg output;         /* prefill/decode/prefill_embeds: logits [1 or n, vocab] float32; embed: [n, D] float32;
+                                vision: features [Q, D] float32 */
 } plan_entry;
 
 struct mcpm_model {
@@ -94,6 +107,10 @@ struct mcpm_model {
     mcpm_dltensor* dl;          /* mcpm_dltensor[n_args] */
     int64_t* shapes;            /* int64[n_args * MCPM_MAX_NDIM] */
     plan_entry prefill, decode;
+    plan_entry embed, prefill_embeds, vision; /* MiniCPM-V bundles only (present = 0 otherwise) */
+    mcpm_vision_info vinfo;     /* plan.json "vision" (all 0 without a vision entry) */
+    double image_encode_ms;     /* stats of the last mcpm_encode_image (mcpm_model_set_image_stats) */
+    int image_slices, image_patches;
     void* map;                  /* weights.bin mapping, uint8[map_size] */
     size_t map_size;
     int pool_ready;
@@ -288,6 +305,26 @@ static int64_t arg_bytes(const plan_arg* a, int64_t n) {
 
 #define MAX_DIM_VALUE ((int64_t)1 << 40)
 
+/* 1 if entry type reads input in (IN_*). */
+static int input_allowed(int type, int in) {
+    switch (type) {
+    case E_PREFILL_EMBEDS: return in == IN_EMBEDS;
+    case E_VISION: return in == IN_PATCHES || in == IN_POS_INTERP || in == IN_KEY_POS;
+    default: return in == IN_TOKENS;
+    }
+}
+
+/* Elements per row of input in (IN_*): tokens 1, embeds D, patches 3*p*p, pos_interp G*G, key_pos D. */
+static int64_t input_width(const mcpm_model* m, int in) {
+    const mcpm_vision_info* v = &m->vinfo;
+    switch (in) {
+    case IN_EMBEDS: case IN_KEY_POS: return v->hidden;
+    case IN_PATCHES: return 3 * (int64_t)v->patch * v->patch;
+    case IN_POS_INTERP: return (int64_t)v->pos_grid * v->pos_grid;
+    default: return 1;
+    }
+}
+
 static int parse_arg(plan_ctx* pc, const json_node* j, plan_arg* a, const plan_entry* e, const char* where) {
     mcpm_model* m = pc->m;
     memset(a, 0, sizeof(*a));
@@ -333,9 +370,21 @@ static int parse_arg(plan_ctx* pc, const json_node* j, plan_arg* a, const plan_e
     case ARG_INPUT: {
         const char* name = get_str(pc, j, "name", where);
         if (!name) return -1;
-        if (strcmp(name, "tokens")) return PLAN_ERR(pc, "%s: unknown input '%s'", where, name);
-        if (strcmp(DTYPES[a->dtype].name, "int32") || bytes > 4 * (int64_t)e->n_max)
-            return PLAN_ERR(pc, "%s: tokens must be int32 within [n_max]", where);
+        a->index = -1;
+        for (int k = 0; k < N_INPUTS; k++)
+            if (!strcmp(name, INPUT_NAMES[k]) && input_allowed(e->type, k)) a->index = k;
+        if (a->index < 0) return PLAN_ERR(pc, "%s: unknown input '%s'", where, name);
+        if (a->index == IN_TOKENS) {
+            if (strcmp(DTYPES[a->dtype].name, "int32") || bytes > 4 * (int64_t)e->n_max)
+                return PLAN_ERR(pc, "%s: tokens must be int32 within [n_max]", where);
+            return 0;
+        }
+        int64_t width = input_width(m, a->index);
+        int n_dep = 0; /* dims depending on n: at most one, so that the size is linear in n */
+        for (d = 0; d < a->ndim; d++) n_dep += a->a[d] != 0;
+        if (strcmp(DTYPES[a->dtype].name, "float32") || n_dep > 1 || arg_bytes(a, 1) > 4 * width ||
+            arg_bytes(a, e->n_max) > 4 * width * e->n_max)
+            return PLAN_ERR(pc, "%s: %s must be float32 within [n, %lld]", where, name, (long long)width);
         return 0;
     }
     case ARG_WEIGHT: {
@@ -371,8 +420,9 @@ static int parse_arg(plan_ctx* pc, const json_node* j, plan_arg* a, const plan_e
 }
 
 /* First pass counts args; second (args != NULL) fills them. */
-static int parse_entry(plan_ctx* pc, const json_node* entries, plan_entry* e, const char* name, int* n_args, int fill) {
+static int parse_entry(plan_ctx* pc, const json_node* entries, plan_entry* e, int type, int* n_args, int fill) {
     mcpm_model* m = pc->m;
+    const char* name = ENTRY_NAMES[type];
     const json_node* j = json_get(pc->doc, entries, name);
     char where[160];
     if (!j) return PLAN_ERR(pc, "missing entry '%s'", name);
@@ -380,6 +430,7 @@ static int parse_entry(plan_ctx* pc, const json_node* entries, plan_entry* e, co
     int64_t v;
     if (get_int(pc, j, "n_max", 1, 1 << 20, &v, name)) return -1;
     e->name = name;
+    e->type = type;
     e->n_max = (int)v;
     const json_node* st = get_typed(pc, j, "storages", JSON_ARRAY, name);
     const json_node* calls = st ? get_typed(pc, j, "calls", JSON_ARRAY, name) : NULL;
@@ -397,8 +448,10 @@ static int parse_entry(plan_ctx* pc, const json_node* entries, plan_entry* e, co
     e->storage_size = calloc((size_t)st->count + 1, sizeof(int64_t));
     e->storage = calloc((size_t)st->count + 1, sizeof(unsigned char*));
     e->calls = calloc((size_t)calls->count + 1, sizeof(plan_call));
-    e->tokens = aligned_zeroed(4 * (size_t)e->n_max);
-    if (!e->storage_size || !e->storage || !e->calls || !e->tokens) return seterr(m->err, "out of memory");
+    if (!e->storage_size || !e->storage || !e->calls) return seterr(m->err, "out of memory");
+    for (int k = 0; k < N_INPUTS; k++) /* float32 or int32 [n_max, width] */
+        if (input_allowed(type, k) && !(e->input[k] = aligned_zeroed(4 * (size_t)e->n_max * (size_t)input_width(m, k))))
+            return seterr(m->err, "out of memory");
     int i = 0;
     for (const json_node* s = json_child(pc->doc, st); s; s = json_next(pc->doc, s), i++) {
         int64_t id, size, align = MCPM_ALIGN;
@@ -441,6 +494,16 @@ static int parse_entry(plan_ctx* pc, const json_node* entries, plan_entry* e, co
     if (parse_arg(pc, out, &e->output, e, where)) return -1;
     if (e->output.kind != ARG_TENSOR) return PLAN_ERR(pc, "%s: output must be a planned tensor", name);
     const plan_arg* o = &e->output;
+    if (type == E_EMBED || type == E_VISION) { /* embed [n, D], vision [Q, D] */
+        int64_t rows1 = type == E_EMBED ? 1 : m->vinfo.query_num, rows2 = type == E_EMBED ? e->n_max : rows1;
+        int64_t width = m->vinfo.hidden;
+        if (strcmp(DTYPES[o->dtype].name, "float32") || o->ndim < 1 || o->a[o->ndim - 1] || o->b[o->ndim - 1] != width ||
+            arg_bytes(o, 1) != 4 * rows1 * width || arg_bytes(o, e->n_max) != 4 * rows2 * width)
+            return PLAN_ERR(pc, "%s: output must be float32 [%s, hidden %lld]", name, type == E_EMBED ? "n" : "query_num",
+                            (long long)width);
+        e->present = 1;
+        return 0;
+    }
     if (strcmp(DTYPES[o->dtype].name, "float32") || o->ndim < 1 || dim_at(o, o->ndim - 1, 1) != m->vocab ||
         dim_at(o, o->ndim - 1, e->n_max) != m->vocab || arg_bytes(o, 1) < 4 * (int64_t)m->vocab)
         return PLAN_ERR(pc, "%s: output must be float32 [..., vocab_size %d]", name, m->vocab);
@@ -481,6 +544,13 @@ static int check_weight_arg(plan_ctx* pc, const plan_arg* a, const json_node* wi
  * and says why in m->notice. */
 static int setup_gpu(mcpm_model* m, plan_ctx* pc, const json_node* root, const char* dir) {
     int want_gpu = !strcmp(m->want_device, "gpu");
+    if (m->vision.present) { /* the GPU dispatchers run prefill/decode only */
+        if (want_gpu)
+            return seterr(m->err, "%s is a MiniCPM-V bundle (vision encoder): it runs on the CPU only, use device "
+                          "\"cpu\"", dir);
+        snprintf(m->notice, sizeof m->notice, "device auto: MiniCPM-V bundles (vision encoder) run on the CPU only");
+        return 0;
+    }
     const json_node* gpu = json_get(pc->doc, root, "gpu");
     if (!gpu) {
         if (want_gpu)
@@ -620,6 +690,31 @@ static int pick_variant(plan_ctx* pc, const json_node* root, const char** obj, c
     return PLAN_ERR(pc, "no kernel variant runs on this CPU (the last one must require nothing)");
 }
 
+/* plan.json "vision" (top level, or under "extra"): the sizes of the MiniCPM-V entries' inputs and outputs. */
+static int parse_vision(plan_ctx* pc, const json_node* root) {
+    mcpm_vision_info* v = &pc->m->vinfo;
+    const json_node* j = json_get(pc->doc, root, "vision");
+    const json_node* extra = json_get(pc->doc, root, "extra");
+    if (!j && extra && extra->type == JSON_OBJECT) j = json_get(pc->doc, extra, "vision");
+    if (!j || j->type != JSON_OBJECT) return PLAN_ERR(pc, "the vision entries need a \"vision\" section");
+    static const char* keys[6] = {"patch", "pos_grid", "max_patches", "query_num", "hidden", "vision_hidden"};
+    int* fields[6] = {&v->patch, &v->pos_grid, &v->max_patches, &v->query_num, &v->hidden, &v->vision_hidden};
+    for (int k = 0; k < 6; k++) {
+        int64_t x;
+        if (get_int(pc, j, keys[k], 1, 1 << 20, &x, "vision")) return -1;
+        *fields[k] = (int)x;
+    }
+    if (v->hidden % 4) return PLAN_ERR(pc, "vision: hidden %d is not a multiple of 4", v->hidden);
+    if (v->patch > 1024 || v->pos_grid > 4096)
+        return PLAN_ERR(pc, "vision: patch %d or pos_grid %d too large", v->patch, v->pos_grid);
+    return 0;
+}
+
+static plan_entry* entry_at(mcpm_model* m, int type) {
+    plan_entry* es[N_ENTRIES] = {&m->prefill, &m->decode, &m->embed, &m->prefill_embeds, &m->vision};
+    return es[type];
+}
+
 /* Static kernel table: where the kernels come from a static library linked into an app (iOS), dlsym of the app's
  * own image is fragile and the linker drops archive members nothing references. There a generated C file
  * (mcpm_kernel_table.c of `mcpm-export --target ios`) defines mcpm_static_kernels() returning an array of
@@ -746,23 +841,37 @@ static int load_plan(mcpm_model* m, const char* dir, const char* path, const wen
     }
     /* entries: count args, then fill */
     {
-        int n_args = 0;
-        plan_entry scratch;
-        memset(&scratch, 0, sizeof scratch);
-        if (parse_entry(pc, entries, &scratch, "prefill", &n_args, 0) ||
-            parse_entry(pc, entries, &scratch, "decode", &n_args, 0))
-            goto done;
+        int n_args = 0, has[N_ENTRIES] = {1, 1, 0, 0, 0};
+        for (int k = E_EMBED; k < N_ENTRIES; k++) has[k] = json_get(&doc, entries, ENTRY_NAMES[k]) != NULL;
+        if (!has[E_VISION]) has[E_EMBED] = has[E_PREFILL_EMBEDS] = 0; /* without a vision encoder: text only */
+        if (has[E_VISION]) {
+            if (!has[E_EMBED] || !has[E_PREFILL_EMBEDS]) {
+                PLAN_ERR(pc, "a MiniCPM-V plan needs all of the entries embed, prefill_embeds and vision");
+                goto done;
+            }
+            if (parse_vision(pc, root)) goto done;
+        }
+        for (int k = 0; k < N_ENTRIES; k++) {
+            plan_entry scratch;
+            memset(&scratch, 0, sizeof scratch);
+            if (has[k] && parse_entry(pc, entries, &scratch, k, &n_args, 0)) goto done;
+        }
         m->args = calloc((size_t)n_args + 1, sizeof(plan_arg));
         m->any = calloc((size_t)n_args + 1, sizeof(mcpm_ffi_any));
         m->dl = calloc((size_t)n_args + 1, sizeof(mcpm_dltensor));
         m->shapes = calloc(((size_t)n_args + 1) * MCPM_MAX_NDIM, sizeof(int64_t));
         if (!m->args || !m->any || !m->dl || !m->shapes) { seterr(m->err, "out of memory"); goto done; }
         n_args = 0;
-        if (parse_entry(pc, entries, &m->prefill, "prefill", &n_args, 1) ||
-            parse_entry(pc, entries, &m->decode, "decode", &n_args, 1))
-            goto done;
+        for (int k = 0; k < N_ENTRIES; k++)
+            if (has[k] && parse_entry(pc, entries, entry_at(m, k), k, &n_args, 1)) goto done;
         if (m->decode.n_max != 1 || m->prefill.n_max != m->chunk) {
             PLAN_ERR(pc, "prefill n_max %d != chunk %d or decode n_max %d != 1", m->prefill.n_max, m->chunk, m->decode.n_max);
+            goto done;
+        }
+        if (m->vision.present && (m->embed.n_max != m->chunk || m->prefill_embeds.n_max != m->chunk ||
+                                  m->vision.n_max != m->vinfo.max_patches)) {
+            PLAN_ERR(pc, "embed n_max %d / prefill_embeds n_max %d != chunk %d or vision n_max %d != max_patches %d",
+                     m->embed.n_max, m->prefill_embeds.n_max, m->chunk, m->vision.n_max, m->vinfo.max_patches);
             goto done;
         }
         m->n_args = n_args;
@@ -790,7 +899,7 @@ static void bind_args(mcpm_model* m, plan_entry* e) {
             mcpm_dltensor* t = &m->dl[i];
             memset(t, 0, sizeof *t);
             switch (a->kind) {
-            case ARG_INPUT: t->data = e->tokens; break;
+            case ARG_INPUT: t->data = e->input[a->index]; break;
             case ARG_WEIGHT: t->data = m->weight_data[a->index]; break;
             case ARG_CACHE: t->data = m->caches[2 * a->index + a->which_v]; break;
             default: t->data = e->storage[a->index] + a->offset; break;
@@ -808,7 +917,7 @@ static void bind_args(mcpm_model* m, plan_entry* e) {
 
 /* ---------------------------------------------------------------- public API */
 
-static double now_ms(void) {
+double mcpm_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
@@ -823,14 +932,13 @@ void mcpm_model_free(mcpm_model* m) {
     if (!m) return;
     mcpm_gpu_free(m->gpu);
     if (m->pool_ready) mcpm_pool_destroy(&m->pool);
-    plan_entry* es[2] = {&m->prefill, &m->decode};
-    for (int k = 0; k < 2; k++) {
-        plan_entry* e = es[k];
+    for (int k = 0; k < N_ENTRIES; k++) {
+        plan_entry* e = entry_at(m, k);
         for (int i = 0; e->storage && i < e->n_storages; i++) free(e->storage[i]);
         free(e->storage);
         free(e->storage_size);
         free(e->calls);
-        free(e->tokens);
+        for (int i = 0; i < N_INPUTS; i++) free(e->input[i]);
     }
     for (int i = 0; m->caches && i < 2 * m->num_layers; i++) free(m->caches[i]);
     free(m->caches);
@@ -851,7 +959,7 @@ void mcpm_model_free(mcpm_model* m) {
 }
 
 mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
-    double t_load = now_ms();
+    double t_load = mcpm_now_ms();
     mcpm_params params = p ? *p : mcpm_default_params();
     char* load_err = mcpm_thread_error_buffer();
     load_err[0] = '\0';
@@ -881,8 +989,8 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
     if (!rc) rc = load_plan(m, bundle_dir, ppath, wes, wcount, wdata);
     free(wes);
     if (!rc) {
-        bind_args(m, &m->prefill);
-        bind_args(m, &m->decode);
+        for (int k = 0; k < N_ENTRIES; k++)
+            if (entry_at(m, k)->present) bind_args(m, entry_at(m, k));
         int threads = params.threads > 0 ? params.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
         if (threads < 1) threads = 1;
         if (threads > 256) threads = 256;
@@ -898,22 +1006,12 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
     m->want_variant = NULL;
     m->want_device = NULL;
     m->want_cache_dir = NULL;
-    m->load_ms = now_ms() - t_load;
+    m->load_ms = mcpm_now_ms() - t_load;
     return m;
 }
 
-/* Runs one entry for n tokens already validated; copies the last position's logits to out (float[vocab]). */
-static int run_entry(mcpm_model* m, plan_entry* e, const int32_t* tokens, int n, float* out) {
-    m->err[0] = '\0';
-    if (m->gpu) { /* float32[..., vocab]: the last vocab floats are the last position */
-        const plan_arg* o = &e->output;
-        int64_t last = o->offset + arg_bytes(o, n) - 4 * (int64_t)m->vocab;
-        if (mcpm_gpu_run(m->gpu, e == &m->decode, tokens, n, m->pos, out, last, m->vocab, m->err, MCPM_ERR_LEN))
-            return -1;
-        m->pos += n;
-        return 0;
-    }
-    memcpy(e->tokens, tokens, sizeof(int32_t) * (size_t)n);
+/* Runs the calls of entry e for n (validated, inputs already in e->input); does not move the position. */
+static int run_calls(mcpm_model* m, plan_entry* e, int n) {
     mcpm_backend_enter(m, &m->pool);
     int rc = 0;
     for (int c = 0; c < e->n_calls && !rc; c++) {
@@ -937,12 +1035,38 @@ static int run_entry(mcpm_model* m, plan_entry* e, const int32_t* tokens, int n,
         }
     }
     mcpm_backend_leave();
-    if (rc) return -1;
-    if (out) {
+    return rc;
+}
+
+/* The output of entry e for n: float32, arg_bytes(output, n) bytes. */
+static const float* entry_output(const plan_entry* e, int n, int64_t* bytes) {
+    const plan_arg* o = &e->output;
+    *bytes = arg_bytes(o, n);
+    return (const float*)(const void*)(e->storage[o->index] + o->offset);
+}
+
+/* Copies the last position's logits of a logits entry run for n to out (float[vocab]; may be NULL). */
+static void copy_logits(const mcpm_model* m, const plan_entry* e, int n, float* out) {
+    if (!out) return;
+    int64_t bytes;
+    const float* o = entry_output(e, n, &bytes); /* float32[..., vocab]: the last vocab floats are the last position */
+    memcpy(out, (const unsigned char*)o + bytes - 4 * (int64_t)m->vocab, 4 * (size_t)m->vocab);
+}
+
+/* Runs prefill or decode for n tokens already validated; copies the last position's logits to out (float[vocab]). */
+static int run_entry(mcpm_model* m, plan_entry* e, const int32_t* tokens, int n, float* out) {
+    m->err[0] = '\0';
+    if (m->gpu) { /* float32[..., vocab]: the last vocab floats are the last position */
         const plan_arg* o = &e->output;
-        int64_t bytes = arg_bytes(o, n); /* float32[..., vocab]: the last vocab floats are the last position */
-        memcpy(out, e->storage[o->index] + o->offset + bytes - 4 * (int64_t)m->vocab, 4 * (size_t)m->vocab);
+        int64_t last = o->offset + arg_bytes(o, n) - 4 * (int64_t)m->vocab;
+        if (mcpm_gpu_run(m->gpu, e == &m->decode, tokens, n, m->pos, out, last, m->vocab, m->err, MCPM_ERR_LEN))
+            return -1;
+        m->pos += n;
+        return 0;
     }
+    memcpy(e->input[IN_TOKENS], tokens, sizeof(int32_t) * (size_t)n);
+    if (run_calls(m, e, n)) return -1;
+    copy_logits(m, e, n, out);
     m->pos += n;
     return 0;
 }
@@ -973,6 +1097,127 @@ int mcpm_decode(mcpm_model* m, int32_t token, float* logits_out) {
     return run_entry(m, &m->decode, &token, 1, logits_out);
 }
 
+/* ---------------------------------------------------------------- MiniCPM-V entries (CPU only) */
+
+int mcpm_model_has_vision(const mcpm_model* m) { return m && m->vision.present ? 1 : 0; }
+
+const mcpm_vision_info* mcpm_model_vision_info(const mcpm_model* m) { return m && m->vision.present ? &m->vinfo : NULL; }
+
+static int need_vision(mcpm_model* m, const char* what) {
+    if (!m->vision.present)
+        return seterr(m->err, "%s: this bundle has no vision encoder (plan entries embed, prefill_embeds, vision): "
+                      "export a MiniCPM-V model", what);
+    return 0;
+}
+
+int mcpm_model_embed(mcpm_model* m, const int32_t* tokens, int n, float* out) {
+    if (!m) return -1;
+    m->err[0] = '\0';
+    if (need_vision(m, "embed")) return -1;
+    if (!tokens || !out || n < 1 || n > m->embed.n_max)
+        return seterr(m->err, "embed: %d tokens (1..%d)", n, m->embed.n_max);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->vocab)
+            return seterr(m->err, "token id %d at %d out of range 0..%d", tokens[i], i, m->vocab - 1);
+    memcpy(m->embed.input[IN_TOKENS], tokens, sizeof(int32_t) * (size_t)n);
+    if (run_calls(m, &m->embed, n)) return -1;
+    int64_t bytes;
+    const float* o = entry_output(&m->embed, n, &bytes); /* float32[n, D] */
+    memcpy(out, o, (size_t)bytes);
+    return 0;
+}
+
+/* prefill_embeds of n <= chunk rows already in m->prefill_embeds.input[IN_EMBEDS]. */
+static int run_prefill_embeds(mcpm_model* m, int n, float* logits_out) {
+    if (run_calls(m, &m->prefill_embeds, n)) return -1;
+    copy_logits(m, &m->prefill_embeds, n, logits_out);
+    m->pos += n;
+    return 0;
+}
+
+int mcpm_model_prefill_embeds(mcpm_model* m, const float* embeds, int n, float* logits_out) {
+    if (!m) return -1;
+    m->err[0] = '\0';
+    if (need_vision(m, "prefill_embeds")) return -1;
+    if (!embeds || n < 1) return seterr(m->err, "prefill_embeds needs at least one row");
+    if (m->pos + (int64_t)n > m->max_ctx)
+        return seterr(m->err, "context full: %d + %d tokens > max_ctx %d", m->pos, n, m->max_ctx);
+    size_t d = (size_t)m->vinfo.hidden;
+    for (int start = 0; start < n; start += m->chunk) {
+        int len = n - start < m->chunk ? n - start : m->chunk;
+        memcpy(m->prefill_embeds.input[IN_EMBEDS], embeds + (size_t)start * d, sizeof(float) * (size_t)len * d);
+        if (run_prefill_embeds(m, len, start + len == n ? logits_out : NULL)) return -1;
+    }
+    return 0;
+}
+
+int mcpm_model_vision_run(mcpm_model* m, const float* patches, const float* pos_interp, const float* key_pos, int n,
+                          float* out) {
+    if (!m) return -1;
+    m->err[0] = '\0';
+    if (need_vision(m, "vision")) return -1;
+    if (!patches || !pos_interp || !key_pos || !out) return seterr(m->err, "vision: NULL buffer");
+    if (n < 1 || n > m->vision.n_max)
+        return seterr(m->err, "an image slice of %d patches exceeds the vision encoder's max_patches %d", n,
+                      m->vision.n_max);
+    const float* src[3] = {patches, pos_interp, key_pos};
+    static const int ins[3] = {IN_PATCHES, IN_POS_INTERP, IN_KEY_POS};
+    for (int k = 0; k < 3; k++)
+        memcpy(m->vision.input[ins[k]], src[k], sizeof(float) * (size_t)n * (size_t)input_width(m, ins[k]));
+    if (run_calls(m, &m->vision, n)) return -1;
+    int64_t bytes;
+    const float* o = entry_output(&m->vision, n, &bytes); /* float32[Q, D] */
+    memcpy(out, o, (size_t)bytes);
+    return 0;
+}
+
+/* Prefill of prompt tokens int32[n] with image rows (img): chunks with an image position run embed -> overwrite ->
+ * prefill_embeds, the others prefill. Validated by the caller. */
+static int prefill_image(mcpm_model* m, const int32_t* tokens, int n, const mcpm_image_prompt* img, float* logits_out) {
+    size_t d = (size_t)m->vinfo.hidden;
+    int row = 0; /* next feature row */
+    for (int start = 0; start < n; start += m->chunk) {
+        int len = n - start < m->chunk ? n - start : m->chunk;
+        float* lo = start + len == n ? logits_out : NULL;
+        int any = 0;
+        for (int i = start; i < start + len && !any; i++) any = img->image[i] != 0;
+        if (!any) {
+            if (run_entry(m, &m->prefill, tokens + start, len, lo)) return -1;
+            continue;
+        }
+        memcpy(m->embed.input[IN_TOKENS], tokens + start, sizeof(int32_t) * (size_t)len);
+        if (run_calls(m, &m->embed, len)) return -1;
+        int64_t bytes;
+        const float* e = entry_output(&m->embed, len, &bytes); /* float32[len, D] */
+        float* x = (float*)(void*)m->prefill_embeds.input[IN_EMBEDS]; /* float32[chunk, D] */
+        memcpy(x, e, (size_t)bytes);
+        for (int i = 0; i < len; i++) {
+            if (!img->image[start + i]) continue;
+            if (row >= img->n_rows) return seterr(m->err, "more image positions in the prompt than image features (%d)", img->n_rows);
+            memcpy(x + (size_t)i * d, img->feats + (size_t)row * d, sizeof(float) * d);
+            row++;
+        }
+        if (run_prefill_embeds(m, len, lo)) return -1;
+    }
+    if (row != img->n_rows)
+        return seterr(m->err, "%d image positions in the prompt for %d image feature rows", row, img->n_rows);
+    return 0;
+}
+
+int mcpm_vision_model_logits(const mcpm_model* m, float* out) {
+    if (!m || !out || !m->logits || m->prefill_tokens == 0) return -1;
+    memcpy(out, m->logits, sizeof(float) * (size_t)m->vocab);
+    return 0;
+}
+
+void mcpm_model_set_image_stats(mcpm_model* m, double ms, int slices, int patches) {
+    m->image_encode_ms = ms;
+    m->image_slices = slices;
+    m->image_patches = patches;
+}
+
+void mcpm_model_set_notice(mcpm_model* m, const char* notice) { snprintf(m->notice, sizeof m->notice, "%s", notice); }
+
 void mcpm_reset(mcpm_model* m) {
     if (m) { m->pos = 0; m->err[0] = '\0'; }
 }
@@ -991,6 +1236,12 @@ const char* mcpm_last_error(const mcpm_model* m) {
 
 int mcpm_generate(mcpm_model* m, const int32_t* prompt, int n_prompt, int max_new_tokens, const mcpm_sampling* s,
                   const int32_t* stop_ids, int n_stop, mcpm_token_callback cb, void* user) {
+    return mcpm_generate_image(m, prompt, n_prompt, NULL, max_new_tokens, s, stop_ids, n_stop, cb, user);
+}
+
+int mcpm_generate_image(mcpm_model* m, const int32_t* prompt, int n_prompt, const mcpm_image_prompt* img,
+                        int max_new_tokens, const mcpm_sampling* s, const int32_t* stop_ids, int n_stop,
+                        mcpm_token_callback cb, void* user) {
     if (!m) return -1;
     m->err[0] = '\0';
     mcpm_sampling greedy = mcpm_default_sampling();
@@ -1006,6 +1257,14 @@ int mcpm_generate(mcpm_model* m, const int32_t* prompt, int n_prompt, int max_ne
     if (n_stop < 0 || (n_stop > 0 && !stop_ids)) return seterr(m->err, "generate: bad stop list (%d ids)", n_stop);
     if (mcpm_sampling_check(s, m->err)) return -1;
     if (check_tokens(m, prompt, n_prompt)) return -1;
+    if (img) {
+        if (need_vision(m, "generate with images")) return -1;
+        int marked = 0;
+        for (int i = 0; img->image && i < n_prompt; i++) marked += img->image[i] != 0;
+        if (!img->image || !img->feats || marked != img->n_rows)
+            return seterr(m->err, "generate: %d image positions in the prompt for %d image feature rows", marked,
+                          img->n_rows);
+    }
     if (!m->sampler.cand) {
         m->history = malloc(sizeof(int32_t) * ((size_t)m->max_ctx + 1)); /* int32[max_ctx + 1] */
         m->logits = malloc(sizeof(float) * (size_t)m->vocab);             /* float[vocab] */
@@ -1026,18 +1285,19 @@ int mcpm_generate(mcpm_model* m, const int32_t* prompt, int n_prompt, int max_ne
     memcpy(m->history, prompt, sizeof(int32_t) * (size_t)n_prompt);
     int n_hist = n_prompt;
 
-    double t0 = now_ms();
-    if (mcpm_prefill(m, prompt, n_prompt, m->logits)) return -1;
-    m->prefill_ms = now_ms() - t0;
+    double t0 = mcpm_now_ms();
+    if (img ? prefill_image(m, prompt, n_prompt, img, m->logits) : mcpm_prefill(m, prompt, n_prompt, m->logits))
+        return -1;
+    m->prefill_ms = mcpm_now_ms() - t0;
     m->prefill_tokens = n_prompt;
     int n_gen = 0;
     while (n_gen < max_new_tokens) {
-        double t1 = now_ms();
+        double t1 = mcpm_now_ms();
         if (n_gen > 0) {
             if (mcpm_decode(m, m->history[n_hist - 1], m->logits)) return -1;
         }
         int32_t tok = mcpm_sampler_sample(&m->sampler, m->logits, m->history, n_hist, s);
-        double t2 = now_ms();
+        double t2 = mcpm_now_ms();
         if (n_gen == 0) m->ttft_ms = t2 - t0;
         else { m->decode_ms += t2 - t1; m->decode_tokens++; }
         m->history[n_hist++] = tok;
@@ -1072,11 +1332,12 @@ int mcpm_stats_json(mcpm_model* m, char* out, size_t len) {
                      "{\"load_ms\": %.3f, \"prefill_tokens\": %d, \"prefill_tok_s\": %.3f, \"decode_tokens\": %d, "
                      "\"decode_tok_s\": %.3f, \"ttft_ms\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d, "
                      "\"kernel_variant\": \"%s\", \"device\": \"%s\", \"gpu_device\": \"%s\", \"gpu_program\": \"%s\", "
-                     "\"notice\": \"%s\"}",
+                     "\"notice\": \"%s\", \"image_encode_ms\": %.3f, \"image_slices\": %d, \"image_patches\": %d}",
                      m->load_ms, m->prefill_tokens, pre, m->decode_tokens, dec, m->ttft_ms, peak_kb,
                      m->pool_ready ? m->pool.threads : 0, m->variant[0] ? m->variant : "default",
                      m->gpu ? "gpu" : "cpu", m->gpu ? mcpm_gpu_device_name(m->gpu) : "",
-                     m->gpu ? mcpm_gpu_program_origin(m->gpu) : "", notice);
+                     m->gpu ? mcpm_gpu_program_origin(m->gpu) : "", notice, m->image_encode_ms,
+                     m->image_slices, m->image_patches);
     if (n < 0 || (size_t)n >= len) return seterr(m->err, "mcpm_stats_json: buffer of %zu bytes too small, need %d", len, n + 1);
     return 0;
 }

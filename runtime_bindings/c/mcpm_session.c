@@ -4,9 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mcpm_image.h"
 #include "mcpm_internal.h"
 #include "mcpm_json.h"
 #include "mcpm_tokenizer.h"
+#include "mcpm_vision.h"
 
 struct mcpm_session {
     mcpm_model* model;
@@ -24,6 +26,16 @@ struct mcpm_session {
     int32_t* added_id;        /* int32[n_added] */
     int has_pending;
     int32_t pending;          /* the previous reply's last token: sampled, not yet fed */
+    /* MiniCPM-V: mcpm-config.json "vision" (has_vision = 0 when absent) */
+    int has_vision;
+    int max_slices, scale_resolution, slice_mode, patch, query_num;
+    int64_t max_pixels;       /* images with more pixels are downscaled first; 0 = never */
+    mcpm_image_tokens_t image_tokens;
+    /* images attached with mcpm_encode_image for the next chat turn */
+    int n_images, images_cap;
+    mcpm_image_plan_t* image_plans; /* mcpm_image_plan_t[images_cap]: the slice plan of each, in attach order */
+    float* feats;             /* float32[feat_cap]: the features of every run of every image, in order, [rows, D] */
+    size_t feat_rows, feat_cap; /* rows used (each D floats); floats allocated */
 };
 
 static int seterr(mcpm_session* s, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -117,6 +129,46 @@ static int32_t token_id(const mcpm_session* s, const char* text) {
     return id;
 }
 
+/* An int field of obj in lo..hi into *out; -1 when missing or out of range. */
+static int cfg_int(const json_doc* d, const json_node* obj, const char* key, int64_t lo, int64_t hi, int64_t* out) {
+    const json_node* n = get_typed(d, obj, key, JSON_NUMBER);
+    if (!n || !n->is_int || n->i < lo || n->i > hi) return -1;
+    *out = n->i;
+    return 0;
+}
+
+/* mcpm-config.json "vision" (docs/minicpmv.md), optional: absent in LM bundles. */
+static int load_vision_config(mcpm_session* s, const char* path, const json_node* root) {
+    const json_doc* d = &s->cfg;
+    const json_node* v = json_get(d, root, "vision");
+    if (!v) return 0;
+    if (v->type != JSON_OBJECT) return seterr(s, "%s: \"vision\" is not an object", path);
+    static const char* keys[5] = {"max_slices", "scale_resolution", "patch", "query_num", "max_pixels"};
+    int64_t x[5] = {MCPM_IMAGE_MAX_SLICES, MCPM_IMAGE_SCALE_RESOLUTION, MCPM_IMAGE_PATCH, 0, 16777216};
+    for (int k = 0; k < 5; k++)
+        if ((json_get(d, v, keys[k]) || k == 3) && cfg_int(d, v, keys[k], k == 4 ? 0 : 1, k == 4 ? INT64_MAX : 1 << 20, &x[k]))
+            return seterr(s, "%s: vision.%s is missing or out of range", path, keys[k]);
+    s->max_slices = (int)x[0];
+    s->scale_resolution = (int)x[1];
+    s->patch = (int)x[2];
+    s->query_num = (int)x[3];
+    s->max_pixels = x[4];
+    const json_node* sm = get_typed(d, v, "slice_mode", JSON_BOOL);
+    s->slice_mode = sm ? (int)sm->i : 1;
+    const json_node* it = get_typed(d, v, "image_tokens", JSON_OBJECT);
+    static const char* tk[6] = {"image_start", "image_end", "slice_start", "slice_end", "unk", "newline"};
+    int32_t* ids[6] = {&s->image_tokens.image_start, &s->image_tokens.image_end, &s->image_tokens.slice_start,
+                       &s->image_tokens.slice_end, &s->image_tokens.unk, &s->image_tokens.newline};
+    for (int k = 0; k < 6; k++) {
+        int64_t id;
+        if (cfg_int(d, it, tk[k], 0, mcpm_vocab_size(s->model) - 1, &id))
+            return seterr(s, "%s: vision.image_tokens.%s is missing or not a token id", path, tk[k]);
+        *ids[k] = (int32_t)id;
+    }
+    s->has_vision = 1;
+    return 0;
+}
+
 static int load_config(mcpm_session* s, const char* dir) {
     char path[4096], err[256];
     snprintf(path, sizeof path, "%s/mcpm-config.json", dir);
@@ -191,7 +243,7 @@ static int load_config(mcpm_session* s, const char* dir) {
             int32_t id = e->type == JSON_STRING ? token_id(s, e->str) : -1;
             if (id >= 0 && id < mcpm_vocab_size(s->model)) s->stop[s->n_stop++] = id;
         }
-    return 0;
+    return load_vision_config(s, path, root);
 }
 
 mcpm_session* mcpm_session_new(mcpm_model* model) {
@@ -217,16 +269,162 @@ void mcpm_session_free(mcpm_session* s) {
     free(s->added_len);
     free(s->added_id);
     free(s->stop);
+    free(s->image_plans);
+    free(s->feats);
     free(s);
+}
+
+void mcpm_session_clear_images(mcpm_session* s) {
+    if (!s) return;
+    s->n_images = 0;
+    s->feat_rows = 0;
+    s->feat_cap = 0;
+    free(s->feats); /* float32[Q * D] per vision run: large, freed rather than kept */
+    s->feats = NULL;
 }
 
 void mcpm_session_reset(mcpm_session* s) {
     if (!s) return;
     mcpm_reset(s->model);
     s->has_pending = 0;
+    mcpm_session_clear_images(s);
 }
 
 const char* mcpm_session_last_error(const mcpm_session* s) { return s ? mcpm_last_error(s->model) : ""; }
+
+/* ---- images (MiniCPM-V) */
+
+/* Patch grid of a vision run over a w x h image: rows, cols (ceil, as the vision tower pads). */
+static int patch_count(int w, int h, int p) { return ((h + p - 1) / p) * ((w + p - 1) / p); }
+
+int mcpm_encode_image(mcpm_session* s, const uint8_t* rgb, int w, int h) {
+    if (!s) return -1;
+    mcpm_model* m = s->model;
+    mcpm_model_error_buffer(m)[0] = '\0';
+    const mcpm_vision_info* vi = mcpm_model_vision_info(m);
+    if (!vi) return seterr(s, "mcpm_encode_image: this bundle has no vision encoder: export a MiniCPM-V model");
+    if (!s->has_vision)
+        return seterr(s, "mcpm_encode_image: mcpm-config.json has no \"vision\" section: re-export the bundle");
+    if (s->patch != vi->patch || s->query_num != vi->query_num)
+        return seterr(s, "mcpm_encode_image: mcpm-config.json vision (patch %d, query_num %d) does not match plan.json "
+                      "(patch %d, query_num %d): re-export the bundle", s->patch, s->query_num, vi->patch, vi->query_num);
+    if (!rgb) return seterr(s, "mcpm_encode_image: rgb is NULL");
+    if (w <= 0 || h <= 0) return seterr(s, "mcpm_encode_image: the image is empty (%dx%d pixels)", w, h);
+    double t0 = mcpm_now_ms();
+    char err[256];
+    int p = vi->patch, q = vi->query_num, dim = vi->hidden, g = vi->pos_grid;
+    uint8_t* small = NULL;   /* uint8[sh][sw][3]: the downscaled image, when over max_pixels */
+    uint8_t* refine = NULL;  /* uint8[refine_h][refine_w][3] */
+    uint8_t* overview = NULL; /* uint8[overview_h][overview_w][3] */
+    float *chw = NULL, *patches = NULL, *pos = NULL, *key = NULL;
+    char notice[128] = "";
+    int rc = -1, sw = w, sh = h;
+    if (mcpm_vision_fit_pixels(w, h, s->max_pixels, &sw, &sh) == 1) {
+        small = malloc((size_t)sw * (size_t)sh * 3);
+        if (!small) { seterr(s, "out of memory"); goto done; }
+        if (mcpm_image_resize_rgb8(rgb, w, h, small, sw, sh, err, sizeof err)) {
+            seterr(s, "mcpm_encode_image: %s", err);
+            goto done;
+        }
+        snprintf(notice, sizeof notice, "image %dx%d downscaled to %dx%d", w, h, sw, sh);
+        rgb = small;
+    }
+    mcpm_image_plan_t plan;
+    if (mcpm_image_plan(sw, sh, s->max_slices, s->scale_resolution, p, !s->slice_mode, &plan, err, sizeof err)) {
+        seterr(s, "mcpm_encode_image: %s", err);
+        goto done;
+    }
+    /* every run must fit the vision entry: checked before any work */
+    int n_over = patch_count(plan.overview_w, plan.overview_h, p);
+    int n_slice = plan.cols > 0 ? patch_count(plan.slice_w, plan.slice_h, p) : 0;
+    int n_most = n_over > n_slice ? n_over : n_slice;
+    if (n_most > vi->max_patches) {
+        int big = n_over >= n_slice;
+        seterr(s, "mcpm_encode_image: the %dx%d image needs %s of %dx%d pixels = %d patches, more than the vision "
+               "encoder's max_patches %d (too elongated; re-export with a larger --max-patches)", sw, sh,
+               big ? "an overview" : "slices", big ? plan.overview_w : plan.slice_w,
+               big ? plan.overview_h : plan.slice_h, n_most, vi->max_patches);
+        goto done;
+    }
+    size_t rows_needed = s->feat_rows + (size_t)plan.num_images * (size_t)q;
+    if (rows_needed * (size_t)dim > s->feat_cap) {
+        size_t cap = rows_needed * (size_t)dim * 2;
+        float* f = realloc(s->feats, sizeof(float) * cap);
+        if (!f) { seterr(s, "out of memory"); goto done; }
+        s->feats = f;
+        s->feat_cap = cap;
+    }
+    if (s->n_images == s->images_cap) {
+        int cap = s->images_cap ? 2 * s->images_cap : 4;
+        mcpm_image_plan_t* ps = realloc(s->image_plans, sizeof(mcpm_image_plan_t) * (size_t)cap);
+        if (!ps) { seterr(s, "out of memory"); goto done; }
+        s->image_plans = ps;
+        s->images_cap = cap;
+    }
+    int max_w = plan.overview_w > plan.slice_w ? plan.overview_w : plan.slice_w;
+    int max_h = plan.overview_h > plan.slice_h ? plan.overview_h : plan.slice_h;
+    chw = malloc(sizeof(float) * 3 * (size_t)max_w * (size_t)max_h);           /* float32[3][h][w] of one run */
+    patches = malloc(sizeof(float) * (size_t)n_most * 3 * (size_t)p * (size_t)p); /* float32[n, 3*p*p] */
+    pos = malloc(sizeof(float) * (size_t)n_most * (size_t)g * (size_t)g);         /* float32[n, G*G] */
+    key = malloc(sizeof(float) * (size_t)n_most * (size_t)dim);                   /* float32[n, D] */
+    overview = malloc((size_t)plan.overview_w * (size_t)plan.overview_h * 3);
+    if (plan.cols > 0) refine = malloc((size_t)plan.refine_w * (size_t)plan.refine_h * 3);
+    if (!chw || !patches || !pos || !key || !overview || (plan.cols > 0 && !refine)) { seterr(s, "out of memory"); goto done; }
+    if (mcpm_image_resize_rgb8(rgb, sw, sh, overview, plan.overview_w, plan.overview_h, err, sizeof err) ||
+        (refine && mcpm_image_resize_rgb8(rgb, sw, sh, refine, plan.refine_w, plan.refine_h, err, sizeof err))) {
+        seterr(s, "mcpm_encode_image: %s", err);
+        goto done;
+    }
+    int total_patches = 0;
+    for (int i = 0; i < plan.num_images; i++) {
+        const uint8_t* src = i == 0 ? overview : refine;
+        int src_w = i == 0 ? plan.overview_w : plan.refine_w, src_h = i == 0 ? plan.overview_h : plan.refine_h;
+        int x0 = 0, y0 = 0, iw = src_w, ih = src_h;
+        if (i > 0) {
+            int r = (i - 1) / plan.cols, c = (i - 1) % plan.cols;
+            x0 = c * plan.slice_w;
+            y0 = r * plan.slice_h;
+            iw = plan.slice_w;
+            ih = plan.slice_h;
+        }
+        int rows = (ih + p - 1) / p, cols = (iw + p - 1) / p, n = rows * cols;
+        if (mcpm_image_normalize_chw(src, src_w, src_h, x0, y0, iw, ih, chw, err, sizeof err)) {
+            seterr(s, "mcpm_encode_image: %s", err);
+            goto done;
+        }
+        if (mcpm_vision_patchify(chw, iw, ih, p, patches) != n || mcpm_vision_pos_interp(rows, cols, g, pos) ||
+            mcpm_vision_key_pos(dim, rows, cols, key)) {
+            seterr(s, "mcpm_encode_image: cannot prepare the vision inputs (out of memory)");
+            goto done;
+        }
+        float* out = s->feats + (s->feat_rows + (size_t)i * (size_t)q) * (size_t)dim; /* float32[Q, D] */
+        if (mcpm_model_vision_run(m, patches, pos, key, n, out)) goto done;
+        total_patches += n;
+    }
+    s->feat_rows = rows_needed;
+    s->image_plans[s->n_images++] = plan;
+    if (notice[0]) mcpm_model_set_notice(m, notice);
+    mcpm_model_set_image_stats(m, mcpm_now_ms() - t0, plan.num_images, total_patches);
+    rc = plan.num_images;
+done:
+    free(small);
+    free(refine);
+    free(overview);
+    free(chw);
+    free(patches);
+    free(pos);
+    free(key);
+    return rc;
+}
+
+int mcpm_vision_session_features(const mcpm_session* s, float* out, int max_rows) {
+    if (!s) return -1;
+    const mcpm_vision_info* vi = mcpm_model_vision_info(s->model);
+    if (!out || !vi) return (int)s->feat_rows;
+    if ((size_t)max_rows < s->feat_rows) return -1;
+    if (s->feat_rows) memcpy(out, s->feats, sizeof(float) * s->feat_rows * (size_t)vi->hidden);
+    return (int)s->feat_rows;
+}
 
 /* ---- encode / decode */
 
@@ -329,8 +527,8 @@ static int on_token(int32_t token, void* user) {
 }
 
 /* Feeds ids int32[n] and generates; keeps the last generated token pending. */
-static int run(mcpm_session* s, const int32_t* ids, int n, int max_new_tokens, const mcpm_sampling* sp,
-               mcpm_text_callback cb, void* user) {
+static int run(mcpm_session* s, const int32_t* ids, int n, const mcpm_image_prompt* img, int max_new_tokens,
+               const mcpm_sampling* sp, mcpm_text_callback cb, void* user) {
     stream st = {.s = s, .cb = cb, .user = user};
     int rc = -1;
     if (ibuf_add(&st.ids, ids[n - 1]) || decode(s, st.ids.p, 1, &st.text)) {
@@ -339,7 +537,7 @@ static int run(mcpm_session* s, const int32_t* ids, int n, int max_new_tokens, c
     }
     st.emitted = st.text.n;
     mcpm_model_error_buffer(s->model)[0] = '\0';
-    rc = mcpm_generate(s->model, ids, n, max_new_tokens, sp, s->stop, s->n_stop, on_token, &st);
+    rc = mcpm_generate_image(s->model, ids, n, img, max_new_tokens, sp, s->stop, s->n_stop, on_token, &st);
     if (st.n_tokens > 0) {
         s->has_pending = 1;
         s->pending = st.last;
@@ -360,6 +558,66 @@ static int check_fits(mcpm_session* s, int n) {
     return 0;
 }
 
+/* text (replaced): fmt from its start (with_head) or from after its first {content} (!with_head), every
+ * {content} replaced by msg char[len], then tail. */
+static int render(sbuf* text, const char* fmt, int with_head, const char* msg, size_t len, const char* tail) {
+    text->n = 0;
+    if (sbuf_reserve(text, 1)) return -1;
+    text->p[0] = '\0';
+    const char* f = fmt;
+    if (!with_head) f = strstr(fmt, "{content}") + strlen("{content}");
+    for (;;) { /* every {content} of the format */
+        const char* hole = strstr(f, "{content}");
+        if (!hole) break;
+        if (sbuf_add(text, f, (size_t)(hole - f)) || sbuf_add(text, msg, len)) return -1;
+        f = hole + strlen("{content}");
+    }
+    return sbuf_add(text, f, strlen(f)) || sbuf_add(text, tail, strlen(tail)) ? -1 : 0;
+}
+
+/* The ids of a turn with the pending images (docs/minicpmv.md): encode(user format before {content}),
+ * placeholder ids of each image, encode("\n" + message + user format after {content} + generation prompt);
+ * image[i] = 1 at the positions strictly inside each <image> ... </image> of the placeholders (uint8[ids->n]). */
+static int image_turn(mcpm_session* s, const char* msg, size_t len, ibuf* ids, uint8_t** image) {
+    sbuf text = {0};
+    int rc = -1;
+    const char* hole = strstr(s->user_fmt, "{content}");
+    if (encode(s, s->user_fmt, (size_t)(hole - s->user_fmt), ids)) goto done;
+    int ph_start = ids->n;
+    for (int k = 0; k < s->n_images; k++) {
+        int n = mcpm_image_placeholder_ids(&s->image_plans[k], s->query_num, &s->image_tokens, NULL, 0);
+        if (n < 0 || ibuf_reserve(ids, ids->n + n)) { seterr(s, "out of memory"); goto done; }
+        if (mcpm_image_placeholder_ids(&s->image_plans[k], s->query_num, &s->image_tokens, ids->p + ids->n, n) != n) {
+            seterr(s, "cannot build the image placeholders");
+            goto done;
+        }
+        ids->n += n;
+    }
+    int ph_end = ids->n;
+    if (sbuf_add(&text, "\n", 1) || sbuf_add(&text, msg, len)) { seterr(s, "out of memory"); goto done; }
+    sbuf rest = {0};
+    if (render(&rest, s->user_fmt, 0, msg, len, s->gen_prompt) || sbuf_add(&text, rest.p, rest.n)) {
+        free(rest.p);
+        seterr(s, "out of memory");
+        goto done;
+    }
+    free(rest.p);
+    if (encode(s, text.p, text.n, ids)) goto done;
+    *image = calloc((size_t)ids->n + 1, 1);
+    if (!*image) { seterr(s, "out of memory"); goto done; }
+    int inside = 0;
+    for (int i = ph_start; i < ph_end; i++) {
+        int32_t t = ids->p[i];
+        if (t == s->image_tokens.image_start) inside = 1;
+        else if (t == s->image_tokens.image_end) inside = 0;
+        else (*image)[i] = (uint8_t)inside;
+    }
+    rc = 0;
+done:
+    free(text.p);
+    return rc;
+}
+
 int mcpm_session_chat(mcpm_session* s, const char* user_message, int max_new_tokens, const mcpm_sampling* sp,
                       mcpm_text_callback cb, void* user) {
     if (!s) return -1;
@@ -369,36 +627,34 @@ int mcpm_session_chat(mcpm_session* s, const char* user_message, int max_new_tok
     size_t a = 0, b = strlen(user_message);
     while (a < b && strchr(ws, user_message[a])) a++;
     while (b > a && strchr(ws, user_message[b - 1])) b--;
-    const char* hole;
     sbuf text = {0};
     ibuf ids = {0};
+    uint8_t* image = NULL; /* uint8[ids.n]: image positions of a turn with images */
     int rc = -1;
-    if (sbuf_reserve(&text, 1)) { seterr(s, "out of memory"); goto done; }
-    const char* f = s->user_fmt;
-    for (;;) { /* every {content} of the format */
-        hole = strstr(f, "{content}");
-        if (!hole) break;
-        if (sbuf_add(&text, f, (size_t)(hole - f)) || sbuf_add(&text, user_message + a, b - a)) {
-            seterr(s, "out of memory");
-            goto done;
-        }
-        f = hole + strlen("{content}");
-    }
-    if (sbuf_add(&text, f, strlen(f)) || sbuf_add(&text, s->gen_prompt, strlen(s->gen_prompt))) {
-        seterr(s, "out of memory");
-        goto done;
-    }
     int first = mcpm_position(s->model) == 0 && !s->has_pending;
     if ((s->has_pending && ibuf_add(&ids, s->pending)) || (first && s->add_bos && s->bos >= 0 && ibuf_add(&ids, s->bos))) {
         seterr(s, "out of memory");
         goto done;
     }
-    if (encode(s, text.p, text.n, &ids) || check_fits(s, ids.n)) goto done;
+    if (s->n_images > 0) {
+        if (image_turn(s, user_message + a, b - a, &ids, &image)) goto done;
+    } else {
+        if (render(&text, s->user_fmt, 1, user_message + a, b - a, s->gen_prompt)) { seterr(s, "out of memory"); goto done; }
+        if (encode(s, text.p, text.n, &ids)) goto done;
+    }
+    if (check_fits(s, ids.n)) goto done;
     if (!ids.n) { seterr(s, "mcpm_session_chat: the turn is empty (no template text and no message)"); goto done; }
-    rc = run(s, ids.p, ids.n, max_new_tokens, sp, cb, user);
+    if (image) {
+        mcpm_image_prompt img = {image, s->feats, (int)s->feat_rows};
+        rc = run(s, ids.p, ids.n, &img, max_new_tokens, sp, cb, user);
+        mcpm_session_clear_images(s); /* the features were fed (or failed to): not kept for another turn */
+    } else {
+        rc = run(s, ids.p, ids.n, NULL, max_new_tokens, sp, cb, user);
+    }
 done:
     free(text.p);
     free(ids.p);
+    free(image);
     return rc;
 }
 
@@ -413,7 +669,7 @@ int mcpm_session_complete(mcpm_session* s, const char* prompt, int max_new_token
     if (encode(s, prompt, strlen(prompt), &ids)) goto done;
     if (!ids.n) { seterr(s, "mcpm_session_complete: the prompt is empty and the bundle has no BOS token"); goto done; }
     if (check_fits(s, ids.n)) goto done;
-    rc = run(s, ids.p, ids.n, max_new_tokens, sp, cb, user);
+    rc = run(s, ids.p, ids.n, NULL, max_new_tokens, sp, cb, user);
 done:
     free(ids.p);
     return rc;

@@ -326,12 +326,101 @@ JNIEXPORT jint JNICALL Java_org_mcpm_demo_McpmNative_complete(JNIEnv* env, jclas
                     mcpm_session_complete);
 }
 
-/* static native void reset(long handle) */
+/* static native void reset(long handle): forgets the conversation and any images attached to the next turn */
 JNIEXPORT void JNICALL Java_org_mcpm_demo_McpmNative_reset(JNIEnv* env, jclass cls, jlong handle) {
     (void)env;
     (void)cls;
     mcpm_jni_handle* h = handle_of(handle);
-    if (h) mcpm_session_reset(h->session);
+    if (h) {
+        mcpm_session_reset(h->session);
+        mcpm_session_clear_images(h->session);
+    }
+}
+
+/* ---------------------------------------------------------------- images (MiniCPM-V bundles) */
+
+/* static native boolean hasVision(long handle): true when the bundle has a vision encoder; false for handle 0 */
+JNIEXPORT jboolean JNICALL Java_org_mcpm_demo_McpmNative_hasVision(JNIEnv* env, jclass cls, jlong handle) {
+    (void)env;
+    (void)cls;
+    mcpm_jni_handle* h = handle_of(handle);
+    return h && mcpm_model_has_vision(h->model) == 1 ? JNI_TRUE : JNI_FALSE;
+}
+
+/* ARGB_8888 ints (Bitmap.getPixels: 0xAARRGGBB, row-major, stride = width) in JNI_ARGB_CHUNK pieces. */
+#define JNI_ARGB_CHUNK 4096
+
+/* static native int encodeImage(long handle, int[] argb, int width, int height) throws McpmException
+ * argb int[width * height] as Bitmap.getPixels(argb, 0, width, 0, 0, width, height) fills it; alpha is dropped
+ * (RGB8 for the runtime). Runs the vision encoder and attaches the image to the next chat(); returns the vision
+ * runs (overview + slices). The encode time is the stats' "image_encode_ms". */
+JNIEXPORT jint JNICALL Java_org_mcpm_demo_McpmNative_encodeImage(JNIEnv* env, jclass cls, jlong handle,
+                                                                 jintArray argb, jint width, jint height) {
+    (void)cls;
+    mcpm_jni_handle* h = handle_of(handle);
+    if (!h) {
+        throw_mcpm(env, "the model is not loaded (handle 0)");
+        return -1;
+    }
+    if (!argb) {
+        throw_mcpm(env, "the image pixels are null");
+        return -1;
+    }
+    if (width < 1 || height < 1) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "the image is empty (%dx%d pixels)", (int)width, (int)height);
+        throw_mcpm(env, msg);
+        return -1;
+    }
+    int64_t count = (int64_t)width * (int64_t)height;
+    jsize length = (*env)->GetArrayLength(env, argb);
+    if (count > (int64_t)length) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "the pixel array has %d ints, a %dx%d image needs %lld", (int)length, (int)width,
+                 (int)height, (long long)count);
+        throw_mcpm(env, msg);
+        return -1;
+    }
+    if ((uint64_t)count * 3u > (uint64_t)SIZE_MAX / 2u) {
+        throw_mcpm(env, "the image is too large");
+        return -1;
+    }
+    uint8_t* rgb = malloc((size_t)count * 3u); /* uint8[height][width][3] */
+    if (!rgb) {
+        throw_mcpm(env, "out of memory (image pixels)");
+        return -1;
+    }
+    jint chunk[JNI_ARGB_CHUNK];
+    for (int64_t at = 0; at < count; at += JNI_ARGB_CHUNK) {
+        jsize n = (jsize)(count - at < JNI_ARGB_CHUNK ? count - at : JNI_ARGB_CHUNK);
+        (*env)->GetIntArrayRegion(env, argb, (jsize)at, n, chunk);
+        if ((*env)->ExceptionCheck(env)) { /* cannot happen after the length check; keep the JVM's exception */
+            free(rgb);
+            return -1;
+        }
+        uint8_t* out = rgb + (size_t)at * 3u;
+        for (jsize i = 0; i < n; i++) {
+            uint32_t px = (uint32_t)chunk[i];
+            out[3 * i] = (uint8_t)(px >> 16);
+            out[3 * i + 1] = (uint8_t)(px >> 8);
+            out[3 * i + 2] = (uint8_t)px;
+        }
+    }
+    int runs = mcpm_encode_image(h->session, rgb, (int)width, (int)height);
+    free(rgb);
+    if (runs < 0) {
+        throw_mcpm(env, mcpm_session_last_error(h->session));
+        return -1;
+    }
+    return runs;
+}
+
+/* static native void clearImages(long handle): drops the images attached to the next chat(); 0 is ignored */
+JNIEXPORT void JNICALL Java_org_mcpm_demo_McpmNative_clearImages(JNIEnv* env, jclass cls, jlong handle) {
+    (void)env;
+    (void)cls;
+    mcpm_jni_handle* h = handle_of(handle);
+    if (h) mcpm_session_clear_images(h->session);
 }
 
 /* mcpm_stats_json of h as a Java string (NULL with an exception pending on failure). */

@@ -8,6 +8,11 @@ device "gpu" runs the bundle's OpenCL kernels (`mcpm-export --device gpu`), "aut
 CPU (the runtime's reason is the record's "notice"). With kernel times (the default on the GPU) the model is loaded
 with OpenCL profiling events and the record gains "kernel_times": per plan kernel, summed over the measured runs,
 slowest first. Profiling waits for the GPU after every step, so tok/s with it can be a little lower.
+
+With an image (MiniCPM-V bundles) every repetition (and the warm-up) also runs the vision encoder on it
+(mcpm_encode_image: overview + slices) before the text part; its time is reported apart from prefill and decode:
+"image_encode_ms" (with "image_slices" and "image_patches") in each run and in the summary, and the record's "image"
+says which image, its size, the vision runs and patches, and the runtime's notice when it was downscaled.
 """
 
 from __future__ import annotations
@@ -74,18 +79,24 @@ def sum_kernel_times(per_run: list[list[dict[str, Any]]]) -> list[dict[str, Any]
 
 def run_bench(bundle_dir: Path, n_prompt: int = 128, n_gen: int = 64, threads: int = 0, repetitions: int = 5,
               seed: int = 0, warmup: bool = True, device: str = "cpu",
-              kernel_times: bool | None = None) -> dict[str, Any]:
+              kernel_times: bool | None = None, image: Path | None = None) -> dict[str, Any]:
     """Benchmark one bundle; returns the JSON-ready record (machine, target, per-repetition runs, summary, device,
-    gpu_device, notice; kernel_times when profiled). kernel_times None = profile unless device is "cpu"."""
+    gpu_device, notice; kernel_times when profiled). kernel_times None = profile unless device is "cpu".
+    image: an image file to encode in every run (a MiniCPM-V bundle; see the module docstring)."""
     from mcpm.export.bundle.reader import open_bundle
     from mcpm.export.bundle.target import check_runs_here
-    from mcpm.runtime.binding import Model, Sampling
+    from mcpm.runtime.binding import Model, Sampling, Session
     from mcpm.runtime.build import build_library, default_cache_dir
 
     if n_prompt < 1 or n_gen < 1 or repetitions < 1 or threads < 0:
         raise McpmError(f"bench needs -p >= 1, -n >= 1, -r >= 1 and -t >= 0 (got -p {n_prompt} -n {n_gen} "
                         f"-r {repetitions} -t {threads})")
     check_device(Path(bundle_dir), device)
+    rgb = None
+    if image is not None:
+        from mcpm.export.models.minicpmv.preprocess import load_image
+
+        rgb = load_image(image)  # uint8 [h, w, 3]; an unreadable file fails before the model loads
     profile = device != "cpu" if kernel_times is None else kernel_times
     bundle = open_bundle(Path(bundle_dir))
     check_runs_here(bundle.config["target"])
@@ -98,20 +109,42 @@ def run_bench(bundle_dir: Path, n_prompt: int = 128, n_gen: int = 64, threads: i
     with Model.load(bundle.path, threads=threads, library=library, device=device, profile=profile,
                     cache_dir=opencl_cache if device != "cpu" else None) as model:
         on, notice = model.device, model.notice
+        session = None
+        if rgb is not None:
+            if not model.has_vision:
+                raise McpmError(f"{bundle.path} has no vision encoder: --image needs a MiniCPM-V bundle",
+                                "export a MiniCPM-V checkpoint with mcpm-export, or drop --image")
+            session = Session(model)
         prompt = np.random.default_rng(seed).integers(0, model.vocab_size, n_prompt).astype(np.int32)  # [n_prompt]
         greedy = Sampling()
         runs: list[dict[str, Any]] = []
         times: list[list[dict[str, Any]]] = []
-        for rep in range(repetitions + (1 if warmup else 0)):
-            model.reset()
-            got = model.generate(prompt, n_gen, greedy, stop_ids=())
-            if len(got) != n_gen:
-                raise McpmError(f"generated {len(got)} of {n_gen} tokens")
-            if warmup and rep == 0:
-                continue
-            runs.append(model.stats())
-            if profile:
-                times.append(model.kernel_times())  # of this run's mcpm_generate
+        image_notice = ""
+        try:
+            for rep in range(repetitions + (1 if warmup else 0)):
+                image_run: dict[str, Any] = {}
+                if session is not None and rgb is not None:
+                    session.clear_images()
+                    slices = session.encode_image(rgb)
+                    after = model.stats()
+                    said = str(after.get("notice", ""))
+                    image_notice = said if "image" in said else ""  # not the device notice
+                    image_run = {"image_encode_ms": float(after.get("image_encode_ms", 0.0)),
+                                 "image_slices": int(after.get("image_slices", slices)),
+                                 "image_patches": int(after.get("image_patches", 0))}
+                    session.clear_images()  # the text part below measures prefill/decode alone
+                model.reset()
+                got = model.generate(prompt, n_gen, greedy, stop_ids=())
+                if len(got) != n_gen:
+                    raise McpmError(f"generated {len(got)} of {n_gen} tokens")
+                if warmup and rep == 0:
+                    continue
+                runs.append({**model.stats(), **image_run})
+                if profile:
+                    times.append(model.kernel_times())  # of this run's mcpm_generate
+        finally:
+            if session is not None:
+                session.close()
     summary = {key: mean_sd([float(r[key]) for r in runs]) for key in SUMMARY_KEYS}
     summary["load_ms"] = {"mean": float(runs[0]["load_ms"]), "sd": 0.0}
     summary["peak_rss_kb"] = {"mean": float(max(r["peak_rss_kb"] for r in runs)), "sd": 0.0}
@@ -123,6 +156,11 @@ def run_bench(bundle_dir: Path, n_prompt: int = 128, n_gen: int = 64, threads: i
         "device": on, "requested_device": device, "gpu_device": str(runs[0].get("gpu_device", "")),
         "notice": notice, "profiled": profile,
     }
+    if rgb is not None:
+        summary["image_encode_ms"] = mean_sd([float(r["image_encode_ms"]) for r in runs])
+        result["image"] = {"path": str(image), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+                           "slices": int(runs[0]["image_slices"]), "patches": int(runs[0]["image_patches"]),
+                           "notice": image_notice}
     if profile:
         result["kernel_times"] = sum_kernel_times(times)
     return result
@@ -144,6 +182,12 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'load':<14}{s['load_ms']['mean']:>18.2f} ms   ",
         f"{'peak rss':<14}{s['peak_rss_kb']['mean'] / 1024:>17.1f} MiB   ",
     ]
+    if "image_encode_ms" in s and "image" in result:
+        img = result["image"]
+        lines.insert(5, f"{'image':<14}{_pm(s['image_encode_ms'], 'ms'):>24}   {img['width']}x{img['height']}, "
+                        f"{img['slices']} vision runs, {img['patches']} patches")
+        if img.get("notice"):
+            lines.append(f"image notice: {img['notice']}")
     if "kernel_times" in result:
         lines += ["", *format_kernel_times(result["kernel_times"], result["repetitions"])]
     return "\n".join(lines)

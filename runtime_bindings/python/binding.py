@@ -6,6 +6,10 @@
     model.reset()
     ids = model.generate([1, 2, 3], 16, Sampling(temperature=0.8, top_p=0.9, seed=1), stop_ids=[2])  # C sampler
     model.stats()                               # dict: load_ms, prefill_tok_s, decode_tok_s, ttft_ms, ...
+    session = Session(model)                    # chat in C with the bundle's tokenizer and template
+    if model.has_vision:                        # MiniCPM-V bundle: images attach to the next chat turn
+        session.encode_image(rgb)               # rgb: np.ndarray uint8 [h, w, 3]; returns overview + slices
+    session.chat("What is in the picture?", 64)
     model.close()
 
 One Model must be used by one thread at a time (as the C API says); errors raise McpmError with the runtime's
@@ -110,6 +114,13 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_session_last_error": ([_P], ctypes.c_char_p),
     "mcpm_session_free": ([_P], None),
 }
+# Image input (MiniCPM-V bundles). Optional: a library built from older runtime sources lacks them (then
+# Model.has_vision is False and Session.encode_image says to rebuild).
+_OPTIONAL_SIGNATURES: dict[str, tuple[list[object], object]] = {
+    "mcpm_model_has_vision": ([_P], ctypes.c_int),
+    "mcpm_encode_image": ([_P, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int, ctypes.c_int], ctypes.c_int),
+    "mcpm_session_clear_images": ([_P], None),
+}
 
 _LIBS: dict[str, ctypes.CDLL] = {}
 _LIBS_LOCK = threading.Lock()
@@ -130,6 +141,11 @@ def open_library(path: Path) -> ctypes.CDLL:
                 fn = getattr(lib, name)
                 fn.argtypes = argtypes
                 fn.restype = restype
+            for name, (argtypes, restype) in _OPTIONAL_SIGNATURES.items():
+                if hasattr(lib, name):
+                    fn = getattr(lib, name)
+                    fn.argtypes = argtypes
+                    fn.restype = restype
             _LIBS[key] = lib
     return lib
 
@@ -302,6 +318,12 @@ class Model(_Owned):
             size *= 4
 
     @property
+    def has_vision(self) -> bool:
+        """True for a MiniCPM-V bundle (it has a vision encoder: Session.encode_image works)."""
+        h = self._handle()
+        return hasattr(self._lib, "mcpm_model_has_vision") and self._lib.mcpm_model_has_vision(h) == 1
+
+    @property
     def position(self) -> int:
         """Tokens in the context."""
         return int(self._lib.mcpm_position(self._handle()))
@@ -373,9 +395,45 @@ class Session(_Owned):
         n, data = self._run(self._lib.mcpm_session_complete, prompt, max_new_tokens, sampling, on_piece)
         return n, data.decode("utf-8")
 
+    def encode_image(self, rgb: np.ndarray) -> int:
+        """Run the vision encoder on an RGB8 image (np.ndarray uint8 [h, w, 3]; a strided view is copied) and
+        attach it to the next chat turn (mcpm_encode_image). Returns the vision runs (overview + slices); the time
+        is ``model.stats()["image_encode_ms"]``. Several images attach in order; ``clear_images`` drops them."""
+        h = self._handle()
+        if not isinstance(rgb, np.ndarray):
+            raise McpmError(f"the image must be a numpy array (uint8 [height, width, 3]), not {type(rgb).__name__}",
+                            "decode files with mcpm.export.models.minicpmv.preprocess.load_image")
+        if rgb.dtype != np.uint8:
+            raise McpmError(f"image pixels must be uint8, got {rgb.dtype}", "convert the image to 8-bit RGB")
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise McpmError(f"the image array has shape {tuple(rgb.shape)}, not [height, width, 3] (RGB)",
+                            "convert it to RGB (drop alpha, repeat gray)")
+        height, width = int(rgb.shape[0]), int(rgb.shape[1])
+        if height == 0 or width == 0:
+            raise McpmError(f"the image is empty ({width}x{height} pixels)")
+        if height * width * 3 > 2**31 - 1:
+            raise McpmError(f"the image is too large ({width}x{height} pixels)", "downscale it first")
+        if not hasattr(self._lib, "mcpm_encode_image"):
+            raise McpmError("this C runtime library has no image input (mcpm_encode_image)",
+                            "delete the mcpm cache folder so that the library is built again from current sources")
+        pixels = np.ascontiguousarray(rgb)  # uint8 [h, w, 3], C order (a copy only for strided views)
+        n = self._lib.mcpm_encode_image(h, pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), width, height)
+        if n < 0:
+            raise McpmError(_text(self._lib.mcpm_session_last_error(h)) or "the C runtime could not encode the image")
+        return int(n)
+
+    def clear_images(self) -> None:
+        """Drop the images attached to the next turn (no-op when none is)."""
+        h = self._handle()
+        if hasattr(self._lib, "mcpm_session_clear_images"):
+            self._lib.mcpm_session_clear_images(h)
+
     def reset(self) -> None:
-        """Forget the conversation."""
-        self._lib.mcpm_session_reset(self._handle())
+        """Forget the conversation (and any images attached to the next turn)."""
+        h = self._handle()
+        self._lib.mcpm_session_reset(h)
+        if hasattr(self._lib, "mcpm_session_clear_images"):
+            self._lib.mcpm_session_clear_images(h)
 
     def _free(self, h: int) -> None:  # the model stays open
         self._lib.mcpm_session_free(h)

@@ -18,9 +18,9 @@ from mcpm.errors import McpmError
 
 C_DIR = Path(__file__).resolve().parents[1] / "c"
 SOURCES = ("mcpm_json.c", "mcpm_runtime.c", "mcpm_backend.c", "mcpm_sampler.c", "mcpm_tokenizer.c", "mcpm_session.c",
-           "mcpm_gpu_plan.c", "mcpm_opencl.c")
+           "mcpm_gpu_plan.c", "mcpm_opencl.c", "mcpm_image.c", "mcpm_vision.c")
 HEADERS = ("mcpm.h", "mcpm_internal.h", "mcpm_json.h", "mcpm_tokenizer.h", "mcpm_opencl.h", "mcpm_gpu_plan.h",
-           "mcpm_cl.h")
+           "mcpm_cl.h", "mcpm_image.h", "mcpm_vision.h")
 CFLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-fvisibility=hidden", "-O2", "-shared")
 LIBS = ("-lm", "-lpthread", "-ldl")
 LIB_NAME = "libmcpm_bundle.so"

@@ -55,6 +55,10 @@ double fmax(double x, double y);
 float fmaxf(float x, float y);
 double fmin(double x, double y);
 float fminf(float x, float y);
+double trunc(double x);
+float truncf(float x);
+double fmod(double x, double y);
+float fmodf(float x, float y);
 __END_DECLS
 
 #endif

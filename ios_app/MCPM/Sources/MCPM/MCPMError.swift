@@ -13,7 +13,10 @@ public enum MCPMError: Error, LocalizedError, Equatable, Sendable {
     case statsUnavailable(String)
     /// A setting out of range (threads, token counts).
     case invalidSettings(String)
-    /// Not in this build: the GPU (Metal) backend in an app exported for the CPU, image input for MiniCPM-V bundles.
+    /// mcpm_encode_image returned -1 (no vision encoder in the bundle, an empty or too elongated image), or the
+    /// image could not be drawn into RGB pixels.
+    case imageFailed(String)
+    /// Not in this build: the GPU (Metal) backend in an app exported for the CPU.
     case notAvailable(String)
 
     public var errorDescription: String? {
@@ -23,6 +26,7 @@ public enum MCPMError: Error, LocalizedError, Equatable, Sendable {
         case .generationFailed(let m): return "Generation failed: \(m)"
         case .statsUnavailable(let m): return "No statistics: \(m)"
         case .invalidSettings(let m): return "Invalid settings: \(m)"
+        case .imageFailed(let m): return "Image not attached: \(m)"
         case .notAvailable(let m): return m
         }
     }

@@ -19,6 +19,8 @@ public final class MCPMModel: @unchecked Sendable {
     public let runningDevice: String
     /// Why a model loaded with device .auto runs on the CPU, "" otherwise (mcpm_model_notice).
     public let loadNotice: String
+    /// True for a MiniCPM-V bundle: it has a vision encoder, MCPMSession.encodeImage works (mcpm_model_has_vision).
+    public let hasVision: Bool
 
     /// Loads the bundle folder at bundleURL (it holds mcpm-config.json, plan.json, weights.bin, the tokenizer).
     /// Blocks: prefer `load(bundleURL:settings:)`.
@@ -56,6 +58,7 @@ public final class MCPMModel: @unchecked Sendable {
         bosTokenID = MCPMModel.readBOS(bundleURL)
         runningDevice = String(cString: mcpm_model_device(model))
         loadNotice = String(cString: mcpm_model_notice(model))
+        hasVision = mcpm_model_has_vision(model) == 1
     }
 
     /// Kernel entries linked into the app (every variant; mcpm_kernel_table.c of the export). Calling it also makes
@@ -107,7 +110,6 @@ public final class MCPMModel: @unchecked Sendable {
         return Int32(clamping: bos)
     }
 
-    /// True when the bundle is a MiniCPM-V bundle (image input). Image input is not wired yet: see
-    /// MCPMImageInput.swift.
-    public var acceptsImages: Bool { false }
+    /// The earlier name of hasVision.
+    public var acceptsImages: Bool { hasVision }
 }

@@ -17,6 +17,11 @@ public struct MCPMStats: Codable, Equatable, Sendable {
     public var gpuDevice: String?
     public var gpuProgram: String?
     public var notice: String?
+    /// Written by runtimes with image input: wall time, vision-encoder runs (overview + slices) and patches of the
+    /// last mcpm_encode_image (0 before one), apart from prefill and decode.
+    public var imageEncodeMs: Double?
+    public var imageSlices: Int?
+    public var imagePatches: Int?
 
     enum CodingKeys: String, CodingKey {
         case loadMs = "load_ms"
@@ -32,6 +37,9 @@ public struct MCPMStats: Codable, Equatable, Sendable {
         case gpuDevice = "gpu_device"
         case gpuProgram = "gpu_program"
         case notice
+        case imageEncodeMs = "image_encode_ms"
+        case imageSlices = "image_slices"
+        case imagePatches = "image_patches"
     }
 
     /// Decodes the JSON object of mcpm_stats_json.

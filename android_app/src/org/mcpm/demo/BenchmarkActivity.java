@@ -20,7 +20,9 @@ import java.util.Locale;
  * {@code "requested_device"} and {@code "kernel_times"} (GPU kernel times, slowest first; [] on the CPU) to
  * {@code <external files dir>/bench/latest.json} and {@code bench/<unix-millis>.json}, logs {@code MCPM_BENCH {json}}
  * (tag mcpm), or on failure writes {@code {"error": "..."}} there and logs {@code MCPM_BENCH_ERROR <message>}; then
- * finishes.
+ * finishes. With {@code --es image <file>} (a MiniCPM-V model) the image is decoded like in the chat screen and
+ * encoded once before the text benchmark: the JSON gains {@code image_encode_ms}, {@code image_slices},
+ * {@code image_patches}, {@code image_width}, {@code image_height}, {@code image_path} (and {@code image_notice}).
  */
 public class BenchmarkActivity extends Activity {
     public static final String TAG = "mcpm";
@@ -29,6 +31,7 @@ public class BenchmarkActivity extends Activity {
     public static final String EXTRA_GEN_TOKENS = "gen_tokens";
     public static final String EXTRA_THREADS = "threads";
     public static final String EXTRA_DEVICE = "device";
+    public static final String EXTRA_IMAGE = "image";
 
     private TextView text;
 
@@ -47,16 +50,19 @@ public class BenchmarkActivity extends Activity {
         String deviceExtra = getIntent().getStringExtra(EXTRA_DEVICE);
         final String device = deviceExtra == null ? Prefs.DEVICE_CPU
                 : deviceExtra.trim().toLowerCase(Locale.US);
+        String imageExtra = getIntent().getStringExtra(EXTRA_IMAGE);
+        final String image = imageExtra == null || imageExtra.trim().isEmpty() ? null : imageExtra.trim();
         Thread worker = new Thread(new Runnable() {
             @Override
             public void run() {
-                runBenchmark(modelDir, promptTokens, genTokens, threads, device);
+                runBenchmark(modelDir, promptTokens, genTokens, threads, device, image);
             }
         }, "mcpm-bench");
         worker.start();
     }
 
-    private void runBenchmark(String modelDir, int promptTokens, int genTokens, int threads, String device) {
+    private void runBenchmark(String modelDir, int promptTokens, int genTokens, int threads, String device,
+                              String image) {
         String result = null;
         String error = null;
         try {
@@ -68,6 +74,12 @@ public class BenchmarkActivity extends Activity {
                 throw new McpmException("device must be cpu, gpu or auto (got '" + device + "')");
             }
             McpmNative.ensureLoaded();
+            ImageLoader.Picture picture = null;
+            if (image != null) { // decoded first: a bad file fails before the model loads
+                show("Reading the image " + image + "...");
+                File file = new File(image);
+                picture = ImageLoader.decodeFile(file, file.getName());
+            }
             ModelStore.Model model = ModelStore.find(this, modelDir);
             File dir = ModelStore.prepare(this, model, new ModelStore.Progress() {
                 @Override
@@ -81,7 +93,11 @@ public class BenchmarkActivity extends Activity {
             long handle = McpmNative.load(dir.getAbsolutePath(), threads, device,
                     cache != null ? cache.getAbsolutePath() : null, !Prefs.DEVICE_CPU.equals(device));
             String kernelTimes;
+            JSONObject imageStats = null;
             try {
+                if (picture != null) {
+                    imageStats = encodeImage(handle, model, picture, image);
+                }
                 show("Benchmarking " + model.name + ": " + promptTokens + " prompt + " + genTokens + " tokens...");
                 result = McpmNative.bench(handle, promptTokens, genTokens);
                 kernelTimes = McpmNative.kernelTimes(handle);
@@ -91,7 +107,7 @@ public class BenchmarkActivity extends Activity {
             if (result == null) {
                 throw new McpmException("the runtime returned no statistics");
             }
-            result = withKernelTimes(result, device, kernelTimes);
+            result = withKernelTimes(result, device, kernelTimes, imageStats);
         } catch (McpmException e) {
             error = e.getMessage();
         } catch (OutOfMemoryError e) {
@@ -152,12 +168,61 @@ public class BenchmarkActivity extends Activity {
         }
     }
 
-    /** The stats JSON with "requested_device" and "kernel_times" (the runtime's array; [] when it has none). */
-    private static String withKernelTimes(String stats, String device, String kernelTimes) throws McpmException {
+    /**
+     * Encodes picture once (the vision encoder, as the chat screen does before a message) and returns the image
+     * keys for the result: image_encode_ms, image_slices, image_patches, image_width/height (as encoded),
+     * image_path, image_notice (the app's reduction and the runtime's downscale notice, when any).
+     */
+    private JSONObject encodeImage(long handle, ModelStore.Model model, ImageLoader.Picture picture, String path)
+            throws McpmException {
+        if (!McpmNative.hasVision(handle)) {
+            throw new McpmException(model.name + " has no vision encoder: the image extra needs a MiniCPM-V model");
+        }
+        show("Encoding the image (" + picture.width() + "x" + picture.height() + ")...");
+        int[] argb = ImageLoader.argb(picture.bitmap);
+        int runs = McpmNative.encodeImage(handle, argb, picture.width(), picture.height());
+        String statsText = McpmNative.stats(handle);
+        McpmNative.clearImages(handle); // the text benchmark below stays text-only
+        try {
+            JSONObject stats = new JSONObject(statsText != null ? statsText : "{}");
+            JSONObject o = new JSONObject();
+            o.put("image_encode_ms", stats.optDouble("image_encode_ms", -1));
+            o.put("image_slices", stats.optInt("image_slices", runs));
+            o.put("image_patches", stats.optInt("image_patches", -1));
+            o.put("image_width", picture.width());
+            o.put("image_height", picture.height());
+            o.put("image_path", path);
+            String notice = picture.reductionNote();
+            String runtimeNotice = stats.optString("notice", "");
+            if (runtimeNotice.contains("image")) {
+                notice = notice.isEmpty() ? runtimeNotice : notice + "; " + runtimeNotice;
+            }
+            if (!notice.isEmpty()) {
+                o.put("image_notice", notice);
+            }
+            return o;
+        } catch (JSONException e) {
+            throw new McpmException("the runtime's statistics are not valid JSON: " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * The stats JSON with "requested_device", "kernel_times" (the runtime's array; [] when it has none) and the
+     * image keys (imageStats, may be null).
+     */
+    private static String withKernelTimes(String stats, String device, String kernelTimes, JSONObject imageStats)
+            throws McpmException {
         try {
             JSONObject o = new JSONObject(stats);
             o.put("requested_device", device);
             o.put("kernel_times", kernelTimes != null ? new JSONArray(kernelTimes) : new JSONArray());
+            if (imageStats != null) {
+                JSONArray names = imageStats.names();
+                for (int i = 0; names != null && i < names.length(); i++) {
+                    String key = names.getString(i);
+                    o.put(key, imageStats.get(key));
+                }
+            }
             return o.toString();
         } catch (JSONException e) {
             throw new McpmException("the runtime's statistics are not valid JSON: " + e.getMessage(), e);

@@ -1,16 +1,23 @@
 package org.mcpm.demo;
 
 import android.app.Activity;
+import android.app.AlertDialog;
+import android.content.ActivityNotFoundException;
+import android.content.DialogInterface;
 import android.content.Intent;
+import android.graphics.Bitmap;
 import android.graphics.Color;
+import android.net.Uri;
 import android.os.Bundle;
 import android.os.Handler;
 import android.os.Looper;
+import android.provider.MediaStore;
 import android.view.View;
 import android.widget.AdapterView;
 import android.widget.ArrayAdapter;
 import android.widget.Button;
 import android.widget.EditText;
+import android.widget.ImageView;
 import android.widget.ScrollView;
 import android.widget.Spinner;
 import android.widget.TextView;
@@ -29,13 +36,17 @@ import java.util.concurrent.Executors;
  * The chat screen: a model picker, the conversation with streaming tokens, Send / Stop, New chat and Settings.
  * All native calls run on one background thread (so they never overlap); every error is shown, never thrown.
  * The model runs where Settings says (CPU, GPU or Auto); when Auto falls back to the CPU, the runtime's reason is
- * shown in the status line.
+ * shown in the status line. For a MiniCPM-V model an Image button attaches a picture (gallery or camera) to the next
+ * message: decoded by ImageLoader off the UI thread, encoded by the runtime on Send (encode time in the status).
  */
 public class MainActivity extends Activity {
     private static final int COLOR_STATUS = 0xFF666666;
+    private static final int REQUEST_GALLERY = 1;
+    private static final int REQUEST_CAMERA = 2;
 
     private final Handler ui = new Handler(Looper.getMainLooper());
     private final ExecutorService worker = Executors.newSingleThreadExecutor();
+    private final ExecutorService decoder = Executors.newSingleThreadExecutor(); // image files, off the UI thread
     private final List<ModelStore.Model> models = new ArrayList<ModelStore.Model>();
 
     private Spinner modelSpinner;
@@ -47,9 +58,14 @@ public class MainActivity extends Activity {
     private Button sendButton;
     private Button stopButton;
     private Button resetButton;
+    private Button imageButton;
+    private View imageRow;
+    private ImageView imageThumb;
+    private TextView imageInfo;
 
     private volatile boolean stopRequested;
     private boolean busy; // UI thread only
+    private ImageLoader.Picture pendingImage; // UI thread only: attached to the next message
 
     // Worker thread only.
     private long handle;
@@ -70,6 +86,10 @@ public class MainActivity extends Activity {
         sendButton = (Button) findViewById(R.id.send_button);
         stopButton = (Button) findViewById(R.id.stop_button);
         resetButton = (Button) findViewById(R.id.reset_button);
+        imageButton = (Button) findViewById(R.id.image_button);
+        imageRow = findViewById(R.id.image_row);
+        imageThumb = (ImageView) findViewById(R.id.image_thumb);
+        imageInfo = (TextView) findViewById(R.id.image_info);
 
         modelAdapter = new ArrayAdapter<ModelStore.Model>(this, android.R.layout.simple_spinner_item, models);
         modelAdapter.setDropDownViewResource(android.R.layout.simple_spinner_dropdown_item);
@@ -113,6 +133,19 @@ public class MainActivity extends Activity {
                 startActivity(new Intent(MainActivity.this, SettingsActivity.class));
             }
         });
+        imageButton.setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                chooseImageSource();
+            }
+        });
+        findViewById(R.id.image_remove).setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                removeImage();
+                setStatus("Image removed", false);
+            }
+        });
         try {
             McpmNative.ensureLoaded();
         } catch (McpmException e) {
@@ -140,6 +173,7 @@ public class MainActivity extends Activity {
             // Already shut down.
         }
         worker.shutdown();
+        decoder.shutdownNow();
         super.onDestroy();
     }
 
@@ -219,6 +253,13 @@ public class MainActivity extends Activity {
         loadedKey = model.key();
         loadedThreads = threads;
         loadedDevice = device;
+        boolean vision = false;
+        try {
+            vision = McpmNative.hasVision(handle);
+        } catch (Throwable t) {
+            // An old libmcpm.so without image input: no Image button.
+        }
+        showImageButton(vision);
         double seconds = (System.nanoTime() - t0) / 1e9;
         String runsOnDevice = "cpu";
         String gpuName = "";
@@ -245,6 +286,7 @@ public class MainActivity extends Activity {
     /** Worker thread. */
     private void freeModel() {
         if (handle != 0) {
+            showImageButton(false);
             long h = handle;
             handle = 0;
             loadedKey = null;
@@ -263,6 +305,9 @@ public class MainActivity extends Activity {
         }
         final String message = inputText.getText().toString().trim();
         if (message.isEmpty()) {
+            if (pendingImage != null) {
+                setStatus("Type a question about the image, then Send", true);
+            }
             return;
         }
         final ModelStore.Model model = selectedModel();
@@ -272,15 +317,30 @@ public class MainActivity extends Activity {
             return;
         }
         final Prefs prefs = Prefs.load(this);
+        final ImageLoader.Picture picture = pendingImage;
+        removeImage();
         inputText.setText("");
-        appendChat((chatText.length() == 0 ? "" : "\n\n") + "You: " + message + "\n\n" + model.name + ": ");
+        String imageTag = picture == null ? ""
+                : String.format(Locale.US, "[image %dx%d] ", picture.width(), picture.height());
+        appendChat((chatText.length() == 0 ? "" : "\n\n") + "You: " + imageTag + message + "\n\n" + model.name
+                + ": ");
         stopRequested = false;
         runTask(new Runnable() {
             @Override
             public void run() {
                 try {
                     ensureModel(model, prefs.threads, prefs.device);
-                    setStatus("Generating...", false);
+                    String imageLine = "";
+                    if (picture != null) {
+                        try {
+                            imageLine = encodeImage(model, picture);
+                        } catch (Throwable t) {
+                            appendChat("[image not sent]");
+                            reportError("Image encoding failed", t);
+                            return;
+                        }
+                    }
+                    setStatus("Generating..." + imageLine, false);
                     McpmNative.TextSink sink = new McpmNative.TextSink() {
                         @Override
                         public boolean onText(final String piece) {
@@ -294,8 +354,8 @@ public class MainActivity extends Activity {
                     int n = McpmNative.chat(handle, message, prefs.maxNewTokens, prefs.temperature, prefs.topK,
                             prefs.topP, prefs.effectiveSeed(), sink);
                     double seconds = Math.max((System.nanoTime() - t0) / 1e9, 1e-9);
-                    setStatus(String.format(Locale.US, "%d tokens in %.1f s (%.1f tokens/s, %s)%s", n, seconds,
-                            n / seconds, runsOn, stopRequested ? ", stopped" : ""), false);
+                    setStatus(String.format(Locale.US, "%d tokens in %.1f s (%.1f tokens/s, %s)%s%s", n, seconds,
+                            n / seconds, runsOn, stopRequested ? ", stopped" : "", imageLine), false);
                 } catch (Throwable t) {
                     appendChat("\n[error]");
                     reportError("Generation failed", t);
@@ -304,9 +364,168 @@ public class MainActivity extends Activity {
         }, true);
     }
 
+    /**
+     * Worker thread: encodes picture for the next chat turn (McpmNative.encodeImage); returns the status line's
+     * image part ("; image: 3 vision runs, encoded in 812 ms").
+     */
+    private String encodeImage(ModelStore.Model model, ImageLoader.Picture picture) throws McpmException {
+        if (!McpmNative.hasVision(handle)) {
+            throw new McpmException(model.name + " has no vision encoder: images need a MiniCPM-V model "
+                    + "(export one with mcpm-export)");
+        }
+        setStatus(String.format(Locale.US, "Encoding the image (%dx%d)...", picture.width(), picture.height()),
+                false);
+        int[] argb = ImageLoader.argb(picture.bitmap);
+        int runs = McpmNative.encodeImage(handle, argb, picture.width(), picture.height());
+        double ms = -1;
+        String notice = "";
+        try {
+            JSONObject stats = new JSONObject(McpmNative.stats(handle));
+            ms = stats.optDouble("image_encode_ms", -1);
+            notice = stats.optString("notice", "");
+        } catch (JSONException e) {
+            // No timing: the line says only the runs.
+        } catch (RuntimeException e) {
+            // stats() returned null.
+        }
+        String line = String.format(Locale.US, "; image: %d vision runs", runs);
+        if (ms >= 0) {
+            line += String.format(Locale.US, ", encoded in %.0f ms", ms);
+        }
+        if (notice.contains("image")) {
+            line += " (" + notice + ")"; // the runtime downscaled it
+        }
+        return line;
+    }
+
+    /** Gallery or camera. */
+    private void chooseImageSource() {
+        String[] choices = {getString(R.string.image_gallery), getString(R.string.image_camera)};
+        new AlertDialog.Builder(this)
+                .setTitle(R.string.image_pick_title)
+                .setItems(choices, new DialogInterface.OnClickListener() {
+                    @Override
+                    public void onClick(DialogInterface dialog, int which) {
+                        if (which == 0) {
+                            pickFromGallery();
+                        } else {
+                            takePhoto();
+                        }
+                    }
+                })
+                .show();
+    }
+
+    private void pickFromGallery() {
+        Intent get = new Intent(Intent.ACTION_GET_CONTENT);
+        get.setType("image/*");
+        get.addCategory(Intent.CATEGORY_OPENABLE);
+        try {
+            startActivityForResult(Intent.createChooser(get, getString(R.string.image_pick_title)), REQUEST_GALLERY);
+            return;
+        } catch (ActivityNotFoundException e) {
+            // Try the older picker below.
+        }
+        try {
+            startActivityForResult(new Intent(Intent.ACTION_PICK, MediaStore.Images.Media.EXTERNAL_CONTENT_URI),
+                    REQUEST_GALLERY);
+        } catch (ActivityNotFoundException e) {
+            setStatus("No gallery app to pick an image with", true);
+        }
+    }
+
+    /** The camera app's preview-size photo (the "data" extra): a full-size one would need a FileProvider. */
+    private void takePhoto() {
+        try {
+            startActivityForResult(new Intent(MediaStore.ACTION_IMAGE_CAPTURE), REQUEST_CAMERA);
+        } catch (ActivityNotFoundException e) {
+            setStatus("No camera app on this phone", true);
+        } catch (SecurityException e) {
+            setStatus("The camera cannot be used: " + e.getMessage(), true);
+        }
+    }
+
+    @Override
+    protected void onActivityResult(int requestCode, int resultCode, final Intent data) {
+        if (requestCode != REQUEST_GALLERY && requestCode != REQUEST_CAMERA) {
+            super.onActivityResult(requestCode, resultCode, data);
+            return;
+        }
+        if (resultCode != RESULT_OK) {
+            setStatus("No image attached", false);
+            return;
+        }
+        final boolean camera = requestCode == REQUEST_CAMERA;
+        final Uri uri = data != null ? data.getData() : null;
+        final Object extra = camera && data != null && data.getExtras() != null ? data.getExtras().get("data") : null;
+        setStatus("Reading the image...", false);
+        try {
+            decoder.execute(new Runnable() {
+                @Override
+                public void run() {
+                    try {
+                        final ImageLoader.Picture picture;
+                        if (camera) {
+                            picture = ImageLoader.fromBitmap(extra instanceof Bitmap ? (Bitmap) extra : null,
+                                    "camera");
+                        } else if (uri == null) {
+                            throw new McpmException("the gallery returned no image");
+                        } else {
+                            String name = uri.getLastPathSegment();
+                            picture = ImageLoader.decodeFile(ImageLoader.copyToCache(MainActivity.this, uri),
+                                    name != null ? name : "image");
+                        }
+                        ui.post(new Runnable() {
+                            @Override
+                            public void run() {
+                                attachImage(picture);
+                            }
+                        });
+                    } catch (Throwable t) {
+                        reportError("Image not attached", t);
+                    }
+                }
+            });
+        } catch (RuntimeException e) { // RejectedExecutionException after onDestroy
+            setStatus("Image not attached: the screen is closing", true);
+        }
+    }
+
+    /** UI thread: shows the thumbnail; the image goes with the next message. */
+    private void attachImage(ImageLoader.Picture picture) {
+        pendingImage = picture;
+        imageThumb.setImageBitmap(picture.thumbnail);
+        imageInfo.setText(picture.describe());
+        imageRow.setVisibility(View.VISIBLE);
+        String note = picture.reductionNote();
+        setStatus(note.isEmpty() ? "Image attached: it goes with your next message"
+                : "Image attached; " + note + " to fit in memory", false);
+    }
+
+    /** UI thread. */
+    private void removeImage() {
+        pendingImage = null;
+        imageThumb.setImageBitmap(null);
+        imageRow.setVisibility(View.GONE);
+    }
+
+    /** Any thread: the Image button is there only for models with a vision encoder. */
+    private void showImageButton(final boolean vision) {
+        ui.post(new Runnable() {
+            @Override
+            public void run() {
+                imageButton.setVisibility(vision ? View.VISIBLE : View.GONE);
+                if (!vision) {
+                    removeImage();
+                }
+            }
+        });
+    }
+
     private void newChat() {
         stopRequested = true;
         chatText.setText("");
+        removeImage();
         runTask(new Runnable() {
             @Override
             public void run() {

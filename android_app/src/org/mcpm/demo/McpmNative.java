@@ -49,8 +49,22 @@ public final class McpmNative {
     static native int complete(long handle, String prompt, int maxTokens, float temperature, int topK, float topP,
                                long seed, TextSink sink) throws McpmException;
 
-    /** Forgets the conversation. */
+    /** Forgets the conversation (and the images attached to the next turn). */
     static native void reset(long handle);
+
+    /** True when the bundle has a vision encoder (MiniCPM-V): encodeImage works. False for handle 0. */
+    static native boolean hasVision(long handle);
+
+    /**
+     * Runs the vision encoder on an image and attaches it to the next {@link #chat} turn. argb: width * height
+     * pixels as {@code Bitmap.getPixels(argb, 0, width, 0, 0, width, height)} gives them (ARGB_8888; alpha is
+     * ignored). Returns the vision runs (overview + slices); the time is the stats' "image_encode_ms". Images larger
+     * than 4096 x 4096 pixels are downscaled by the runtime (the stats' "notice" says so).
+     */
+    static native int encodeImage(long handle, int[] argb, int width, int height) throws McpmException;
+
+    /** Drops the images attached to the next turn. */
+    static native void clearImages(long handle);
 
     /** The runtime's statistics as JSON (mcpm_stats_json). */
     static native String stats(long handle);
