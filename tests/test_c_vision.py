@@ -2,8 +2,7 @@
 (export/models/minicpmv/vision_inputs.py) and PyTorch, and image chat (mcpm_encode_image + mcpm_session_chat)
 against a Python driver over the same plan (PlanModel: vision -> embed / overwrite / prefill_embeds -> decode).
 
-The image-chat tests export a tiny MiniCPM-V bundle; they skip (with the reason) only when this exporter cannot
-compile the vision entry at all (mcpm.export.compiler.layout.vision_compiler_available() is false).
+The image-chat tests export a tiny MiniCPM-V bundle.
 """
 
 from __future__ import annotations
@@ -288,22 +287,8 @@ def test_plain_bundle_refuses_images(default_q4_bundle: Path) -> None:
 # ---------------------------------------------------------------- (b) a tiny MiniCPM-V bundle
 
 
-def _vision_export_available() -> str:
-    """'' when this exporter compiles the vision entry, else why not."""
-    try:
-        from mcpm.export.compiler.layout import vision_compiler_available
-    except ImportError as e:
-        return f"the exporter has no MiniCPM-V support ({e})"
-    if not vision_compiler_available():
-        return "the exporter cannot compile the vision entry (mcpm.export.compiler.vision_def is missing)"
-    return ""
-
-
 @pytest.fixture(scope="module")
 def vbundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    why = _vision_export_available()
-    if why:
-        pytest.skip(why)
     from mcpm.export.exporter import ExportOptions, run_export
     from tests.conftest import write_tiny
     from tests.test_minicpmv import tiny_minicpmv

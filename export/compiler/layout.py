@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 
@@ -79,11 +78,6 @@ def weight_params(cfg: MiniCPMConfig, spec: CompileSpec) -> list[Param]:
 def is_vision_config(cfg: MiniCPMConfig) -> bool:
     """A MiniCPM-V config (the LM config plus a vision tower and resampler)."""
     return getattr(cfg, "model_type", "") == "minicpmv"
-
-
-def vision_compiler_available() -> bool:
-    """Whether the vision tower's relax definition (vision_def.py) is installed (MiniCPM-V exports need it)."""
-    return importlib.util.find_spec("mcpm.export.compiler.vision_def") is not None
 
 
 def default_max_patches(cfg: MiniCPMConfig) -> int:
