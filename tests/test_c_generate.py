@@ -113,7 +113,9 @@ def test_stats_json(model) -> None:
     generate(model)
     stats = model.stats()
     assert set(stats) == {"load_ms", "prefill_tokens", "prefill_tok_s", "decode_tokens", "decode_tok_s", "ttft_ms",
-                          "peak_rss_kb", "threads", "kernel_variant", "device", "gpu_device", "gpu_program", "notice"}
+                          "peak_rss_kb", "threads", "kernel_variant", "device", "gpu_device", "gpu_program", "notice",
+                          "image_encode_ms", "image_slices", "image_patches"}
+    assert stats["image_encode_ms"] == 0 and stats["image_slices"] == 0 and stats["image_patches"] == 0
     assert stats["kernel_variant"] == "default"  # a host bundle has one kernel set
     assert stats["device"] == "cpu" and stats["notice"] == ""
     assert stats["prefill_tokens"] == len(PROMPT) and stats["decode_tokens"] == N_NEW - 1

@@ -412,7 +412,9 @@ def export_plan(
     lists them as kernel_variants.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    lowered = lower_module(build_module(cfg, spec), target, debug_dump, schedule)
+    with tvm.target.Target(target or HOST_TARGET):  # kernel factories pick their instructions (decode_isa)
+        built = build_module(cfg, spec)
+    lowered = lower_module(built, target, debug_dump, schedule)
     plan = extract_plan(lowered, cfg, spec, target)
     _dump(debug_dump, 6, "extract", plan.to_json())
     exe = compile_kernels(lowered, plan.kernels, target)

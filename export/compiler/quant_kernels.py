@@ -6,14 +6,42 @@ scales  float16[N, Kp/G]: W[j, k] = (nibble - 8) * scales[j, k // G]
 
 from __future__ import annotations
 
+import tvm
 from tvm.script import tirx as T
+from tvm.target import codegen
 
 # Register tiles of linear_q4 (see its docstring). PREFILL_ROWS * PREFILL_TOKENS + PREFILL_ROWS vector registers
 # (8 float lanes each) hold the accumulators and the dequantized words; x comes from memory operands.
 LANES = 8  # nibbles per uint32 word = float lanes of one AVX2 / two NEON vectors
-DECODE_ROWS = 4  # rows of a one-token tile: 4 independent accumulator chains hide the FMA latency
+DECODE_ROWS = 4  # rows of a one-token float tile: 4 independent accumulator chains
+# integer decode tiles: 1 row (one weight stream: the hardware prefetcher keeps up; 4 rows at a time streamed
+# ~40% slower from DRAM) x 2 accumulator chains (alternate blocks) to hide the fma latency
+INT_DECODE_ROWS, INT_DECODE_ACCS = 1, 2
 PREFILL_ROWS, PREFILL_TOKENS = 2, 4  # rows x tokens of a prefill tile: each dequantized word feeds 4 tokens
 SUPER_ROWS = 16  # rows per parallel task unit: its weights (16 x K/2 bytes) stay in L1/L2 over all token tiles
+QBLOCK = 32  # inputs per activation block of the decode tiles (one scale each, as ggml's Q8_0)
+QMAX = 32767  # int16 activations: q = rint(x / dx) in -QMAX..QMAX, dx = max|x| / QMAX per block
+CHUNK = 8  # blocks whose scale * dx a decode tile computes at once (one fp16 -> fp32 vector conversion per row)
+
+
+def decode_isa(group: int) -> str:
+    """How linear_q4's decode tiles compute, chosen from the current TVM target (``with tvm.target.Target(...)``
+    around the kernel's construction; the kernel must then be compiled for that target or one with more features):
+
+    "x86-avx2": int16 activations, two AVX2 vpmaddwd per 32 weights (an LLVM target with AVX2);
+    "arm64": int16 activations, ``llvm.vector.partial.reduce.add`` of int16 products (target-independent LLVM IR
+        that AArch64 turns into smull/smlal; an AArch64 triple);
+    "f32": float activations, the float tile (no current target, any other target, or a group that is not a
+        multiple of QBLOCK)."""
+    tgt = tvm.target.Target.current(allow_none=True)
+    if group % QBLOCK or tgt is None or tgt.kind.name != "llvm":
+        return "f32"
+    if codegen.target_has_features("avx2", tgt):
+        return "x86-avx2"
+    triple = str(tgt.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if triple.startswith(("aarch64", "arm64")):
+        return "arm64"
+    return "f32"
 
 
 def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
@@ -21,26 +49,43 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
 
     Parallel over blocks of SUPER_ROWS rows (the last block's row indices are clamped to N - 1: it recomputes and
     rewrites the last row, no branches); inside a block, tiles of PREFILL_TOKENS tokens x PREFILL_ROWS rows and then
-    the remaining tokens one at a time x DECODE_ROWS rows. A tile keeps 8-lane partial sums per (token, row); each
-    packed word is broadcast to 8 lanes, shifted by 0, 4, .., 28 (one vector shift), masked and converted.
-    Prefill tiles scale it ((nibble - 8) * s, exact) once and fma it into PREFILL_TOKENS tokens' sums; decode tiles
-    fma the raw nibbles per group and add (sum(nibble * x) - 8 * sum(x)) * s once per group (sum(x) shared by the
-    rows). The horizontal sum of the 8 lanes happens once per output; fp32 accumulation throughout. Inputs of a padded
-    last group (K % G != 0) go through a scalar loop that never reads x past K."""
+    the remaining tokens (decode: n < PREFILL_TOKENS, or the n % PREFILL_TOKENS last ones) one at a time x
+    DECODE_ROWS rows (integer tiles: INT_DECODE_ROWS). The horizontal sum of a tile's lanes happens once per output;
+    fp32 accumulation throughout.
+
+    Prefill tiles broadcast each packed word to 8 lanes, shift by 0, 4, .., 28 (one vector shift), mask, convert,
+    scale ((nibble - 8) * s, exact) and fma it into PREFILL_TOKENS tokens' 8-lane sums.
+
+    Decode tiles (decode_isa: "x86-avx2" and "arm64") multiply integers, as ggml's Q4_0 x Q8_0 dot but with int16
+    activations (int8 ones change the logits by ~1e-2 relative, enough to flip near-tied greedy tokens): before the
+    parallel loop, each decode token's x is quantized per block of QBLOCK inputs (dx = max|x| / QMAX, q = rint(x / dx))
+    into a workspace, in the order of the nibbles of the block's 16 bytes (even inputs = low nibbles, then odd
+    inputs = high nibbles), with 8 * sum(q) and dx per block. A block of a row is an exact int32 dot of its nibbles
+    (widened to int16) with q: on AVX2 two vpmaddwd, elsewhere a partial reduction of (nibble - 8) * q. Once per
+    block it is converted to float and fma'd with scale * dx into the row's 8-lane sum; x86 subtracts the
+    8 * sum(q) * scale * dx terms of CHUNK blocks with one vector fma. Inputs after the last full block
+    (K % 32 != 0) go through a scalar float loop that never reads x past K. "f32" decode tiles fma raw nibbles
+    with x per group and add (sum(nibble * x) - 8 * sum(x)) * s once per group."""
     kp = -(-k_in // group) * group
     words = group // 8
     full = k_in // group  # groups entirely inside K
-    rd, rp, tp = DECODE_ROWS, PREFILL_ROWS, PREFILL_TOKENS
+    rp, tp = PREFILL_ROWS, PREFILL_TOKENS
     sb = SUPER_ROWS
     blocks = -(-n_out // sb)
     last = n_out - 1
+    isa = decode_isa(group)
+    rd, na = (INT_DECODE_ROWS, INT_DECODE_ACCS) if isa != "f32" else (DECODE_ROWS, 1)
+    nb = k_in // QBLOCK  # activation blocks entirely inside K
+    nbw = max(nb, 1)  # blocks of the workspace (never empty)
+    bpg = max(1, group // QBLOCK)  # activation blocks per weight group
+    wpb = QBLOCK // 8  # packed words per activation block
 
     def nibbles(qw, j, word):  # the 8 nibbles of qw[j, word] as int32 lanes (vector shift by 0, 4, .., 28 + mask)
         return lambda b: T.bitwise_and(T.shift_right(qw[j, word], T.Cast("uint32", b * 4)), T.uint32(15))
 
     @T.macro
-    def finish(acc, r_, y, i, j, a, add):  # y[i, j] (+ r[i, j]) = horizontal sum of acc[a : a+8]
-        for b in range(1, LANES):
+    def finish(acc, r_, y, i, j, a, add, lanes=LANES):  # y[i, j] (+ r[i, j]) = horizontal sum of acc[a : a+lanes]
+        for b in range(1, lanes):
             acc[a] = acc[a] + acc[a + b]
         if add:
             y[i, j] = r_[i, j] + acc[a]
@@ -48,13 +93,79 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
             y[i, j] = acc[a]
 
     @T.macro
-    def tail(x, qw, sc, acc, i, j, a):  # padded last group: scalar, x read only below K (no-op when K % G == 0)
-        for k in range(full * group, k_in):
+    def tail(x, qw, sc, acc, i, j, a, k0):  # inputs k0 .. K-1: scalar, x read only below K (no-op when k0 == K)
+        for k in range(k0, k_in):
             nib = T.bitwise_and(T.shift_right(qw[j, k // 8], T.Cast("uint32", (k % 8) * 4)), T.uint32(15))
             acc[a] = acc[a] + x[i, k] * ((T.Cast("float32", nib) - T.float32(8)) * T.Cast("float32", sc[j, k // group]))
 
     @T.macro
-    def decode_tile(x, qw, sc, r_, y, i, j0, add):  # y[i, j0 .. j0+rd) (rows clamped to N - 1)
+    def quantize_x(x, xq, xs, xd, i, t):  # decode token i's x -> workspace slot t: q (nibble order), 8 sum(q), dx
+        m = T.alloc_local((LANES,), "float32")
+        qs = T.alloc_local((1,), "int32")
+        for kb in range(nb):
+            for b in T.vectorized(LANES):
+                m[b] = T.max(T.max(T.abs(x[i, kb * QBLOCK + b]), T.abs(x[i, kb * QBLOCK + 8 + b])),
+                             T.max(T.abs(x[i, kb * QBLOCK + 16 + b]), T.abs(x[i, kb * QBLOCK + 24 + b])))
+            for b in range(1, LANES):
+                m[0] = T.max(m[0], m[b])
+            m[1] = m[0] / T.float32(QMAX)  # dx
+            m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))  # 1 / dx
+            xd[t, kb] = m[1]
+            qs[0] = 0
+            for h, b in T.grid(2, QBLOCK // 2):  # position h * 16 + b holds input 2 b + h (the nibble order)
+                xq[t, kb * QBLOCK + h * 16 + b] = T.Cast("int16", T.nearbyint(x[i, kb * QBLOCK + 2 * b + h] * m[2]))
+                qs[0] = qs[0] + T.Cast("int32", xq[t, kb * QBLOCK + h * 16 + b])
+            xs[t, kb] = T.Cast("float32", qs[0] * 8)
+
+    def block_dot(qw, xq, j, t, kb):  # int32x8 whose lanes sum to the integer dot of block kb of row j with q
+        # 16 bytes: byte m = inputs 2m (low nibble) and 2m + 1 (high nibble), widened to 16 int16 lanes
+        w16 = T.Cast("int16x16", T.reinterpret("uint8x16", qw[j, T.Ramp(kb * wpb, 1, wpb)]))
+        lo, hi = T.bitwise_and(w16, T.Broadcast(T.int16(15), 16)), T.shift_right(w16, T.Broadcast(T.int16(4), 16))
+        xlo, xhi = xq[t, T.Ramp(kb * QBLOCK, 1, 16)], xq[t, T.Ramp(kb * QBLOCK + 16, 1, 16)]
+        if isa == "x86-avx2":  # sum(nibble * q): two vpmaddwd (|sum| <= 32 * 15 * 32767 < 2^24: exact in float)
+            # high nibbles as vpmulhuw(w, 4096) = w >> 4: otherwise LLVM moves the shift and mask before the
+            # widening (byte vectors have no shift), which costs two more instructions per block
+            hi = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmulhu.w", w16, T.Broadcast(T.int16(4096), 16))
+            return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", lo, xlo) + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd", hi, xhi)
+        # arm64: sum((nibble - 8) * q) as a partial reduction of int16 products (widening multiply-adds)
+        prod = T.Cast("int32x32", T.Shuffle([lo, hi], list(range(32))) - T.Broadcast(T.int16(8), 32)) * T.Cast(
+            "int32x32", T.Shuffle([xlo, xhi], list(range(32))))
+        return T.call_llvm_pure_intrin("int32x8", "llvm.vector.partial.reduce.add", T.Broadcast(T.int32(0), 8), prod)
+
+    @T.macro
+    def decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, k0, width):  # blocks k0 .. k0+width of rows j0 .. j0+rd
+        for r in T.unroll(rd):  # sdx = scale * dx per block; x86: the -8 sum(q) terms go into the lanes now
+            for c in T.vectorized(width):
+                sdx[r * CHUNK + c] = T.Cast("float32", sc[T.min(j0 + r, last), (k0 + c) // bpg]) * xd[t, k0 + c]
+            if isa == "x86-avx2":
+                for c in T.vectorized(width):
+                    acc[r * na * LANES + c] = acc[r * na * LANES + c] - sdx[r * CHUNK + c] * xs[t, k0 + c]
+        for c in T.unroll(width):
+            for r in T.unroll(rd):
+                a = (r * na + c % na) * LANES  # block c goes into chain c % na of row r
+                acc[T.Ramp(a, 1, LANES)] = acc[T.Ramp(a, 1, LANES)] + T.Cast(
+                    "float32x8", block_dot(qw, xq, T.min(j0 + r, last), t, k0 + c)
+                ) * T.Broadcast(sdx[r * CHUNK + c], LANES)
+
+    @T.macro
+    def decode_tile(x, qw, sc, xq, xs, xd, r_, y, i, t, j0, add):  # y[i, j0 .. j0+rd) (rows clamped to N - 1)
+        # per block: acc[r] += float(dot(nibbles, q)) * (scale[r] * dx) (- 8 sum(q) * scale[r] * dx on x86)
+        acc = T.alloc_local((rd * na * LANES,), "float32")
+        sdx = T.alloc_local((rd * CHUNK,), "float32")
+        for r in T.unroll(rd * na):
+            for b in T.vectorized(LANES):
+                acc[r * LANES + b] = T.float32(0)
+        for kc in range(nb // CHUNK):
+            decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, kc * CHUNK, CHUNK)
+        if nb % CHUNK != 0:
+            decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, nb // CHUNK * CHUNK, nb % CHUNK)
+        for r in T.unroll(rd):
+            tail(x, qw, sc, acc, i, T.min(j0 + r, last), r * na * LANES, nb * QBLOCK)
+            finish(acc, r_, y, i, T.min(j0 + r, last), r * na * LANES, add, na * LANES)
+
+    @T.macro
+    def decode_tile_f32(x, qw, sc, r_, y, i, j0, add):  # y[i, j0 .. j0+rd) (rows clamped to N - 1)
         # per group: gacc[r] = sum nibble * x (8 lanes), xs = sum x; acc[r] += (gacc[r] - 8 xs) * scale[r]
         acc = T.alloc_local((rd * LANES,), "float32")
         gacc = T.alloc_local((rd * LANES,), "float32")
@@ -82,7 +193,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
                         "float32", sc[T.min(j0 + r, last), g]
                     )
         for r in T.unroll(rd):
-            tail(x, qw, sc, acc, i, T.min(j0 + r, last), r * LANES)
+            tail(x, qw, sc, acc, i, T.min(j0 + r, last), r * LANES, full * group)
             finish(acc, r_, y, i, T.min(j0 + r, last), r * LANES, add)
 
     @T.macro
@@ -108,18 +219,35 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
                             )
         for t in T.unroll(tp):
             for r in T.unroll(rp):
-                tail(x, qw, sc, acc, i0 + t, T.min(j0 + r, last), (t * rp + r) * LANES)
+                tail(x, qw, sc, acc, i0 + t, T.min(j0 + r, last), (t * rp + r) * LANES, full * group)
                 finish(acc, r_, y, i0 + t, T.min(j0 + r, last), (t * rp + r) * LANES, add)
 
     @T.macro
-    def body(x, qw, sc, r_, y, n, add):
+    def body_f32(x, qw, sc, r_, y, n, add):
         for blk in T.parallel(blocks):
             for it in range(n // tp):
                 for jr in range(sb // rp):
                     prefill_tile(x, qw, sc, r_, y, it * tp, blk * sb + jr * rp, add)
             for i in range(n // tp * tp, n):
                 for jr in range(sb // rd):
-                    decode_tile(x, qw, sc, r_, y, i, blk * sb + jr * rd, add)
+                    decode_tile_f32(x, qw, sc, r_, y, i, blk * sb + jr * rd, add)
+
+    @T.macro
+    def body(x, qw, sc, r_, y, n, add):
+        # workspace of the (at most tp - 1) decode tokens, quantized once per call: q in nibble order, and per
+        # block 8 * sum(q) and dx
+        xq = T.alloc_buffer((tp - 1, nbw * QBLOCK), "int16")
+        xs = T.alloc_buffer((tp - 1, nbw), "float32")
+        xd = T.alloc_buffer((tp - 1, nbw), "float32")
+        for t in range(n - n // tp * tp):
+            quantize_x(x, xq, xs, xd, n // tp * tp + t, t)
+        for blk in T.parallel(blocks):
+            for it in range(n // tp):
+                for jr in range(sb // rp):
+                    prefill_tile(x, qw, sc, r_, y, it * tp, blk * sb + jr * rp, add)
+            for t in range(n - n // tp * tp):
+                for jr in range(sb // rd):
+                    decode_tile(x, qw, sc, xq, xs, xd, r_, y, n // tp * tp + t, t, blk * sb + jr * rd, add)
 
     @T.prim_func(private=True)
     def linear(x_h: T.handle, q_h: T.handle, s_h: T.handle, y_h: T.handle):
@@ -129,7 +257,10 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
         qw = T.match_buffer(q_h, (n_out, kp // 8), "uint32")  # [N, Kp/8]
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        body(x, qw, sc, y, y, n, False)
+        if isa == "f32":
+            body_f32(x, qw, sc, y, y, n, False)
+        else:
+            body(x, qw, sc, y, y, n, False)
 
     @T.prim_func(private=True)
     def linear_add(x_h: T.handle, q_h: T.handle, s_h: T.handle, r_h: T.handle, y_h: T.handle):
@@ -140,7 +271,10 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         r = T.match_buffer(r_h, (n, n_out), "float32")  # [n, N] residual
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        body(x, qw, sc, r, y, n, True)
+        if isa == "f32":
+            body_f32(x, qw, sc, r, y, n, True)
+        else:
+            body(x, qw, sc, r, y, n, True)
 
     return linear_add if residual else linear
 

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mcpm.errors import McpmError
 from mcpm.export.ios.macho import c_to_macho, check_object
@@ -122,6 +123,8 @@ def kernel_symbols(plan, arch: str = "arm64") -> set[str]:
 def compile_simulator_kernels(bundle: Path, work: Path) -> dict[str, list[Path]]:
     """The simulator's kernel objects (arch -> objects), compiled from the bundle's model config and compile
     options: the plan is extracted again and must list the bundle's kernels."""
+    import tvm
+
     from mcpm.export.bundle.reader import CONFIG_NAME
     from mcpm.export.bundle.target import get_target, ios_simulator_variants
     from mcpm.export.compiler.lower import compile_kernels, extract_plan, lower_module
@@ -136,11 +139,18 @@ def compile_simulator_kernels(bundle: Path, work: Path) -> dict[str, list[Path]]
     family = family_for(config["family"])
     cfg = parse_config(family.config_cls, config["model_config"])
     default, *rules = str(config["quantization"]).split(",")
-    spec = CompileSpec(max_ctx=int(config["context_length"]), chunk=int(config["prefill_chunk"]),
-                       recipe=Recipe.parse(default, rules), num_experts=getattr(cfg, "num_experts", 0) or 0)
-    device_target = get_target("ios").tvm_target
-    lowered = lower_module(build_module(cfg, spec), device_target)
     plan = _plan(bundle)
+    vision: dict[str, Any] = {}
+    if plan.vision:  # MiniCPM-V: the vision weights' dtype and the slice bound the bundle was exported with
+        dtypes = {w.dtype for w in plan.weights if w.name == "vision.patch_w"}
+        vision = {"vision_dtype": dtypes.pop() if dtypes else "float16", "max_patches": plan.vision["max_patches"]}
+    spec = CompileSpec(max_ctx=int(config["context_length"]), chunk=int(config["prefill_chunk"]),
+                       recipe=Recipe.parse(default, rules), num_experts=getattr(cfg, "num_experts", 0) or 0,
+                       **vision)
+    device_target = get_target("ios").tvm_target
+    with tvm.target.Target(device_target):  # the same kernel choices as the device export (quant_kernels)
+        built = build_module(cfg, spec)
+    lowered = lower_module(built, device_target)
     again = extract_plan(lowered, cfg, spec, device_target)
     if again.kernels != plan.kernels:
         raise McpmError(f"compiling the simulator kernels of {bundle} gave a different kernel list than its plan",
