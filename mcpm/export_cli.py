@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...]
         click.echo(report.android.next_steps())
     elif report.ios is not None:
         click.echo(report.ios.next_steps())
+    elif target == "host" and "vision" in json.loads((out / "plan.json").read_text()):  # a MiniCPM-V bundle
+        click.echo(f"next: mcpm chat {out} --image PHOTO.jpg")
     elif target == "host":
         click.echo(f"next: mcpm generate {out} -p \"The people of the\"")
 
