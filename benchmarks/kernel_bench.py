@@ -12,12 +12,12 @@ Versions (--versions; the first one is the baseline of the speedups and of the n
   generic  linear_q4 of the working tree constructed with no current target (decode_isa "f32": the float tiles)
 Each thread count runs in its own process (TVM_NUM_THREADS; TVM's own runtime thread pool runs the T.parallel
 launches). Kernels are compiled for this CPU (llvm -mcpu=<host>). Reported per case (median of -r alternating
-repetitions): ms per call, GB/s of weights streamed (qweight + scales bytes / time), and cycles per 32-weight block
-per core = MHz * threads * time / blocks (--clock wall, the default) or MHz * CPU time of all threads / blocks
-(--clock cpu, which leaves out the time other processes held the cores); MHz is --mhz or else the mean 'cpu MHz'
-of /proc/cpuinfo. n = 128 counts every token's pass over the weights as blocks (so cycles / block / token). The
-relative error is the largest |difference| to the baseline over the largest |baseline| output (int16 decode
-activations against float ones: ~2e-5).
+repetitions): ms per call, GB/s of weights streamed (qweight + scales bytes / time), GFLOP/s (2 K N n / time: all
+threads, or per core with --clock cpu), and cycles per 32-weight block per core = MHz * threads * time / blocks
+(--clock wall, the default) or MHz * CPU time of all threads / blocks (--clock cpu, which leaves out the time other
+processes held the cores); MHz is --mhz or else the mean 'cpu MHz' of /proc/cpuinfo. n = 128 counts every token's
+pass over the weights as blocks (so cycles / block / token). The relative error is the largest |difference| to the
+baseline over the largest |baseline| output (int16 decode activations against float ones: ~2e-5).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def worker(args) -> None:
             for v in kern:
                 t = statistics.median(times[v])
                 out.append({"shape": shape, "K": k, "N": n_out, "n": n, "threads": args.threads, "version": v,
-                            "ms": t * 1e3, "gb_s": wbytes / t / 1e9,
+                            "ms": t * 1e3, "gb_s": wbytes / t / 1e9, "gflop_s": 2 * k * n_out * n / t / 1e9,
                             "cycles_per_block": mhz * 1e6 * (1 if args.clock == "cpu" else args.threads) * t
                             / (blocks * n),
                             "rel_err": errs[v], "samples": len(times[v])})
@@ -217,13 +217,14 @@ def main(argv=None) -> int:
     print(f"cpu MHz {mhz:.0f}; median of {args.r} alternating repetitions; speedup and rel err vs "
           f"{args.versions.split(',')[0]}")
     print(f"{'shape':<8}{'K':>6}{'N':>8}{'n':>5}{'thr':>4}  {'version':<8}{'ms':>9}{'speedup':>8}{'GB/s':>7}"
-          f"{'cyc/blk':>8}{'rel err':>9}")
+          f"{'GFLOP/s':>8}{'cyc/blk':>8}{'rel err':>9}")
     nv = len(args.versions.split(","))
     for c in range(0, len(rows), nv):
         base = rows[c]
         for r in rows[c:c + nv]:
             print(f"{r['shape']:<8}{r['K']:>6}{r['N']:>8}{r['n']:>5}{r['threads']:>4}  {r['version']:<8}"
-                  f"{r['ms']:>9.3f}{base['ms'] / r['ms']:>8.2f}{r['gb_s']:>7.2f}{r['cycles_per_block']:>8.1f}"
+                  f"{r['ms']:>9.3f}{base['ms'] / r['ms']:>8.2f}{r['gb_s']:>7.2f}{r['gflop_s']:>8.1f}"
+                  f"{r['cycles_per_block']:>8.1f}"
                   f"{r['rel_err']:>9.1e}")
     return 0
 

@@ -17,8 +17,10 @@ DECODE_ROWS = 4  # rows of a one-token float tile: 4 independent accumulator cha
 # integer decode tiles: 1 row (one weight stream: the hardware prefetcher keeps up; 4 rows at a time streamed
 # ~40% slower from DRAM) x 2 accumulator chains (alternate blocks) to hide the fma latency
 INT_DECODE_ROWS, INT_DECODE_ACCS = 1, 2
-PREFILL_ROWS, PREFILL_TOKENS = 2, 4  # rows x tokens of a prefill tile: each dequantized word feeds 4 tokens
+PREFILL_ROWS, PREFILL_TOKENS = 2, 4  # rows x tokens of a prefill tile (float weights from the dequantized chunk)
 SUPER_ROWS = 16  # rows per parallel task unit: its weights (16 x K/2 bytes) stay in L1/L2 over all token tiles
+PREFILL_KCHUNK = 256  # inputs per dequantized chunk: SUPER_ROWS x 256 floats = 16 KB of scratch (stays in L1)
+PREFILL_TILES = 16  # token tiles per accumulator chunk: 16 x PREFILL_TOKENS x SUPER_ROWS x LANES floats = 32 KB
 QBLOCK = 32  # inputs per activation block of the decode tiles (one scale each, as ggml's Q8_0)
 QMAX = 32767  # int16 activations: q = rint(x / dx) in -QMAX..QMAX, dx = max|x| / QMAX per block
 CHUNK = 8  # blocks whose scale * dx a decode tile computes at once (one fp16 -> fp32 vector conversion per row)
@@ -45,16 +47,24 @@ def decode_isa(group: int) -> str:
 
 
 def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
-    """y[n, N] = x[n, K] @ dequant(qweight, scales)[N, K]^T (+ r[n, N] when ``residual``), dequantized in registers.
+    """y[n, N] = x[n, K] @ dequant(qweight, scales)[N, K]^T (+ r[n, N] when ``residual``), dequantized on the fly
+    (decode: in registers; prefill: a K chunk of a block's rows at a time into an L1 scratch).
 
     Parallel over blocks of SUPER_ROWS rows (the last block's row indices are clamped to N - 1: it recomputes and
-    rewrites the last row, no branches); inside a block, tiles of PREFILL_TOKENS tokens x PREFILL_ROWS rows and then
-    the remaining tokens (decode: n < PREFILL_TOKENS, or the n % PREFILL_TOKENS last ones) one at a time x
-    DECODE_ROWS rows (integer tiles: INT_DECODE_ROWS). The horizontal sum of a tile's lanes happens once per output;
-    fp32 accumulation throughout.
+    rewrites the last row, no branches); inside a block, the n // PREFILL_TOKENS * PREFILL_TOKENS first tokens go
+    through the prefill path and the remaining ones (decode: n < PREFILL_TOKENS, or the n % PREFILL_TOKENS last
+    ones) one at a time x DECODE_ROWS rows (integer tiles: INT_DECODE_ROWS). The horizontal sum of an output's
+    lanes happens once per output; fp32 accumulation throughout.
 
-    Prefill tiles broadcast each packed word to 8 lanes, shift by 0, 4, .., 28 (one vector shift), mask, convert,
-    scale ((nibble - 8) * s, exact) and fma it into PREFILL_TOKENS tokens' 8-lane sums.
+    Prefill amortizes the dequantization over all tokens of the call: per chunk of PREFILL_TILES token tiles and per
+    K chunk of PREFILL_KCHUNK inputs (whole groups; the last chunk may hold fewer), the block's rows are dequantized
+    once ((nibble - 8) * s, exact: a word broadcast to 8 lanes, one vector shift by 0, 4, .., 28, mask, convert,
+    scale) into a float scratch [SUPER_ROWS, PREFILL_KCHUNK] (16 KB, stays in L1), then every token tile runs float
+    tiles of PREFILL_TOKENS tokens x PREFILL_ROWS rows over it (as vision_kernels.linear_bias: 8-lane sums, x from
+    memory operands), keeping the 8-lane sums of the token chunk in a second scratch [PREFILL_TILES *
+    PREFILL_TOKENS, SUPER_ROWS, LANES] (32 KB, L1/L2) between K chunks. Both scratches are fixed-size locals of
+    the parallel body (48 KB of stack per thread). Inputs after the last full group (K % G != 0) go through the
+    scalar tail loop.
 
     Decode tiles (decode_isa: "x86-avx2" and "arm64") multiply integers, as ggml's Q4_0 x Q8_0 dot but with int16
     activations (int8 ones change the logits by ~1e-2 relative, enough to flip near-tied greedy tokens): before the
@@ -79,6 +89,10 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
     nbw = max(nb, 1)  # blocks of the workspace (never empty)
     bpg = max(1, group // QBLOCK)  # activation blocks per weight group
     wpb = QBLOCK // 8  # packed words per activation block
+    tt = PREFILL_TILES
+    gpc = max(1, PREFILL_KCHUNK // group)  # groups per dequantized K chunk
+    kc = gpc * group  # inputs per K chunk
+    nkc, rem_g = full // gpc, full % gpc  # full K chunks, groups of the last partial one
 
     def nibbles(qw, j, word):  # the 8 nibbles of qw[j, word] as int32 lanes (vector shift by 0, 4, .., 28 + mask)
         return lambda b: T.bitwise_and(T.shift_right(qw[j, word], T.Cast("uint32", b * 4)), T.uint32(15))
@@ -197,37 +211,66 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
             finish(acc, r_, y, i, T.min(j0 + r, last), r * LANES, add)
 
     @T.macro
-    def prefill_tile(x, qw, sc, r_, y, i0, j0, add):  # y[i0 .. i0+tp, j0 .. j0+rp) (rows clamped to N - 1)
-        # each word dequantized once ((nibble - 8) * scale, exact) and fma'd into tp tokens' sums
+    def dequant(qw, sc, wf, j0, g0, ng):  # wf[r, :ng*G] = W[j0 + r, g0*G : (g0+ng)*G] for SUPER_ROWS rows (clamped)
+        for r in range(sb):
+            for g in range(ng):
+                for w in T.unroll(words):
+                    for b in T.vectorized(LANES):
+                        wf[r * kc + g * group + w * 8 + b] = T.Cast(
+                            "float32", T.Cast("int32", nibbles(qw, T.min(j0 + r, last), (g0 + g) * words + w)(b)) - 8
+                        ) * T.Cast("float32", sc[T.min(j0 + r, last), g0 + g])
+
+    @T.macro
+    def prefill_chunk(x, wf, accs, i0, tl, k0, width):  # token tile tl (tokens i0 .. i0+tp) x all SUPER_ROWS rows,
+        # inputs k0 .. k0+width of the dequantized chunk wf: tp x rp tiles of 8-lane sums, loaded from / stored to accs
         acc = T.alloc_local((tp * rp * LANES,), "float32")
-        wv = T.alloc_local((rp * LANES,), "float32")
-        for t, r in T.grid(tp, rp):
-            for b in T.vectorized(LANES):
-                acc[(t * rp + r) * LANES + b] = T.float32(0)
-        for g in range(full):
-            for w in T.unroll(words):
+        for jr in range(sb // rp):
+            for t in T.unroll(tp):
                 for r in T.unroll(rp):
                     for b in T.vectorized(LANES):
-                        wv[r * LANES + b] = T.Cast(
-                            "float32", T.Cast("int32", nibbles(qw, T.min(j0 + r, last), g * words + w)(b)) - 8
-                        ) * T.Cast("float32", sc[T.min(j0 + r, last), g])
+                        acc[(t * rp + r) * LANES + b] = accs[((tl * tp + t) * sb + jr * rp + r) * LANES + b]
+            for v in range(width // LANES):
                 for t in T.unroll(tp):
                     for r in T.unroll(rp):
                         for b in T.vectorized(LANES):
                             acc[(t * rp + r) * LANES + b] = (
-                                acc[(t * rp + r) * LANES + b] + wv[r * LANES + b] * x[i0 + t, g * group + w * 8 + b]
+                                acc[(t * rp + r) * LANES + b]
+                                + wf[(jr * rp + r) * kc + v * LANES + b] * x[i0 + t, k0 + v * LANES + b]
                             )
-        for t in T.unroll(tp):
-            for r in T.unroll(rp):
-                tail(x, qw, sc, acc, i0 + t, T.min(j0 + r, last), (t * rp + r) * LANES, full * group)
-                finish(acc, r_, y, i0 + t, T.min(j0 + r, last), (t * rp + r) * LANES, add)
+            for t in T.unroll(tp):
+                for r in T.unroll(rp):
+                    for b in T.vectorized(LANES):
+                        accs[((tl * tp + t) * sb + jr * rp + r) * LANES + b] = acc[(t * rp + r) * LANES + b]
+
+    @T.macro
+    def prefill(x, qw, sc, r_, y, n, j0, add):  # y[0 .. n//tp*tp, j0 .. j0+sb) (rows clamped to N - 1)
+        # per chunk of tt token tiles: per K chunk, the block's rows dequantized once into wf, then all token tiles
+        wf = T.alloc_local((sb * kc,), "float32")  # [sb, kc] dequantized weights of one K chunk
+        accs = T.alloc_local((tt * tp * sb * LANES,), "float32")  # [tt * tp tokens, sb rows, LANES] partial sums
+        fin = T.alloc_local((LANES,), "float32")
+        for tc in range((n // tp + tt - 1) // tt):
+            for e in range(T.min(tt, n // tp - tc * tt) * tp * sb):
+                for b in T.vectorized(LANES):
+                    accs[e * LANES + b] = T.float32(0)
+            for c in range(nkc):
+                dequant(qw, sc, wf, j0, c * gpc, gpc)
+                for tl in range(T.min(tt, n // tp - tc * tt)):
+                    prefill_chunk(x, wf, accs, (tc * tt + tl) * tp, tl, c * kc, kc)
+            if rem_g > 0:
+                dequant(qw, sc, wf, j0, nkc * gpc, rem_g)
+                for tl in range(T.min(tt, n // tp - tc * tt)):
+                    prefill_chunk(x, wf, accs, (tc * tt + tl) * tp, tl, nkc * kc, rem_g * group)
+            for e in range(T.min(tt, n // tp - tc * tt) * tp):
+                for r in range(sb):
+                    for b in T.vectorized(LANES):
+                        fin[b] = accs[(e * sb + r) * LANES + b]
+                    tail(x, qw, sc, fin, tc * tt * tp + e, T.min(j0 + r, last), 0, full * group)
+                    finish(fin, r_, y, tc * tt * tp + e, T.min(j0 + r, last), 0, add)
 
     @T.macro
     def body_f32(x, qw, sc, r_, y, n, add):
         for blk in T.parallel(blocks):
-            for it in range(n // tp):
-                for jr in range(sb // rp):
-                    prefill_tile(x, qw, sc, r_, y, it * tp, blk * sb + jr * rp, add)
+            prefill(x, qw, sc, r_, y, n, blk * sb, add)
             for i in range(n // tp * tp, n):
                 for jr in range(sb // rd):
                     decode_tile_f32(x, qw, sc, r_, y, i, blk * sb + jr * rd, add)
@@ -242,9 +285,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
         for t in range(n - n // tp * tp):
             quantize_x(x, xq, xs, xd, n // tp * tp + t, t)
         for blk in T.parallel(blocks):
-            for it in range(n // tp):
-                for jr in range(sb // rp):
-                    prefill_tile(x, qw, sc, r_, y, it * tp, blk * sb + jr * rp, add)
+            prefill(x, qw, sc, r_, y, n, blk * sb, add)
             for t in range(n - n // tp * tp):
                 for jr in range(sb // rd):
                     decode_tile(x, qw, sc, xq, xs, xd, r_, y, n // tp * tp + t, t, blk * sb + jr * rd, add)
