@@ -97,23 +97,6 @@ static int ibuf_add(ibuf* b, int32_t id) {
 
 /* ---- loading */
 
-static int read_file(const char* path, char** out, size_t* len) {
-    FILE* f = fopen(path, "rb");
-    if (!f) return -1;
-    sbuf b = {0};
-    char chunk[4096];
-    size_t got;
-    int rc = 0;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        if (sbuf_add(&b, chunk, got)) { rc = -1; break; }
-    if (ferror(f)) rc = -1;
-    fclose(f);
-    if (rc || !b.p) { free(b.p); return -1; }
-    *out = b.p;
-    *len = b.n;
-    return 0;
-}
-
 static const json_node* get_typed(const json_doc* d, const json_node* obj, const char* key, json_type t) {
     const json_node* n = obj ? json_get(d, obj, key) : NULL;
     return n && n->type == t ? n : NULL;
@@ -174,7 +157,7 @@ static int load_config(mcpm_session* s, const char* dir) {
     snprintf(path, sizeof path, "%s/mcpm-config.json", dir);
     char* text = NULL;
     size_t len = 0;
-    if (read_file(path, &text, &len)) return seterr(s, "cannot read %s", path);
+    if (!(text = mcpm_read_file(path, &len))) return seterr(s, "cannot read %s", path);
     int rc = json_parse(&s->cfg, text, len, err, sizeof err);
     free(text);
     if (rc) return seterr(s, "%s: invalid JSON: %s", path, err);
