@@ -113,15 +113,10 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_session_reset": ([_P], None),
     "mcpm_session_last_error": ([_P], ctypes.c_char_p),
     "mcpm_session_free": ([_P], None),
-}
-# Image input (MiniCPM-V bundles). Optional: a library built from older runtime sources lacks them (then
-# Model.has_vision is False and Session.encode_image says to rebuild).
-_OPTIONAL_SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_model_has_vision": ([_P], ctypes.c_int),
     "mcpm_encode_image": ([_P, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int, ctypes.c_int], ctypes.c_int),
     "mcpm_session_clear_images": ([_P], None),
 }
-
 _LIBS: dict[str, ctypes.CDLL] = {}
 _LIBS_LOCK = threading.Lock()
 
@@ -141,11 +136,6 @@ def open_library(path: Path) -> ctypes.CDLL:
                 fn = getattr(lib, name)
                 fn.argtypes = argtypes
                 fn.restype = restype
-            for name, (argtypes, restype) in _OPTIONAL_SIGNATURES.items():
-                if hasattr(lib, name):
-                    fn = getattr(lib, name)
-                    fn.argtypes = argtypes
-                    fn.restype = restype
             _LIBS[key] = lib
     return lib
 
@@ -321,7 +311,7 @@ class Model(_Owned):
     def has_vision(self) -> bool:
         """True for a MiniCPM-V bundle (it has a vision encoder: Session.encode_image works)."""
         h = self._handle()
-        return hasattr(self._lib, "mcpm_model_has_vision") and self._lib.mcpm_model_has_vision(h) == 1
+        return self._lib.mcpm_model_has_vision(h) == 1
 
     @property
     def position(self) -> int:
@@ -413,9 +403,6 @@ class Session(_Owned):
             raise McpmError(f"the image is empty ({width}x{height} pixels)")
         if height * width * 3 > 2**31 - 1:
             raise McpmError(f"the image is too large ({width}x{height} pixels)", "downscale it first")
-        if not hasattr(self._lib, "mcpm_encode_image"):
-            raise McpmError("this C runtime library has no image input (mcpm_encode_image)",
-                            "delete the mcpm cache folder so that the library is built again from current sources")
         pixels = np.ascontiguousarray(rgb)  # uint8 [h, w, 3], C order (a copy only for strided views)
         n = self._lib.mcpm_encode_image(h, pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), width, height)
         if n < 0:
@@ -424,16 +411,11 @@ class Session(_Owned):
 
     def clear_images(self) -> None:
         """Drop the images attached to the next turn (no-op when none is)."""
-        h = self._handle()
-        if hasattr(self._lib, "mcpm_session_clear_images"):
-            self._lib.mcpm_session_clear_images(h)
+        self._lib.mcpm_session_clear_images(self._handle())
 
     def reset(self) -> None:
-        """Forget the conversation (and any images attached to the next turn)."""
-        h = self._handle()
-        self._lib.mcpm_session_reset(h)
-        if hasattr(self._lib, "mcpm_session_clear_images"):
-            self._lib.mcpm_session_clear_images(h)
+        """Forget the conversation (and any images attached to the next turn: mcpm_session_reset drops them)."""
+        self._lib.mcpm_session_reset(self._handle())
 
     def _free(self, h: int) -> None:  # the model stays open
         self._lib.mcpm_session_free(h)
