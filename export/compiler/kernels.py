@@ -76,10 +76,15 @@ def kv_append(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
 
 
 def attention(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
-    """out[i, h*d:(h+1)*d] = softmax(rope(q_ih) . K[0 : pos+i+1]^T / sqrt(d)) V  (causal, GQA)."""
+    """out[i, h*d:(h+1)*d] = softmax(rope(q_ih) . K[0 : pos+i+1]^T / sqrt(d)) V  (causal, GQA).
+
+    One parallel launch over (head, token) pairs, heads outer (each thread gets whole heads of every token, so the
+    causal work is balanced). Dots: LANES-wide partial sums over d when d % LANES == 0 (else scalar), one horizontal
+    sum per key; exp is libm's; output: a d-wide accumulator (vector registers) += p_t * v_t, divided once."""
     d, half, group = head_dim, head_dim // 2, n_heads // n_kv
     width = (n_heads + 2 * n_kv) * head_dim
     scale = float(head_dim) ** -0.5
+    lanes = 8 if d % 8 == 0 else 1
 
     @T.prim_func(private=True)
     def attn(
@@ -93,29 +98,38 @@ def attention(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
         cos = T.match_buffer(cos_h, (max_ctx, d), "float32")  # [C, d]
         sin = T.match_buffer(sin_h, (max_ctx, d), "float32")  # [C, d]
         out = T.match_buffer(o_h, (n, n_heads * d), "float32")  # [n, Hq*d]
-        for i in range(n):
-            for h in T.parallel(n_heads):
-                q = T.alloc_local((d,), "float32")  # rope(q) * scale
-                score = T.alloc_local((max_ctx,), "float32")  # scores, then exp weights
-                stat = T.alloc_local((3,), "float32")  # running max, sum of exp, dot/acc
-                for j in range(d):
-                    rot = T.if_then_else(j < half, -qkv[i, h * d + j + half], qkv[i, h * d + j - half])
-                    q[j] = (qkv[i, h * d + j] * cos[pos + i, j] + rot * sin[pos + i, j]) * T.float32(scale)
-                stat[0] = T.float32(-3.0e38)
-                for t in range(pos + i + 1):
-                    stat[2] = T.float32(0)
-                    for j in range(d):
-                        stat[2] = stat[2] + q[j] * kc[t, h // group, j]
-                    score[t] = stat[2]
-                    stat[0] = T.max(stat[0], stat[2])
-                stat[1] = T.float32(0)
-                for t in range(pos + i + 1):
-                    score[t] = T.exp(score[t] - stat[0])
-                    stat[1] = stat[1] + score[t]
-                for j in range(d):
-                    stat[2] = T.float32(0)
-                    for t in range(pos + i + 1):
-                        stat[2] = stat[2] + score[t] * vc[t, h // group, j]
-                    out[i, h * d + j] = stat[2] / stat[1]
+        for e in T.parallel(n_heads * n):
+            q = T.alloc_local((d,), "float32")  # rope(q) * scale
+            acc = T.alloc_local((d,), "float32")  # sum_t p_t v_t
+            part = T.alloc_local((lanes,), "float32")  # partial sums of one dot
+            score = T.alloc_local((max_ctx,), "float32")  # scores, then exp weights
+            stat = T.alloc_local((2,), "float32")  # running max, sum of exp
+            h = e // n
+            i = e % n
+            for j in range(d):
+                rot = T.if_then_else(j < half, -qkv[i, h * d + j + half], qkv[i, h * d + j - half])
+                q[j] = (qkv[i, h * d + j] * cos[pos + i, j] + rot * sin[pos + i, j]) * T.float32(scale)
+            stat[0] = T.float32(-3.0e38)
+            for t in range(pos + i + 1):
+                for b in T.vectorized(lanes):
+                    part[b] = q[b] * kc[t, h // group, b]
+                for v in range(1, d // lanes):
+                    for b in T.vectorized(lanes):
+                        part[b] = part[b] + q[v * lanes + b] * kc[t, h // group, v * lanes + b]
+                for b in range(1, lanes):
+                    part[0] = part[0] + part[b]
+                score[t] = part[0]
+                stat[0] = T.max(stat[0], part[0])
+            stat[1] = T.float32(0)
+            for t in range(pos + i + 1):
+                score[t] = T.exp(score[t] - stat[0])
+                stat[1] = stat[1] + score[t]
+            for j in T.vectorized(d):
+                acc[j] = T.float32(0)
+            for t in range(pos + i + 1):
+                for j in T.vectorized(d):
+                    acc[j] = acc[j] + score[t] * vc[t, h // group, j]
+            for j in T.vectorized(d):
+                out[i, h * d + j] = acc[j] / stat[1]
 
     return attn

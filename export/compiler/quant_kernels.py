@@ -24,6 +24,11 @@ PREFILL_TILES = 16  # token tiles per accumulator chunk: 16 x PREFILL_TOKENS x S
 QBLOCK = 32  # inputs per activation block of the decode tiles (one scale each, as ggml's Q8_0)
 QMAX = 32767  # int16 activations: q = rint(x / dx) in -QMAX..QMAX, dx = max|x| / QMAX per block
 CHUNK = 8  # blocks whose scale * dx a decode tile computes at once (one fp16 -> fp32 vector conversion per row)
+# act="int8" (the -a8 schemes): activations quantized per QBLOCK inputs to int8, q in -A8_MAX..A8_MAX
+A8_MAX = 127
+A8_TOKENS = 64  # prefill tokens quantized per pass (workspace: A8_TOKENS x K bytes); one parallel launch per pass
+A8_TILE = 2  # tokens of an int8 prefill tile (x 2 row vectors of 8 rows; 4 tokens spill: 1.4x slower)
+A8_KBLOCKS = 8  # activation blocks per prepared weight chunk (256 inputs: 4 KB of int8 weights per 16 rows)
 
 
 def decode_isa(group: int) -> str:
@@ -46,7 +51,7 @@ def decode_isa(group: int) -> str:
     return "f32"
 
 
-def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
+def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: str = "float"):
     """y[n, N] = x[n, K] @ dequant(qweight, scales)[N, K]^T (+ r[n, N] when ``residual``), dequantized on the fly
     (decode: in registers; prefill: a K chunk of a block's rows at a time into an L1 scratch).
 
@@ -75,7 +80,22 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
     block it is converted to float and fma'd with scale * dx into the row's 8-lane sum; x86 subtracts the
     8 * sum(q) * scale * dx terms of CHUNK blocks with one vector fma. Inputs after the last full block
     (K % 32 != 0) go through a scalar float loop that never reads x past K. "f32" decode tiles fma raw nibbles
-    with x per group and add (sum(nibble * x) - 8 * sum(x)) * s once per group."""
+    with x per group and add (sum(nibble * x) - 8 * sum(x)) * s once per group.
+
+    ``act="int8"`` (the -a8 schemes, docs/quantization.md): every token's x is quantized per block of QBLOCK inputs
+    to int8 (dx = max|x| / 127, q = clip(rint(x / dx), -127, 127); inputs after the last full block stay float) and
+    y = sum over blocks of scale * dx * (integer dot of (nibble - 8) with q), as llama.cpp's Q4_0 x Q8_0. On AVX2
+    the prefill tokens go A8_TOKENS at a time: one parallel launch quantizes them into a workspace as bytes q + 128
+    grouped in int32 quads in the nibble order of a packed word ([8w, 8w+2, 8w+4, 8w+6], [8w+1, .., 8w+7]); a second
+    one runs the row blocks: per chunk of A8_KBLOCKS blocks the block's 16 rows are transposed into int8 vectors of
+    8 rows x 4 inputs (nibble - 8), with 128 * sum(nibble - 8) and the scale per row and block, and each tile of
+    A8_TILE tokens x 2 row vectors sums 8 vpmaddubsw (the token's quad broadcast as unsigned bytes, the weights as
+    signed) per block in int16 lanes (|sum| <= 32640), widens them with vpmaddwd(., 1), subtracts the 128 * sum term
+    and fma's the float result with scale * dx: lanes are rows, so no horizontal sums. Decode tokens take the int16
+    tiles with q in -127..127 (the same integers). Elsewhere (ARM, no target) x is replaced by q * dx in a workspace
+    and the float / int16 paths run on it (the int16 tiles recover q exactly)."""
+    a8 = act == "int8"
+    assert PREFILL_TOKENS % A8_TILE == 0 and A8_TOKENS % PREFILL_TOKENS == 0  # whole tiles in every pass
     kp = -(-k_in // group) * group
     words = group // 8
     full = k_in // group  # groups entirely inside K
@@ -84,6 +104,12 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
     blocks = -(-n_out // sb)
     last = n_out - 1
     isa = decode_isa(group)
+    if act not in ("float", "int8"):
+        raise ValueError(f"linear_q4: act must be 'float' or 'int8', not {act!r}")
+    if a8 and group % QBLOCK:
+        raise ValueError(f"linear_q4: act='int8' needs a group that is a multiple of {QBLOCK}, not {group}")
+    qmax = A8_MAX if a8 else QMAX  # decode-tile activation range (int8 values in int16 lanes for a8)
+    qdt = "int8" if a8 and isa == "x86-avx2" else "int16"  # decode-tile activation storage
     rd, na = (INT_DECODE_ROWS, INT_DECODE_ACCS) if isa != "f32" else (DECODE_ROWS, 1)
     nb = k_in // QBLOCK  # activation blocks entirely inside K
     nbw = max(nb, 1)  # blocks of the workspace (never empty)
@@ -122,16 +148,23 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
                              T.max(T.abs(x[i, kb * QBLOCK + 16 + b]), T.abs(x[i, kb * QBLOCK + 24 + b])))
             for b in range(1, LANES):
                 m[0] = T.max(m[0], m[b])
-            m[1] = m[0] / T.float32(QMAX)  # dx
+            m[1] = m[0] / T.float32(qmax)  # dx
             m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))  # 1 / dx
             xd[t, kb] = m[1]
             qs[0] = 0
             for h, b in T.grid(2, QBLOCK // 2):  # position h * 16 + b holds input 2 b + h (the nibble order)
-                xq[t, kb * QBLOCK + h * 16 + b] = T.Cast("int16", T.nearbyint(x[i, kb * QBLOCK + 2 * b + h] * m[2]))
+                xq[t, kb * QBLOCK + h * 16 + b] = T.Cast(qdt, T.nearbyint(x[i, kb * QBLOCK + 2 * b + h] * m[2]))
                 qs[0] = qs[0] + T.Cast("int32", xq[t, kb * QBLOCK + h * 16 + b])
             xs[t, kb] = T.Cast("float32", qs[0] * 8)
 
     def block_dot(qw, xq, j, t, kb):  # int32x8 whose lanes sum to the integer dot of block kb of row j with q
+        if a8 and isa == "x86-avx2":  # int8 q: vpmaddubsw(nibbles as unsigned bytes, q), widened by vpmaddwd(., 1)
+            wb = T.reinterpret("uint8x16", qw[j, T.Ramp(kb * wpb, 1, wpb)])
+            w8 = T.Shuffle([T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16)),
+                            T.shift_right(wb, T.Broadcast(T.uint8(4), 16))], list(range(32)))
+            p16 = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", w8,
+                                          xq[t, T.Ramp(kb * QBLOCK, 1, QBLOCK)])
+            return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, T.Broadcast(T.int16(1), 16))
         # 16 bytes: byte m = inputs 2m (low nibble) and 2m + 1 (high nibble), widened to 16 int16 lanes
         w16 = T.Cast("int16x16", T.reinterpret("uint8x16", qw[j, T.Ramp(kb * wpb, 1, wpb)]))
         lo, hi = T.bitwise_and(w16, T.Broadcast(T.int16(15), 16)), T.shift_right(w16, T.Broadcast(T.int16(4), 16))
@@ -267,6 +300,141 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
                     tail(x, qw, sc, fin, tc * tt * tp + e, T.min(j0 + r, last), 0, full * group)
                     finish(fin, r_, y, tc * tt * tp + e, T.min(j0 + r, last), 0, add)
 
+    # ---- act="int8" prefill on AVX2 (vpmaddubsw): lanes are rows, so no horizontal sums
+    tc8, tp8, kb8 = A8_TOKENS, A8_TILE, A8_KBLOCKS
+    nv8 = sb // LANES  # row vectors of a block
+    kw8 = kb8 * wpb  # packed words of a weight chunk
+    nkc8, rem8 = nb // kb8, nb % kb8  # full weight chunks, blocks of the last partial one
+
+    @T.macro
+    def quantize_a8(x, xa, xda, i0, cnt):  # tokens i0 .. i0+cnt -> workspace rows 0 .. cnt (one parallel launch)
+        # per block: dx = max|x| / 127, q = clip(rint(x / dx)) + 128 as bytes; per packed word w of the block two
+        # int32 quads: [even inputs 8w, 8w+2, 8w+4, 8w+6] and [odd inputs 8w+1, .., 8w+7] (the weight nibble order)
+        for e in T.parallel(cnt):
+            m = T.alloc_local((LANES,), "float32")
+            qv = T.alloc_local((LANES,), "uint32")
+            for kb in range(nb):
+                for b in T.vectorized(LANES):
+                    m[b] = T.max(T.max(T.abs(x[i0 + e, kb * QBLOCK + b]), T.abs(x[i0 + e, kb * QBLOCK + 8 + b])),
+                                 T.max(T.abs(x[i0 + e, kb * QBLOCK + 16 + b]), T.abs(x[i0 + e, kb * QBLOCK + 24 + b])))
+                for b in range(1, LANES):
+                    m[0] = T.max(m[0], m[b])
+                m[1] = m[0] / T.float32(A8_MAX)  # dx
+                m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))  # 1 / dx
+                xda[e, kb] = m[1]
+                for w in range(wpb):
+                    for b in T.vectorized(LANES):  # lane b: input 8w + 2 (b % 4) + b // 4
+                        qv[b] = T.Cast("uint32", T.Cast("int32", T.max(T.min(T.nearbyint(
+                            x[i0 + e, kb * QBLOCK + w * 8 + (b % 4) * 2 + b // 4] * m[2]), T.float32(A8_MAX)),
+                            T.float32(-A8_MAX))) + 128)
+                    for h in range(2):
+                        xa[e, (kb * wpb + w) * 2 + h] = T.bitwise_or(
+                            T.bitwise_or(qv[h * 4], T.shift_left(qv[h * 4 + 1], 8)),
+                            T.bitwise_or(T.shift_left(qv[h * 4 + 2], 16), T.shift_left(qv[h * 4 + 3], 24)))
+
+    @T.macro
+    def prep_a8(qw, sc, wt, ws, wcorr, swf, j0, b0, nbk):  # blocks b0 .. b0+nbk of rows j0 .. j0+sb (clamped)
+        # ws[v, quad, r*4 .. r*4+4] = nibble - 8 of row j0 + 8v + r (int8), quad = 2 word + (0: low, 1: high nibbles);
+        # wcorr[v, bb, r] = 128 * sum(nibble - 8) over the block; swf[v, bb, r] = its scale
+        for r in range(sb):
+            for w in range(nbk * wpb):
+                wt[((r // LANES) * kw8 + w) * LANES + r % LANES] = qw[T.min(j0 + r, last), b0 * wpb + w]
+        for v in range(nv8):
+            for w in range(nbk * wpb):
+                for h in range(2):
+                    ws[T.Ramp(((v * kw8 + w) * 2 + h) * 32, 1, 32)] = T.reinterpret("int8x32", T.bitwise_and(
+                        T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)], T.Broadcast(T.uint32(4 * h), LANES)),
+                        T.Broadcast(T.uint32(0x0F0F0F0F), LANES))) - T.Broadcast(T.int8(8), 32)
+            for bb in range(nbk):
+                for r in T.vectorized(LANES):
+                    wcorr[(v * kb8 + bb) * LANES + r] = T.int32(0)
+                for w in range(wpb):
+                    for r in T.vectorized(LANES):  # byte sums of the 8 nibbles (<= 120) via the multiply trick
+                        wcorr[(v * kb8 + bb) * LANES + r] = wcorr[(v * kb8 + bb) * LANES + r] + T.Cast(
+                            "int32", T.shift_right((T.bitwise_and(wt[(v * kw8 + bb * wpb + w) * LANES + r],
+                                                                  T.uint32(0x0F0F0F0F)) + T.bitwise_and(
+                                T.shift_right(wt[(v * kw8 + bb * wpb + w) * LANES + r], T.uint32(4)),
+                                T.uint32(0x0F0F0F0F))) * T.uint32(0x01010101), T.uint32(24)))
+                for r in T.vectorized(LANES):
+                    wcorr[(v * kb8 + bb) * LANES + r] = (wcorr[(v * kb8 + bb) * LANES + r] - 8 * QBLOCK) * 128
+                    swf[(v * kb8 + bb) * LANES + r] = T.Cast(
+                        "float32", sc[T.min(j0 + v * LANES + r, last), (b0 + bb) // bpg])
+
+    @T.macro
+    def tile_a8(xa, xda, ws, wcorr, swf, accs, e0, b0, nbk):  # workspace tokens e0 .. e0+tp8 x all sb rows
+        # per block: a16[t, v] = sum of 8 vpmaddubsw(x quad of token t broadcast (u8), int8 weights of row vector v)
+        # (|sum| <= 8 * 2 * 255 * 8 = 32640: no int16 overflow), then vpmaddwd(a16, 1) - wcorr -> float, * scale * dx
+        acc = T.alloc_local((tp8 * nv8 * LANES,), "float32")
+        a16 = T.alloc_local((tp8 * nv8 * 16,), "int16")
+        for t in T.unroll(tp8):
+            for v in T.unroll(nv8):
+                for b in T.vectorized(LANES):
+                    acc[(t * nv8 + v) * LANES + b] = accs[(e0 + t) * sb + v * LANES + b]
+        for bb in range(nbk):
+            for e in T.unroll(tp8 * nv8):
+                a16[T.Ramp(e * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
+            for qd in T.unroll(2 * wpb):
+                for t in T.unroll(tp8):
+                    for v in T.unroll(nv8):
+                        a16[T.Ramp((t * nv8 + v) * 16, 1, 16)] = a16[T.Ramp((t * nv8 + v) * 16, 1, 16)] + \
+                            T.call_llvm_pure_intrin(
+                                "int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+                                T.reinterpret("uint8x32", T.Broadcast(xa[e0 + t, (b0 + bb) * 2 * wpb + qd], LANES)),
+                                ws[T.Ramp(((v * kw8 + bb * wpb) * 2 + qd) * 32, 1, 32)])
+            for t in T.unroll(tp8):
+                for v in T.unroll(nv8):
+                    acc[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] = acc[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] + \
+                        T.Cast("float32x8", T.call_llvm_pure_intrin(
+                            "int32x8", "llvm.x86.avx2.pmadd.wd", a16[T.Ramp((t * nv8 + v) * 16, 1, 16)],
+                            T.Broadcast(T.int16(1), 16)) - wcorr[T.Ramp((v * kb8 + bb) * LANES, 1, LANES)]) * (
+                            swf[T.Ramp((v * kb8 + bb) * LANES, 1, LANES)] * T.Broadcast(xda[e0 + t, b0 + bb], LANES))
+        for t in T.unroll(tp8):
+            for v in T.unroll(nv8):
+                for b in T.vectorized(LANES):
+                    accs[(e0 + t) * sb + v * LANES + b] = acc[(t * nv8 + v) * LANES + b]
+
+    @T.macro
+    def prefill_a8(x, qw, sc, xa, xda, r_, y, i0, cnt, j0, add):  # y[i0 .. i0+cnt, j0 .. j0+sb) (rows clamped)
+        wt = T.alloc_local((nv8 * kw8 * LANES,), "uint32")  # [v, word, 8 rows] packed words, transposed
+        ws = T.alloc_local((nv8 * kw8 * 2 * 32,), "int8")  # [v, quad, 8 rows x 4] int8 weights
+        wcorr = T.alloc_local((nv8 * kb8 * LANES,), "int32")  # [v, block, 8 rows]
+        swf = T.alloc_local((nv8 * kb8 * LANES,), "float32")  # [v, block, 8 rows]
+        accs = T.alloc_local((tc8 * sb,), "float32")  # [tokens, sb rows]
+        fin = T.alloc_local((LANES,), "float32")
+        for e in range(cnt * sb):
+            accs[e] = T.float32(0)
+        for c in range(nkc8):
+            prep_a8(qw, sc, wt, ws, wcorr, swf, j0, c * kb8, kb8)
+            for tl in range(cnt // tp8):
+                tile_a8(xa, xda, ws, wcorr, swf, accs, tl * tp8, c * kb8, kb8)
+        if rem8 > 0:
+            prep_a8(qw, sc, wt, ws, wcorr, swf, j0, nkc8 * kb8, rem8)
+            for tl in range(cnt // tp8):
+                tile_a8(xa, xda, ws, wcorr, swf, accs, tl * tp8, nkc8 * kb8, rem8)
+        for e in range(cnt):
+            for r in range(sb):
+                fin[0] = accs[e * sb + r]
+                tail(x, qw, sc, fin, i0 + e, T.min(j0 + r, last), 0, nb * QBLOCK)
+                finish(fin, r_, y, i0 + e, T.min(j0 + r, last), 0, add, 1)
+
+    @T.macro
+    def body_a8(x, qw, sc, r_, y, n, add):  # act="int8" on AVX2
+        xa = T.alloc_buffer((tc8, nbw * 2 * wpb), "uint32")  # [tokens, quads] u8 activations (q + 128)
+        xda = T.alloc_buffer((tc8, nbw), "float32")  # [tokens, blocks] dx
+        xq = T.alloc_buffer((tp - 1, nbw * QBLOCK), "int8")
+        xs = T.alloc_buffer((tp - 1, nbw), "float32")
+        xd = T.alloc_buffer((tp - 1, nbw), "float32")
+        for tc in range((n // tp * tp + tc8 - 1) // tc8):
+            quantize_a8(x, xa, xda, tc * tc8, T.min(tc8, n // tp * tp - tc * tc8))
+            for blk in T.parallel(blocks):
+                prefill_a8(x, qw, sc, xa, xda, r_, y, tc * tc8, T.min(tc8, n // tp * tp - tc * tc8), blk * sb, add)
+        for t in range(n - n // tp * tp):
+            quantize_x(x, xq, xs, xd, n // tp * tp + t, t)
+        for blk in T.parallel(blocks):
+            for t in range(n - n // tp * tp):
+                for jr in range(sb // rd):
+                    decode_tile(x, qw, sc, xq, xs, xd, r_, y, n // tp * tp + t, t, blk * sb + jr * rd, add)
+
     @T.macro
     def body_f32(x, qw, sc, r_, y, n, add):
         for blk in T.parallel(blocks):
@@ -290,6 +458,29 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
                 for jr in range(sb // rd):
                     decode_tile(x, qw, sc, xq, xs, xd, r_, y, n // tp * tp + t, t, blk * sb + jr * rd, add)
 
+    @T.macro
+    def body_fake_a8(x, qw, sc, r_, y, n, add):  # act="int8" elsewhere: the float paths on q * dx (exact q)
+        xf = T.alloc_buffer((n, k_in), "float32")  # [n, K] x with every full block replaced by q * dx
+        for i in T.parallel(n):
+            m = T.alloc_local((LANES,), "float32")
+            for kb in range(nb):
+                for b in T.vectorized(LANES):
+                    m[b] = T.max(T.max(T.abs(x[i, kb * QBLOCK + b]), T.abs(x[i, kb * QBLOCK + 8 + b])),
+                                 T.max(T.abs(x[i, kb * QBLOCK + 16 + b]), T.abs(x[i, kb * QBLOCK + 24 + b])))
+                for b in range(1, LANES):
+                    m[0] = T.max(m[0], m[b])
+                m[1] = m[0] / T.float32(A8_MAX)
+                m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))
+                for b in T.vectorized(QBLOCK):
+                    xf[i, kb * QBLOCK + b] = T.max(T.min(T.nearbyint(x[i, kb * QBLOCK + b] * m[2]), T.float32(A8_MAX)),
+                                                   T.float32(-A8_MAX)) * m[1]
+            for k in range(nb * QBLOCK, k_in):
+                xf[i, k] = x[i, k]
+        if isa == "f32":
+            body_f32(xf, qw, sc, r_, y, n, add)
+        else:  # int16 decode tiles with qmax = 127 recover q exactly from q * dx
+            body(xf, qw, sc, r_, y, n, add)
+
     @T.prim_func(private=True)
     def linear(x_h: T.handle, q_h: T.handle, s_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
@@ -298,7 +489,11 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
         qw = T.match_buffer(q_h, (n_out, kp // 8), "uint32")  # [N, Kp/8]
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        if isa == "f32":
+        if a8 and isa == "x86-avx2":
+            body_a8(x, qw, sc, y, y, n, False)
+        elif a8:
+            body_fake_a8(x, qw, sc, y, y, n, False)
+        elif isa == "f32":
             body_f32(x, qw, sc, y, y, n, False)
         else:
             body(x, qw, sc, y, y, n, False)
@@ -312,7 +507,11 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False):
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         r = T.match_buffer(r_h, (n, n_out), "float32")  # [n, N] residual
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        if isa == "f32":
+        if a8 and isa == "x86-avx2":
+            body_a8(x, qw, sc, r, y, n, True)
+        elif a8:
+            body_fake_a8(x, qw, sc, r, y, n, True)
+        elif isa == "f32":
             body_f32(x, qw, sc, r, y, n, True)
         else:
             body(x, qw, sc, r, y, n, True)

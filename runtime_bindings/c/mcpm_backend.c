@@ -12,8 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mcpm_internal.h"
+
+#define MCPM_DEFAULT_SPIN_US 2000 /* workers spin this long after a launch before sleeping */
 
 static _Thread_local struct mcpm_model* tls_model; /* whose error buffer the hooks write to */
 static _Thread_local mcpm_pool* tls_pool;          /* pool for parallel launches (caller thread only) */
@@ -81,7 +84,41 @@ static int free_workspace(int device_type, int device_id, void* ptr) {
     return 0;
 }
 
-/* ---------------------------------------------------------------- parallel launch: persistent pthread pool */
+/* ---------------------------------------------------------------- parallel launch: persistent pthread pool
+ * A launch publishes fn / cdata / num_task, sets `remaining` and bumps `generation`; workers spin on the
+ * generation for pool->spin_ns (a decode step is hundreds of short launches: a futex wake-up per launch costs
+ * tens of microseconds on a VM or a phone), then sleep on `wake`. Lost wake-ups are excluded by the seq_cst order
+ * of (launcher: bump generation, then read sleepers) and (worker: sleepers++ under mu, then re-read generation).
+ * The caller spins on `remaining` the same way, then sleeps on `done` (caller_sleeping / remaining, mirrored). */
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/* Spins until *gen != seen (gen given) or *count == 0 (gen NULL), at most about spin_ns; 1 if that happened. */
+static int spin_until(_Atomic uint64_t* gen, uint64_t seen, _Atomic int* count, long spin_ns) {
+    if (spin_ns <= 0) return 0;
+    long deadline = 0;
+    for (unsigned i = 1;; i++) {
+        if (gen ? atomic_load(gen) != seen : atomic_load(count) == 0) return 1;
+        cpu_relax();
+        if ((i & 255) == 0) {
+            long t = now_ns();
+            if (!deadline) deadline = t + spin_ns;
+            else if (t >= deadline) return 0;
+        }
+    }
+}
 
 static int run_tasks(mcpm_parallel_lambda fn, void* cdata, int num_task, int first, int stride) {
     mcpm_parallel_env env = {NULL, num_task};
@@ -98,21 +135,24 @@ static void* worker_main(void* arg) {
     tls_arena = &w->arena;
     tls_in_parallel = 1;
     uint64_t seen = 0;
-    pthread_mutex_lock(&pool->mu);
     for (;;) {
-        while (pool->generation == seen && !pool->stop) pthread_cond_wait(&pool->wake, &pool->mu);
-        if (pool->stop) break;
-        seen = pool->generation;
-        mcpm_parallel_lambda fn = pool->fn;
-        void* cdata = pool->cdata;
-        int num_task = pool->num_task;
-        pthread_mutex_unlock(&pool->mu);
-        int rc = run_tasks(fn, cdata, num_task, w->index, pool->threads);
-        pthread_mutex_lock(&pool->mu);
-        if (rc) pool->failed = 1;
-        if (--pool->remaining == 0) pthread_cond_signal(&pool->done);
+        if (!spin_until(&pool->generation, seen, NULL, pool->spin_ns)) {
+            pthread_mutex_lock(&pool->mu);
+            atomic_fetch_add(&pool->sleepers, 1);
+            while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop))
+                pthread_cond_wait(&pool->wake, &pool->mu);
+            atomic_fetch_sub(&pool->sleepers, 1);
+            pthread_mutex_unlock(&pool->mu);
+        }
+        if (atomic_load(&pool->stop)) break;
+        seen = atomic_load(&pool->generation);
+        if (run_tasks(pool->fn, pool->cdata, pool->num_task, w->index, pool->threads)) atomic_store(&pool->failed, 1);
+        if (atomic_fetch_sub(&pool->remaining, 1) == 1 && atomic_load(&pool->caller_sleeping)) {
+            pthread_mutex_lock(&pool->mu);
+            pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->mu);
+        }
     }
-    pthread_mutex_unlock(&pool->mu);
     return NULL;
 }
 
@@ -121,22 +161,28 @@ static int parallel_launch(mcpm_parallel_lambda fn, void* cdata, int num_task) {
     int threads = pool ? pool->threads : 1;
     if (num_task <= 0) num_task = threads;
     if (!pool || threads == 1 || tls_in_parallel) return run_tasks(fn, cdata, num_task, 0, 1);
-    pthread_mutex_lock(&pool->mu);
     pool->fn = fn;
     pool->cdata = cdata;
     pool->num_task = num_task;
-    pool->failed = 0;
-    pool->remaining = threads - 1;
-    pool->generation++;
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->mu);
+    atomic_store(&pool->failed, 0);
+    atomic_store(&pool->remaining, threads - 1);
+    atomic_fetch_add(&pool->generation, 1);
+    if (atomic_load(&pool->sleepers) > 0) {
+        pthread_mutex_lock(&pool->mu);
+        pthread_cond_broadcast(&pool->wake);
+        pthread_mutex_unlock(&pool->mu);
+    }
     tls_in_parallel = 1;
     int rc = run_tasks(fn, cdata, num_task, 0, threads); /* the caller is worker 0 */
     tls_in_parallel = 0;
-    pthread_mutex_lock(&pool->mu);
-    while (pool->remaining > 0) pthread_cond_wait(&pool->done, &pool->mu);
-    if (pool->failed) rc = -1;
-    pthread_mutex_unlock(&pool->mu);
+    if (!spin_until(NULL, 0, &pool->remaining, pool->spin_ns)) {
+        pthread_mutex_lock(&pool->mu);
+        atomic_store(&pool->caller_sleeping, 1);
+        while (atomic_load(&pool->remaining) > 0) pthread_cond_wait(&pool->done, &pool->mu);
+        atomic_store(&pool->caller_sleeping, 0);
+        pthread_mutex_unlock(&pool->mu);
+    }
+    if (atomic_load(&pool->failed)) rc = -1;
     return rc;
 }
 
@@ -170,6 +216,8 @@ int mcpm_pool_init(mcpm_pool* pool, struct mcpm_model* model, int threads, size_
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pthread_cond_init(&pool->done, NULL);
+    const char* spin = getenv("MCPM_SPIN_US"); /* read once here; the value lives in the pool */
+    pool->spin_ns = (spin && *spin ? atol(spin) : MCPM_DEFAULT_SPIN_US) * 1000L;
     if (arena_init(&pool->arena0, workspace_bytes)) goto oom;
     if (pool->threads > 1) {
         pool->workers = calloc((size_t)pool->threads - 1, sizeof(mcpm_worker)); /* mcpm_worker[threads-1] */
@@ -201,7 +249,8 @@ oom:
 void mcpm_pool_destroy(mcpm_pool* pool) {
     if (pool->threads > 1) {
         pthread_mutex_lock(&pool->mu);
-        pool->stop = 1;
+        atomic_store(&pool->stop, 1);
+        atomic_fetch_add(&pool->generation, 1); /* releases spinning workers too */
         pthread_cond_broadcast(&pool->wake);
         pthread_mutex_unlock(&pool->mu);
         for (int i = 1; i < pool->threads; i++) pthread_join(pool->workers[i - 1].thread, NULL);

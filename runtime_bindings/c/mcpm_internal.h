@@ -3,6 +3,7 @@
 #define MCPM_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -94,17 +95,20 @@ typedef struct mcpm_pool {
     int threads;          /* including the caller */
     mcpm_worker* workers; /* mcpm_worker[threads - 1] */
     mcpm_arena arena0;    /* the calling thread's arena */
-    pthread_mutex_t mu;
-    pthread_cond_t wake;
-    pthread_cond_t done;
-    uint64_t generation;  /* bumped per launch */
-    int remaining;        /* workers still running the current launch */
-    int stop;
-    /* current launch */
+    pthread_mutex_t mu;   /* guards the sleeps below (the launch itself is lock-free) */
+    pthread_cond_t wake;  /* a launch for sleeping workers */
+    pthread_cond_t done;  /* the last worker finished, for a sleeping caller */
+    long spin_ns;         /* how long workers / the caller spin before sleeping (MCPM_SPIN_US; 0 = never) */
+    _Atomic uint64_t generation; /* bumped per launch (publishes fn / cdata / num_task) */
+    _Atomic int remaining;       /* workers still running the current launch */
+    _Atomic int sleepers;        /* workers blocked on `wake` */
+    _Atomic int caller_sleeping; /* the caller blocked on `done` */
+    _Atomic int stop;
+    _Atomic int failed;
+    /* current launch (written before the generation bump, read after seeing it) */
     mcpm_parallel_lambda fn;
     void* cdata;
     int num_task;
-    int failed;
 } mcpm_pool;
 
 MCPM_HIDDEN int mcpm_pool_init(mcpm_pool* pool, struct mcpm_model* model, int threads, size_t workspace_bytes,
