@@ -5,17 +5,20 @@ Steps (every artefact is cached under $MCPM_CACHE_DIR or ~/.cache/mcpm):
 1. the peer: ``llama-cpp-python==0.3.36`` in its own virtualenv ``peer-venv`` (compiled from source with
    ``-DGGML_NATIVE=ON``; AMX off where /proc/cpuinfo has it, llama.cpp issue #20824), built once;
 2. the checkpoint: ``mcpm make-checkpoint --preset minicpm-2b --random`` (bf16, seed 0);
-3. the mcpm bundle: ``mcpm-export --target host --quant q4g32 --context-length 512``, cached by the checkpoint
-   and a digest of the exporter's sources (so a kernel change re-exports); its wall time is the export target;
+3. the mcpm bundles, one per ``--quant`` scheme (default ``q4g32,q4g32-a8``: float activations, and int8
+   activations as llama.cpp's Q4_0 x Q8_0): ``mcpm-export --target host --quant S --context-length 512``, cached
+   by the checkpoint and a digest of the exporter's sources (so a kernel change re-exports); its wall time is the
+   export target;
 4. the GGUF: benchmarks/gguf_writer.py, Q4_0 (cached by the writer's source and the gguf version);
 5. the memory-read bandwidth probe (benchmarks/bandwidth.py) for each thread count;
-6. for each thread count, ``--repetitions`` rounds of: mcpm run, llama.cpp run (each a fresh process: load, short
-   warm-up, then prefill of the same ``--n-prompt`` token ids and ``--n-gen`` greedy tokens);
-7. a table (or ``--json``) with means ± sd, the ratios mcpm/llama.cpp, decode as a fraction of the bound
+6. for each thread count, ``--repetitions`` rounds of: one mcpm run per scheme, one llama.cpp run (each a fresh
+   process: load, short warm-up, then prefill of the same ``--n-prompt`` token ids and ``--n-gen`` greedy tokens);
+7. a table (or ``--json``) with means ± sd, the ratios mcpm/llama.cpp per scheme, decode as a fraction of the bound
    bandwidth / bytes of weights read per token, cycles per 32-weight block, and the issue's targets met / not met.
 
     python -m benchmarks.peer                  # 2 threads, 2 repetitions
     python -m benchmarks.peer --threads 1,2 -r 3 --json
+    python -m benchmarks.peer --quant q4g32        # one mcpm scheme only
 """
 
 from __future__ import annotations
@@ -153,24 +156,24 @@ def ensure_checkpoint(work: Path, preset: str, seed: int) -> Path:
     return ckpt
 
 
-def ensure_bundle(work: Path, ckpt: Path, context: int) -> tuple[Path, dict[str, Any]]:
+def ensure_bundle(work: Path, ckpt: Path, context: int, quant: str = "q4g32") -> tuple[Path, dict[str, Any]]:
     import mcpm
     import mcpm.export
     import mcpm.quantize
 
     key = hashlib.sha256("|".join([
-        ckpt.name, mcpm.__version__, "q4g32", str(context),
+        ckpt.name, mcpm.__version__, quant, str(context),
         tree_digest(Path(mcpm.export.__file__).parent, Path(mcpm.quantize.__file__).parent),
     ]).encode()).hexdigest()[:16]
-    bundle = work / f"bundle-{ckpt.name}-q4g32-ctx{context}-{key}"
+    bundle = work / f"bundle-{ckpt.name}-{quant}-ctx{context}-{key}"
     record = bundle.with_name(bundle.name + ".json")
     if record.is_file() and bundle.is_dir():
         return bundle, json.loads(record.read_text())
-    for old in work.glob(f"bundle-{ckpt.name}-q4g32-ctx{context}-*"):  # stale exports (another exporter version)
+    for old in work.glob(f"bundle-{ckpt.name}-{quant}-ctx{context}-*"):  # stale exports (another exporter version)
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     tmp = bundle.with_name(bundle.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "mcpm.export_cli", str(ckpt), "--target", "host", "--quant", "q4g32",
+    cmd = [sys.executable, "-m", "mcpm.export_cli", str(ckpt), "--target", "host", "--quant", quant,
            "--context-length", str(context), "-o", str(tmp)]
     log(f"exporting the bundle (cache key {key}): {' '.join(cmd[2:])}")
     t0 = time.perf_counter()
@@ -302,18 +305,19 @@ def derive(summary: dict[str, Any], bw_gb_s: float, read_bytes: int, read_weight
 
 
 def benchmark(threads_list: list[int], repetitions: int, n_prompt: int, n_gen: int, seed: int, preset: str,
-              context: int, timeout: float) -> dict[str, Any]:
+              context: int, timeout: float, quants: tuple[str, ...] = ("q4g32", "q4g32-a8")) -> dict[str, Any]:
     root = cache_root()
     work = root / "bench-peer"
     work.mkdir(parents=True, exist_ok=True)
     peer = ensure_peer(root)
     ckpt = ensure_checkpoint(work, preset, seed)
-    bundle, export = ensure_bundle(work, ckpt, context)
+    bundles = {q: ensure_bundle(work, ckpt, context, q) for q in quants}
     gguf_path, gguf_info = ensure_gguf(work, ckpt)
-    sizes = bundle_sizes(bundle)
+    sizes = {q: bundle_sizes(b) for q, (b, _) in bundles.items()}
     cfg = json.loads((ckpt / "config.json").read_text())
     prompt = np.random.default_rng(seed).integers(0, int(cfg["vocab_size"]), n_prompt).astype(int).tolist()
     mhz = cpu_mhz()
+    systems = [f"mcpm {q}" for q in quants] + ["llama.cpp"]
 
     from benchmarks import bandwidth
 
@@ -321,40 +325,49 @@ def benchmark(threads_list: list[int], repetitions: int, n_prompt: int, n_gen: i
     for t in threads_list:
         log(f"bandwidth probe, {t} threads")
         bw = bandwidth.measure(t)
-        runs: dict[str, list[dict[str, Any]]] = {"mcpm": [], "llama.cpp": []}
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
         for rep in range(repetitions):
-            for system in ("mcpm", "llama.cpp"):
+            for system in systems:
                 log(f"{t} threads, repetition {rep + 1}/{repetitions}: {system}")
                 t0 = time.perf_counter()
-                r = (mcpm_run(bundle, t, prompt, n_gen, timeout) if system == "mcpm"
-                     else llama_run(peer_python(root), gguf_path, t, prompt, n_gen, context, timeout))
+                r = (llama_run(peer_python(root), gguf_path, t, prompt, n_gen, context, timeout)
+                     if system == "llama.cpp" else mcpm_run(bundles[system.split()[1]][0], t, prompt, n_gen, timeout))
                 r["wall_s"] = round(time.perf_counter() - t0, 1)
                 log(f"  prefill {r['prefill_tok_s']:.2f} tok/s, decode {r['decode_tok_s']:.2f} tok/s, "
                     f"peak RSS {r['peak_rss_kb'] / 1024:.0f} MiB ({r['wall_s']:.0f} s)")
                 runs[system].append(r)
-        sm, sl = summarize(runs["mcpm"]), summarize(runs["llama.cpp"])
-        dm = derive(sm, bw["best_gb_s"], sizes["weight_bytes"], gguf_info["decode_read_weights"], t, mhz)
+        sl = summarize(runs["llama.cpp"])
         dl = derive(sl, bw["best_gb_s"], gguf_info["decode_read_bytes"], gguf_info["decode_read_weights"], t, mhz)
-        ratios = {k: sm[k]["mean"] / sl[k]["mean"] for k in ("prefill_tok_s", "decode_tok_s", "ttft_ms", "load_ms")}
-        ratios["peak_rss_kb"] = sm["peak_rss_kb"] / sl["peak_rss_kb"]
-        per_threads.append({"threads": t, "bandwidth": bw, "runs": runs,
-                            "summary": {"mcpm": {**sm, **dm}, "llama.cpp": {**sl, **dl}}, "ratio": ratios})
+        summary: dict[str, Any] = {"llama.cpp": {**sl, **dl}}
+        ratios: dict[str, dict[str, float]] = {}
+        for q in quants:
+            sm = summarize(runs[f"mcpm {q}"])
+            dm = derive(sm, bw["best_gb_s"], sizes[q]["weight_bytes"], gguf_info["decode_read_weights"], t, mhz)
+            summary[f"mcpm {q}"] = {**sm, **dm}
+            ratios[q] = {k: sm[k]["mean"] / sl[k]["mean"] for k in ("prefill_tok_s", "decode_tok_s", "ttft_ms",
+                                                                     "load_ms")}
+            ratios[q]["peak_rss_kb"] = sm["peak_rss_kb"] / sl["peak_rss_kb"]
+        per_threads.append({"threads": t, "bandwidth": bw, "runs": runs, "summary": summary, "ratio": ratios})
 
     return {
         "machine": {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "cpu_mhz": mhz, "system": platform.platform(),
                     "avx512": "avx512f" in cpu_flags(), "amx": any(f.startswith("amx") for f in cpu_flags())},
-        "preset": preset, "checkpoint": str(ckpt), "bundle": str(bundle), "gguf": str(gguf_path),
+        "preset": preset, "checkpoint": str(ckpt), "quants": list(quants),
+        "bundles": {q: str(b) for q, (b, _) in bundles.items()}, "gguf": str(gguf_path),
         "n_prompt": n_prompt, "n_gen": n_gen, "context": context, "repetitions": repetitions, "seed": seed,
-        "prompt_ids_head": prompt[:8], "peer": {"package": PEER_PACKAGE, **peer}, "export": export,
+        "prompt_ids_head": prompt[:8], "peer": {"package": PEER_PACKAGE, **peer},
+        "export": {q: e for q, (_, e) in bundles.items()},
         "gguf_info": gguf_info, "mcpm_sizes": sizes, "results": per_threads,
-        "targets": targets(per_threads, sizes, export),
+        "targets": {q: targets(per_threads, q, sizes[q], bundles[q][1]) for q in quants},
     }
 
 
-def targets(per_threads: list[dict[str, Any]], sizes: dict[str, int], export: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, judged on the 2-thread row (the first row when 2 was not measured)."""
+def targets(per_threads: list[dict[str, Any]], quant: str, sizes: dict[str, int],
+            export: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for the bundle of scheme ``quant``, judged on the 2-thread row (the first row when 2 was
+    not measured)."""
     row = next((r for r in per_threads if r["threads"] == 2), per_threads[0])
-    m, ratio, t = row["summary"]["mcpm"], row["ratio"], row["threads"]
+    m, ratio, t = row["summary"][f"mcpm {quant}"], row["ratio"][quant], row["threads"]
     budget = KV_BUDGET * (sizes["weight_bytes"] + sizes["kv_bytes"])
 
     def item(name: str, value: float, goal: float, unit: str, higher: bool = True) -> dict[str, Any]:
@@ -379,43 +392,48 @@ def _pm(v: dict[str, float], digits: int = 2) -> str:
 
 
 def format_table(res: dict[str, Any]) -> str:
-    m = res["machine"]
+    m, quants = res["machine"], res["quants"]
+    names = [f"mcpm {q}" for q in quants] + ["llama.cpp"]
     lines = [
-        f"mcpm (q4g32) vs llama.cpp {res['peer']['version']} (Q4_0, repacked) on a random {res['preset']} "
-        f"checkpoint; prompt {res['n_prompt']} tokens, {res['n_gen']} generated, {res['repetitions']} alternating "
-        "repetitions",
+        f"mcpm ({', '.join(quants)}) vs llama.cpp {res['peer']['version']} (Q4_0, repacked) on a random "
+        f"{res['preset']} checkpoint; prompt {res['n_prompt']} tokens, {res['n_gen']} generated, "
+        f"{res['repetitions']} alternating repetitions",
         f"CPU: {m['cpu_model']} ({m['cpus']} CPUs, {m['cpu_mhz']:.0f} MHz, avx512={m['avx512']}, amx={m['amx']}); "
         f"peer build {res['peer'].get('build_s', '?')} s with CMAKE_ARGS={res['peer'].get('cmake_args')}",
-        f"weights read per token: mcpm {res['mcpm_sizes']['weight_bytes'] / 1e9:.3f} GB, "
-        f"llama.cpp {res['gguf_info']['decode_read_bytes'] / 1e9:.3f} GB "
+        "weights read per token: " + ", ".join(f"mcpm {q} {res['mcpm_sizes'][q]['weight_bytes'] / 1e9:.3f} GB"
+                                               for q in quants)
+        + f", llama.cpp {res['gguf_info']['decode_read_bytes'] / 1e9:.3f} GB "
         f"({res['gguf_info']['decode_read_weights'] / 32 / 1e6:.1f} M blocks of 32); mcpm KV cache "
-        f"{res['mcpm_sizes']['kv_bytes'] / 2**20:.0f} MiB",
+        f"{res['mcpm_sizes'][quants[0]]['kv_bytes'] / 2**20:.0f} MiB",
         "",
-        f"{'thr':>3}  {'metric':<22}{'mcpm':>20}{'llama.cpp':>20}{'mcpm/llama':>12}",
+        f"{'thr':>3}  {'metric':<20}" + "".join(f"{n:>20}" for n in names)
+        + "".join(f"{'/llama ' + q:>16}" for q in quants),
     ]
+
+    def line(row: dict[str, Any], label: str, fmt, key: str | None) -> str:
+        cells = "".join(f"{fmt(row['summary'][n]):>20}" for n in names)
+        rcells = "".join(f"{row['ratio'][q][key]:>16.3f}" if key else f"{'':>16}" for q in quants)
+        return f"{row['threads']:>3}  {label:<20}{cells}{rcells}"
+
     for row in res["results"]:
-        t, sm, sl, ra = row["threads"], row["summary"]["mcpm"], row["summary"]["llama.cpp"], row["ratio"]
+        t, sm = row["threads"], row["summary"]
         lines += [
-            f"{t:>3}  {'prefill tok/s':<22}{_pm(sm['prefill_tok_s']):>20}{_pm(sl['prefill_tok_s']):>20}"
-            f"{ra['prefill_tok_s']:>12.3f}",
-            f"{t:>3}  {'decode tok/s':<22}{_pm(sm['decode_tok_s']):>20}{_pm(sl['decode_tok_s']):>20}"
-            f"{ra['decode_tok_s']:>12.3f}",
-            f"{t:>3}  {'TTFT ms':<22}{_pm(sm['ttft_ms'], 0):>20}{_pm(sl['ttft_ms'], 0):>20}{ra['ttft_ms']:>12.3f}",
-            f"{t:>3}  {'load ms':<22}{_pm(sm['load_ms'], 0):>20}{_pm(sl['load_ms'], 0):>20}{ra['load_ms']:>12.3f}",
-            f"{t:>3}  {'peak RSS MiB':<22}{sm['peak_rss_kb'] / 1024:>20.0f}{sl['peak_rss_kb'] / 1024:>20.0f}"
-            f"{ra['peak_rss_kb']:>12.3f}",
-            f"{t:>3}  {'decode / bw bound':<22}{sm['decode_fraction_of_bound']:>19.1%} "
-            f"{sl['decode_fraction_of_bound']:>19.1%} {'':>11}",
-            f"{t:>3}  {'cycles / 32-w block':<22}{sm['cycles_per_block']:>20.1f}{sl['cycles_per_block']:>20.1f}"
-            f"{sm['cycles_per_block'] / sl['cycles_per_block']:>12.3f}",
+            line(row, "prefill tok/s", lambda v: _pm(v["prefill_tok_s"]), "prefill_tok_s"),
+            line(row, "decode tok/s", lambda v: _pm(v["decode_tok_s"]), "decode_tok_s"),
+            line(row, "TTFT ms", lambda v: _pm(v["ttft_ms"], 0), "ttft_ms"),
+            line(row, "load ms", lambda v: _pm(v["load_ms"], 0), "load_ms"),
+            line(row, "peak RSS MiB", lambda v: f"{v['peak_rss_kb'] / 1024:.0f}", "peak_rss_kb"),
+            line(row, "decode / bw bound", lambda v: f"{v['decode_fraction_of_bound']:.1%}", None),
+            line(row, "cycles / 32-w block", lambda v: f"{v['cycles_per_block']:.1f}", None),
             f"{t:>3}  read bandwidth {row['bandwidth']['best_gb_s']:.2f} GB/s (best of {row['bandwidth']['passes']}); "
-            f"bound {sm['bandwidth_bound_tok_s']:.2f} tok/s mcpm, {sl['bandwidth_bound_tok_s']:.2f} tok/s llama.cpp",
+            "bound " + ", ".join(f"{sm[n]['bandwidth_bound_tok_s']:.2f} tok/s {n}" for n in names),
         ]
-    lines += ["", "targets (issue 7):"]
-    for tg in res["targets"]:
-        goal = f"{'>=' if tg['unit'] in ('x', 'of bound') else '<='} {tg['goal']:.3g} {tg['unit']}"
-        lines.append(f"  [{'met' if tg['met'] else 'NOT met':>7}] {tg['target']:<40} {tg['value']:.3f} {tg['unit']} "
-                     f"({goal}, {tg['threads']} threads)")
+    for q in quants:
+        lines += ["", f"targets (issue 7), mcpm {q}:"]
+        for tg in res["targets"][q]:
+            goal = f"{'>=' if tg['unit'] in ('x', 'of bound') else '<='} {tg['goal']:.3g} {tg['unit']}"
+            lines.append(f"  [{'met' if tg['met'] else 'NOT met':>7}] {tg['target']:<40} {tg['value']:.3f} "
+                         f"{tg['unit']} ({goal}, {tg['threads']} threads)")
     return "\n".join(lines)
 
 
@@ -431,6 +449,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="minicpm-2b")
     p.add_argument("--context-length", type=int, default=512)
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
+    p.add_argument("--quant", default="q4g32,q4g32-a8",
+                   help="comma-separated mcpm schemes, one bundle and one run per repetition each")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--build-peer-only", action="store_true", help="build (or check) the peer venv and exit")
     a = p.parse_args(argv)
@@ -442,7 +462,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("need --threads >= 1, -r >= 1, -p >= 1, -n >= 2")
     if a.n_prompt + a.n_gen > a.context_length:
         p.error("--n-prompt + --n-gen exceed --context-length")
-    res = benchmark(threads, a.repetitions, a.n_prompt, a.n_gen, a.seed, a.preset, a.context_length, a.timeout)
+    quants = tuple(q.strip() for q in a.quant.split(",") if q.strip())
+    from mcpm.quantize.schemes import SCHEMES
+
+    if not quants or any(q not in SCHEMES for q in quants):
+        p.error(f"--quant takes schemes among {', '.join(SCHEMES)}")
+    res = benchmark(threads, a.repetitions, a.n_prompt, a.n_gen, a.seed, a.preset, a.context_length, a.timeout,
+                    quants)
     res["driver_peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = cache_root() / "bench-peer" / "last-result.json"
     out.write_text(json.dumps(res, indent=2) + "\n")

@@ -150,6 +150,12 @@ def run_export(opts: ExportOptions) -> ExportReport:
         raise McpmError(f"exporting {family.model_type} is not supported yet",
                         "export a minicpm model (1B/2B/MoE) or MiniCPM-V 2.0")
     vision = family.model_type == "minicpmv"
+    if opts.device == "gpu":  # int8 activations (-a8): no GPU kernels
+        a8 = [s.name for s in (recipe.default, *(r.scheme for r in recipe.rules)) if s.activations == "int8"]
+        if a8:
+            from mcpm.export.compiler.gpu_kernels import a8_on_gpu
+
+            raise a8_on_gpu(a8[0])
     if vision and opts.device == "gpu":
         raise McpmError("--device gpu does not support MiniCPM-V bundles (the vision entries have no GPU kernels)",
                         "export it with --device cpu")

@@ -1,13 +1,20 @@
-"""Apply a recipe to a reference model: packed weights, their size, and a dequantized copy for quality checks."""
+"""Apply a recipe to a reference model: packed weights, their size, and a dequantized copy for quality checks.
+
+``reference_for`` is what a quantized bundle computes, in PyTorch: the dequantized weights and, for the weights
+whose scheme quantizes activations (``-a8``), the run-time int8 quantization of those linears' inputs.
+"""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mcpm.export.models.layers import MuPCausalLM
+from mcpm.quantize.activations import fake_quant_int8
 from mcpm.quantize.packing import PackedWeight, dequantize, quantize
 from mcpm.quantize.recipe import Recipe
 
@@ -42,3 +49,41 @@ def dequantized_copy(model: nn.Module, recipe: Recipe) -> nn.Module:
             packed = quantize(p.detach().float().numpy(), recipe.scheme_for(name, 2))
             p.copy_(torch.from_numpy(np.ascontiguousarray(dequantize(packed))).to(p.dtype))
     return clone
+
+
+def reference_for(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """The float model a bundle quantized with ``recipe`` computes: :func:`dequantized_copy` plus the activation
+    quantization of the ``-a8`` weights (:func:`activation_quantized`; a no-op for the other schemes)."""
+    return activation_quantized(dequantized_copy(model, recipe), recipe, inplace=True)
+
+
+def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (fake_quant_int8(args[0]), *args[1:])
+
+
+def activation_quantized(model: nn.Module, recipe: Recipe, inplace: bool = False) -> nn.Module:
+    """``model`` (a copy unless ``inplace``) whose linears with an ``-a8`` scheme (activations == "int8") see
+    :func:`mcpm.quantize.activations.fake_quant_int8` of their input, as the kernels quantize it at run time.
+
+    Hooks: a forward pre-hook on each such ``nn.Linear`` (parameter names relative to ``model``, as for
+    :func:`dequantized_copy`), and for each MuPCausalLM whose logits weight (the tied ``embed.weight``, else
+    ``lm_head.weight``) has an a8 scheme, its ``logits_input`` (applied to the input of
+    ``F.linear(final_norm(h) / logit_divisor, W)``). The weights are left as they are (see :func:`reference_for`).
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+
+    def a8(name: str) -> bool:
+        return recipe.scheme_for(name, 2).activations == "int8"
+
+    heads = {name: m for name, m in model.named_modules() if isinstance(m, MuPCausalLM)}
+    head_linears = {id(m.lm_head) for m in heads.values() if m.lm_head is not None}  # quantized by the mode below
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and id(m) not in head_linears and a8(f"{name}.weight"):
+            m.register_forward_pre_hook(_quantize_input)
+    for prefix, lm in heads.items():
+        head = "embed.weight" if lm.lm_head is None else "lm_head.weight"
+        if not a8(f"{prefix}.{head}" if prefix else head):
+            continue
+        lm.logits_input = fake_quant_int8
+    return model

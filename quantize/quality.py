@@ -1,4 +1,7 @@
-"""Quality of quantized weights versus float: perplexity, mean KL divergence, top-1 agreement (``mcpm eval``)."""
+"""Quality of quantized weights versus float: perplexity, mean KL divergence, top-1 agreement (``mcpm eval``).
+
+Each recipe is measured on :func:`mcpm.quantize.apply.reference_for`: the dequantized weights, plus the int8
+activation quantization of the ``-a8`` schemes."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mcpm.quantize.apply import dequantized_copy, weight_bytes
+from mcpm.quantize.apply import reference_for, weight_bytes
 from mcpm.quantize.recipe import Recipe
 
 
@@ -47,7 +50,7 @@ def evaluate(model: nn.Module, recipes: list[Recipe], tokens: list[int], seq_len
     for recipe in tqdm(recipes, desc="evaluating schemes", disable=not progress):
         quant = reference if recipe.default.name == "f32" and not recipe.rules else None
         if quant is None:
-            quant = torch.cat(_log_probs(dequantized_copy(model, recipe), windows))
+            quant = torch.cat(_log_probs(reference_for(model, recipe), windows))  # + int8 activations (-a8)
         nll = F.nll_loss(quant, targets).item()
         kl = (reference.exp() * (reference - quant)).sum(-1).mean().item()
         agree = (reference.argmax(-1) == quant.argmax(-1)).float().mean().item()

@@ -19,6 +19,10 @@ class QuantScheme:
     group_size: int = 0  # along K; 0 = not grouped
     float_dtype: Literal["float16", "float32"] = "float16"  # storage of float weights / of scales
     description: str = ""
+    # "float": the kernel multiplies float32 activations. "int8": it quantizes each activation row per block of
+    # 32 inputs to int8 at run time (dx = max|x| / 127, q = rint(x * (1 / dx)); quantize/activations.py) and takes
+    # integer dots with the weights, as llama.cpp's Q4_0 x Q8_0. Packing ignores it: the bytes depend on ``kind``.
+    activations: Literal["float", "int8"] = "float"
 
     def bits_per_weight(self, k: int) -> float:
         """Storage bits per weight of one row of K inputs (scales and zeros included, padding excluded)."""
@@ -44,6 +48,8 @@ SCHEMES: dict[str, QuantScheme] = {
     s.name: s
     for s in (
         QuantScheme("q4g32", "int4-sym", 32, description="int4 symmetric, group 32 along K, fp16 scale (default)"),
+        QuantScheme("q4g32-a8", "int4-sym", 32, activations="int8",
+                    description="q4g32 weights (same bytes), activations quantized to int8 per 32 inputs at run time"),
         QuantScheme("q4g128", "int4-sym", 128, description="int4 symmetric, group 128 along K, fp16 scale"),
         QuantScheme("q4g32-asym", "int4-asym", 32, description="int4 asymmetric, group 32, fp16 scale + fp16 min"),
         QuantScheme("q8", "int8-channel", description="int8 symmetric per output channel, fp16 scale"),

@@ -208,3 +208,25 @@ def test_mcpm_run_usage_errors(tiny: dict[str, Any]) -> None:
         res = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 1 and len(lines) == 1 and message in lines[0], (args, res.stderr)
+
+
+def test_tiny_a8_logits_match_host(tiny: dict[str, Any]) -> None:
+    """q4g32-a8 (int8 activations): the ARM kernels (q * dx floats for prefill, int16 dots of the same q for decode;
+    i8mm and neon sets) give the host's AVX2 int8 results: prefill logits within LOGITS_TOL of the logit scale
+    (both are exact integer dots of the same q; only float summation order differs), same greedy tokens."""
+    ids, root = tiny["ids"], tiny["root"]
+    host = export(tiny["model_dir"], root / "host-a8", "host", "q4g32-a8", TINY_CTX, TINY_CHUNK)
+    arm = export(tiny["model_dir"], root / "arm-a8", "linux-arm64", "q4g32-a8", TINY_CTX, TINY_CHUNK)
+    args = ["--tokens", ",".join(map(str, ids)), "-n", "6", "--threads", "2"]
+    got_host = run_host(build(host, root / "build-host-a8", arm=False), [str(host), *args, "--logits",
+                                                                         str(root / "host-a8.f32")])
+    host_logits = np.fromfile(root / "host-a8.f32", dtype="<f4")  # [V]
+    scale = float(np.abs(host_logits).max())
+    arm_exe = build(arm, root / "build-arm-a8", arm=True)
+    for cpu in (None, "cortex-a53"):
+        out = root / f"arm-a8-{cpu}.f32"
+        got = run_arm(arm_exe, [str(arm), *args, "--logits", str(out)], cpu)
+        assert got["stats"]["kernel_variant"] == CPUS[cpu]
+        diff = np.abs(np.fromfile(out, dtype="<f4") - host_logits).max() / scale
+        assert diff < LOGITS_TOL, (cpu, diff)
+        assert got["tokens"] == got_host["tokens"] and len(got["tokens"]) == 6

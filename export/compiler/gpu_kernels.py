@@ -304,6 +304,13 @@ _PATTERNS = (
 )
 
 
+def a8_on_gpu(scheme: str) -> McpmError:
+    """The one-line refusal of a scheme that quantizes activations (``-a8``) for --device gpu."""
+    base = scheme.removesuffix("-a8")
+    return McpmError(f"scheme {scheme} quantizes activations on the CPU only; "
+                     f"export with --quant {base} for --device gpu")
+
+
 def gpu_version(name: str, max_ctx: int):
     """The GPU PrimFunc for the hand-written kernel ``name`` (a model_def kernel key), or McpmError."""
     import re
@@ -312,6 +319,9 @@ def gpu_version(name: str, max_ctx: int):
         m = re.fullmatch(pattern, name)
         if m:
             return make(m.groups(), max_ctx)
+    m = re.fullmatch(r"linear_q4a8_(\d+)_(\d+)_(\d+)(_add)?", name)
+    if m:  # int8 activations (-a8 schemes): the exporter refuses them for --device gpu before compiling
+        raise a8_on_gpu(f"q4g{m.group(3)}-a8")
     raise McpmError(
         f"kernel {name} has no GPU version (int4-asym, int8, and MoE kernels run on the CPU only)",
         "export with --device cpu, or with a q4 / f32 / f16 quantization for --device gpu",

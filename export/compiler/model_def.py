@@ -47,7 +47,11 @@ class _Builder:
         (out, k), res = shape, residual is not None
         scheme = self.spec.scheme_for(name)
         g, add = scheme.group_size, "add" * res
-        if scheme.kind == "int4-sym":
+        if scheme.kind == "int4-sym" and scheme.activations == "int8":  # -a8: x quantized to int8 per 32 inputs
+            gv = self.kernel(("linear_q4a8", k, out, g, add),
+                             lambda: quant_kernels.linear_q4(k, out, g, res, act="int8"))
+            args = [x, w[name + ".qweight"], w[name + ".scales"]]
+        elif scheme.kind == "int4-sym":
             gv = self.kernel(("linear_q4", k, out, g, add), lambda: quant_kernels.linear_q4(k, out, g, res))
             args = [x, w[name + ".qweight"], w[name + ".scales"]]
         elif scheme.kind == "int4-asym":

@@ -34,6 +34,11 @@ def check_supported(cfg: MiniCPMConfig, spec: CompileSpec) -> None:
                 if scheme.kind not in ("float", "int4-sym"):
                     raise McpmError(f"MiniCPM-MoE experts support float and int4-sym schemes, not {scheme.name} "
                                     f"(layers.{i} experts)", "quantize the experts with f32, f16 or q4gN")
+                if scheme.activations != "float":  # moe_kernels multiply float activations
+                    base = scheme.name.removesuffix("-a8")
+                    raise McpmError(f"MiniCPM-MoE experts keep float activations, not {scheme.name} (layers.{i} "
+                                    f"experts)", f"use {base} for the experts: --quant-rule 'layers.*.mlp.experts.*="
+                                    f"{base}'")
     if cfg.rope_base(spec.max_ctx) != cfg.rope_theta:
         raise McpmError(
             f"max_ctx {spec.max_ctx} > max_position_embeddings {cfg.max_position_embeddings} with dynamic NTK RoPE",

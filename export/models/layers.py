@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -121,6 +123,8 @@ class MuPCausalLM(nn.Module):
         self.layers = nn.ModuleList(blocks)
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # applied to the logits matmul's input (mcpm.quantize.apply.activation_quantized: int8 activations)
+        self.logits_input: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def rope_tables(self, start: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [n, rot_dim] for positions start .. start+n-1."""
@@ -145,6 +149,8 @@ class MuPCausalLM(nn.Module):
         if cache is not None:
             cache.advance(h.shape[1])
         h = self.final_norm(h) / self.cfg.logit_divisor
+        if self.logits_input is not None:
+            h = self.logits_input(h)
         return F.linear(h, self.embed.weight if self.lm_head is None else self.lm_head.weight)
 
     def new_cache(self) -> KVCache:
