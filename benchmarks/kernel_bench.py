@@ -12,6 +12,7 @@ Versions (--versions; the first one is the baseline of the speedups and of the n
   generic  linear_q4 of the working tree constructed with no current target (decode_isa "f32": the float tiles)
   a8       linear_q4(act="int8") of the working tree under the benchmark's target (the -a8 schemes: activations
            quantized per 32 inputs to int8; its rel err to a float version is the activation rounding, ~1e-2)
+  head-a8  the same from the committed file (--rev)
 Each thread count runs in its own process (TVM_NUM_THREADS; TVM's own runtime thread pool runs the T.parallel
 launches). Kernels are compiled for this CPU (llvm -mcpu=<host>). Reported per case (median of -r alternating
 repetitions): ms per call, GB/s of weights streamed (qweight + scales bytes / time), GFLOP/s (2 K N n / time: all
@@ -109,6 +110,9 @@ def make_kernel(version: str, k: int, n_out: int, target, rev: str):
         return old_linear_q4(k, n_out, GROUP)
     if version == "head":
         return committed_quant_kernels(rev).linear_q4(k, n_out, GROUP)
+    if version == "head-a8":
+        with tvm.target.Target(target):
+            return committed_quant_kernels(rev).linear_q4(k, n_out, GROUP, act="int8")
     if version == "new":
         with tvm.target.Target(target):  # linear_q4 picks its decode tiles from the current target
             return quant_kernels.linear_q4(k, n_out, GROUP)
@@ -117,7 +121,7 @@ def make_kernel(version: str, k: int, n_out: int, target, rev: str):
     if version == "a8":
         with tvm.target.Target(target):
             return quant_kernels.linear_q4(k, n_out, GROUP, act="int8")
-    raise SystemExit(f"unknown version {version!r} (old, head, new, generic, a8)")
+    raise SystemExit(f"unknown version {version!r} (old, head, new, generic, a8, head-a8)")
 
 
 def cpu_mhz() -> float:
@@ -194,7 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("-r", type=int, default=5, help="alternating repetitions")
     p.add_argument("--budget-s", type=float, default=3.0, help="seconds per version per case (all repetitions)")
-    p.add_argument("--versions", default="head,new", help="old, head, new, generic, a8 (the first is the baseline)")
+    p.add_argument("--versions", default="head,new",
+                   help="old, head, new, generic, a8, head-a8 (the first is the baseline)")
     p.add_argument("--rev", default="HEAD", help="git revision of the 'head' version")
     p.add_argument("--mhz", type=float, default=0.0, help="CPU clock for cycles/block (default: /proc/cpuinfo)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",

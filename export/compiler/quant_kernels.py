@@ -110,9 +110,13 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         raise ValueError(f"linear_q4: act='int8' needs a group that is a multiple of {QBLOCK}, not {group}")
     qmax = A8_MAX if a8 else QMAX  # decode-tile activation range (int8 values in int16 lanes for a8)
     qdt = "int8" if a8 and isa == "x86-avx2" else "int16"  # decode-tile activation storage
+    pairs = a8 and isa == "x86-avx2"  # decode blocks two at a time (pair_dot) in the pair layout of xq
     rd, na = (INT_DECODE_ROWS, INT_DECODE_ACCS) if isa != "f32" else (DECODE_ROWS, 1)
     nb = k_in // QBLOCK  # activation blocks entirely inside K
     nbw = max(nb, 1)  # blocks of the workspace (never empty)
+    # blocks of a decode chunk taken one at a time: (first, count) for a full chunk and for the last partial one
+    full_s0, full_ns = (CHUNK, 0) if pairs else (0, CHUNK)
+    rem_s0, rem_ns = (nb % CHUNK - nb % 2, nb % 2) if pairs else (0, nb % CHUNK)
     bpg = max(1, group // QBLOCK)  # activation blocks per weight group
     wpb = QBLOCK // 8  # packed words per activation block
     tt = PREFILL_TILES
@@ -152,10 +156,24 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))  # 1 / dx
             xd[t, kb] = m[1]
             qs[0] = 0
-            for h, b in T.grid(2, QBLOCK // 2):  # position h * 16 + b holds input 2 b + h (the nibble order)
-                xq[t, kb * QBLOCK + h * 16 + b] = T.Cast(qdt, T.nearbyint(x[i, kb * QBLOCK + 2 * b + h] * m[2]))
-                qs[0] = qs[0] + T.Cast("int32", xq[t, kb * QBLOCK + h * 16 + b])
+            for h, b in T.grid(2, QBLOCK // 2):  # position h * 16 + b holds input 2 b + h (the nibble order);
+                # pairs (a8 on AVX2): blocks 2p, 2p+1 at 64 p + [2p even | 2p+1 even | 2p odd | 2p+1 odd] (16 each)
+                pos = T.if_then_else(pairs and kb - kb % 2 + 1 < nb,
+                                     (kb - kb % 2) * QBLOCK + h * 32 + (kb % 2) * 16 + b, kb * QBLOCK + h * 16 + b)
+                xq[t, pos] = T.Cast(qdt, T.nearbyint(x[i, kb * QBLOCK + 2 * b + h] * m[2]))
+                qs[0] = qs[0] + T.Cast("int32", xq[t, pos])
             xs[t, kb] = T.Cast("float32", qs[0] * 8)
+
+    def pair_dot(qw, xq, j, t, kb):  # a8 on AVX2: int32x8, lanes 0-3 sum to block kb's dot, 4-7 to block kb + 1's
+        # 32 bytes = the two blocks' 16 bytes; low nibbles [kb even inputs | kb+1 even], high [kb odd | kb+1 odd],
+        # matching the pair layout of xq (quantize_x); an int16 lane sums 4 products (|.| <= 7620)
+        wb = T.reinterpret("uint8x32", qw[j, T.Ramp(kb * wpb, 1, 2 * wpb)])
+        p16 = T.call_llvm_pure_intrin(
+            "int16x16", "llvm.x86.avx2.pmadd.ub.sw", T.bitwise_and(wb, T.Broadcast(T.uint8(15), 32)),
+            xq[t, T.Ramp(kb * QBLOCK, 1, QBLOCK)]) + T.call_llvm_pure_intrin(
+            "int16x16", "llvm.x86.avx2.pmadd.ub.sw", T.shift_right(wb, T.Broadcast(T.uint8(4), 32)),
+            xq[t, T.Ramp(kb * QBLOCK + QBLOCK, 1, QBLOCK)])
+        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, T.Broadcast(T.int16(1), 16))
 
     def block_dot(qw, xq, j, t, kb):  # int32x8 whose lanes sum to the integer dot of block kb of row j with q
         if a8 and isa == "x86-avx2":  # int8 q: vpmaddubsw(nibbles as unsigned bytes, q), widened by vpmaddwd(., 1)
@@ -181,19 +199,28 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         return T.call_llvm_pure_intrin("int32x8", "llvm.vector.partial.reduce.add", T.Broadcast(T.int32(0), 8), prod)
 
     @T.macro
-    def decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, k0, width):  # blocks k0 .. k0+width of rows j0 .. j0+rd
+    def decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, k0, width, s0, ns):  # blocks k0 .. k0+width of rows
+        # j0 .. j0+rd; blocks s0 .. s0+ns of the chunk one at a time (block_dot), the others in pairs (pair_dot)
         for r in T.unroll(rd):  # sdx = scale * dx per block; x86: the -8 sum(q) terms go into the lanes now
             for c in T.vectorized(width):
                 sdx[r * CHUNK + c] = T.Cast("float32", sc[T.min(j0 + r, last), (k0 + c) // bpg]) * xd[t, k0 + c]
             if isa == "x86-avx2":
                 for c in T.vectorized(width):
                     acc[r * na * LANES + c] = acc[r * na * LANES + c] - sdx[r * CHUNK + c] * xs[t, k0 + c]
-        for c in T.unroll(width):
+        if pairs:  # a8 on AVX2: two blocks per step (one 32-byte load; lanes 0-3 block c, 4-7 block c + 1)
+            for pc in T.unroll(width // 2):
+                for r in T.unroll(rd):
+                    a = (r * na + pc % na) * LANES
+                    acc[T.Ramp(a, 1, LANES)] = acc[T.Ramp(a, 1, LANES)] + T.Cast(
+                        "float32x8", pair_dot(qw, xq, T.min(j0 + r, last), t, k0 + 2 * pc)
+                    ) * T.Shuffle([T.Broadcast(sdx[r * CHUNK + 2 * pc], 4),
+                                   T.Broadcast(sdx[r * CHUNK + 2 * pc + 1], 4)], list(range(LANES)))
+        for c in T.unroll(ns):
             for r in T.unroll(rd):
-                a = (r * na + c % na) * LANES  # block c goes into chain c % na of row r
+                a = (r * na + c % na) * LANES  # block s0 + c goes into chain c % na of row r
                 acc[T.Ramp(a, 1, LANES)] = acc[T.Ramp(a, 1, LANES)] + T.Cast(
-                    "float32x8", block_dot(qw, xq, T.min(j0 + r, last), t, k0 + c)
-                ) * T.Broadcast(sdx[r * CHUNK + c], LANES)
+                    "float32x8", block_dot(qw, xq, T.min(j0 + r, last), t, k0 + s0 + c)
+                ) * T.Broadcast(sdx[r * CHUNK + s0 + c], LANES)
 
     @T.macro
     def decode_tile(x, qw, sc, xq, xs, xd, r_, y, i, t, j0, add):  # y[i, j0 .. j0+rd) (rows clamped to N - 1)
@@ -204,9 +231,9 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             for b in T.vectorized(LANES):
                 acc[r * LANES + b] = T.float32(0)
         for kc in range(nb // CHUNK):
-            decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, kc * CHUNK, CHUNK)
+            decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, kc * CHUNK, CHUNK, full_s0, full_ns)
         if nb % CHUNK != 0:
-            decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, nb // CHUNK * CHUNK, nb % CHUNK)
+            decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, nb // CHUNK * CHUNK, nb % CHUNK, rem_s0, rem_ns)
         for r in T.unroll(rd):
             tail(x, qw, sc, acc, i, T.min(j0 + r, last), r * na * LANES, nb * QBLOCK)
             finish(acc, r_, y, i, T.min(j0 + r, last), r * na * LANES, add, na * LANES)

@@ -217,7 +217,7 @@ int mcpm_pool_init(mcpm_pool* pool, struct mcpm_model* model, int threads, size_
     pthread_cond_init(&pool->wake, NULL);
     pthread_cond_init(&pool->done, NULL);
     const char* spin = getenv("MCPM_SPIN_US"); /* read once here; the value lives in the pool */
-    pool->spin_ns = (spin && *spin ? atol(spin) : MCPM_DEFAULT_SPIN_US) * 1000L;
+    pool->spin_ns = (spin && *spin ? strtol(spin, NULL, 10) : MCPM_DEFAULT_SPIN_US) * 1000L;
     if (arena_init(&pool->arena0, workspace_bytes)) goto oom;
     if (pool->threads > 1) {
         pool->workers = calloc((size_t)pool->threads - 1, sizeof(mcpm_worker)); /* mcpm_worker[threads-1] */
