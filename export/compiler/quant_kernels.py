@@ -28,6 +28,7 @@ CHUNK = 8  # blocks whose scale * dx a decode tile computes at once (one fp16 ->
 A8_MAX = 127
 A8_TOKENS = 64  # prefill tokens quantized per pass (workspace: A8_TOKENS x K bytes); one parallel launch per pass
 A8_TILE = 2  # tokens of an int8 prefill tile (x 2 row vectors of 8 rows; 4 tokens spill: 1.4x slower)
+I16_TILE = 2  # tokens of an int16 prefill tile (act="float" on AVX2; x 2 row vectors)
 A8_KBLOCKS = 8  # activation blocks per prepared weight chunk (256 inputs: 4 KB of int8 weights per 16 rows)
 
 
@@ -61,6 +62,12 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     ones) one at a time x DECODE_ROWS rows (integer tiles: INT_DECODE_ROWS). The horizontal sum of an output's
     lanes happens once per output; fp32 accumulation throughout.
 
+    On AVX2 (decode_isa "x86-avx2") prefill tokens take the integer tiles of body_a8, described below for act="int8";
+    with act="float" their activations are int16 (dx = max|x| / 32767 per block, the decode tiles' quantization),
+    paired per two consecutive inputs, and a block of a tile is 16 vpmaddwd of a broadcast pair against int16 weight
+    pairs of 8 rows (I16_TILE tokens x 2 row vectors; exact int32 sums): 1.5x the float tiles per thread on Zen3,
+    results within ~2e-5 of them. Elsewhere (ARM, no target) the float prefill path:
+
     Prefill amortizes the dequantization over all tokens of the call: per chunk of PREFILL_TILES token tiles and per
     K chunk of PREFILL_KCHUNK inputs (whole groups; the last chunk may hold fewer), the block's rows are dequantized
     once ((nibble - 8) * s, exact: a word broadcast to 8 lanes, one vector shift by 0, 4, .., 28, mask, convert,
@@ -92,10 +99,11 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     A8_TILE tokens x 2 row vectors sums 8 vpmaddubsw (the token's quad broadcast as unsigned bytes, the weights as
     signed) per block in int16 lanes (|sum| <= 32640), widens them with vpmaddwd(., 1), subtracts the 128 * sum term
     and fma's the float result with scale * dx: lanes are rows, so no horizontal sums. Decode tokens take the int16
-    tiles with q in -127..127 (the same integers). Elsewhere (ARM, no target) x is replaced by q * dx in a workspace
+    tiles with q in -127..127 (the same integers), two blocks per step (pair_dot: one 32-byte load, the activations
+    quantized in a pair layout). Elsewhere (ARM, no target) x is replaced by q * dx in a workspace
     and the float / int16 paths run on it (the int16 tiles recover q exactly)."""
     a8 = act == "int8"
-    assert PREFILL_TOKENS % A8_TILE == 0 and A8_TOKENS % PREFILL_TOKENS == 0  # whole tiles in every pass
+    assert PREFILL_TOKENS % A8_TILE == 0 == PREFILL_TOKENS % I16_TILE and A8_TOKENS % PREFILL_TOKENS == 0
     kp = -(-k_in // group) * group
     words = group // 8
     full = k_in // group  # groups entirely inside K
@@ -111,6 +119,9 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     qmax = A8_MAX if a8 else QMAX  # decode-tile activation range (int8 values in int16 lanes for a8)
     qdt = "int8" if a8 and isa == "x86-avx2" else "int16"  # decode-tile activation storage
     pairs = a8 and isa == "x86-avx2"  # decode blocks two at a time (pair_dot) in the pair layout of xq
+    i16 = not a8  # body_a8's prefill tiles: int16 activations (vpmaddwd) for act="float" on AVX2
+    pmax = QMAX if i16 else A8_MAX  # range of the prefill tiles' q
+    xa_words = QBLOCK // 2 if i16 else 2 * (QBLOCK // 8)  # uint32 per block of a quantized prefill token
     rd, na = (INT_DECODE_ROWS, INT_DECODE_ACCS) if isa != "f32" else (DECODE_ROWS, 1)
     nb = k_in // QBLOCK  # activation blocks entirely inside K
     nbw = max(nb, 1)  # blocks of the workspace (never empty)
@@ -142,6 +153,12 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             nib = T.bitwise_and(T.shift_right(qw[j, k // 8], T.Cast("uint32", (k % 8) * 4)), T.uint32(15))
             acc[a] = acc[a] + x[i, k] * ((T.Cast("float32", nib) - T.float32(8)) * T.Cast("float32", sc[j, k // group]))
 
+    def xpos(kb, h, b):  # workspace position of input 2 b + h of block kb (quantize_x)
+        if pairs:
+            return T.if_then_else(kb - kb % 2 + 1 < nb, (kb - kb % 2) * QBLOCK + h * 32 + (kb % 2) * 16 + b,
+                                  kb * QBLOCK + h * 16 + b)
+        return kb * QBLOCK + h * 16 + b
+
     @T.macro
     def quantize_x(x, xq, xs, xd, i, t):  # decode token i's x -> workspace slot t: q (nibble order), 8 sum(q), dx
         m = T.alloc_local((LANES,), "float32")
@@ -158,10 +175,8 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             qs[0] = 0
             for h, b in T.grid(2, QBLOCK // 2):  # position h * 16 + b holds input 2 b + h (the nibble order);
                 # pairs (a8 on AVX2): blocks 2p, 2p+1 at 64 p + [2p even | 2p+1 even | 2p odd | 2p+1 odd] (16 each)
-                pos = T.if_then_else(pairs and kb - kb % 2 + 1 < nb,
-                                     (kb - kb % 2) * QBLOCK + h * 32 + (kb % 2) * 16 + b, kb * QBLOCK + h * 16 + b)
-                xq[t, pos] = T.Cast(qdt, T.nearbyint(x[i, kb * QBLOCK + 2 * b + h] * m[2]))
-                qs[0] = qs[0] + T.Cast("int32", xq[t, pos])
+                xq[t, xpos(kb, h, b)] = T.Cast(qdt, T.nearbyint(x[i, kb * QBLOCK + 2 * b + h] * m[2]))
+                qs[0] = qs[0] + T.Cast("int32", xq[t, xpos(kb, h, b)])
             xs[t, kb] = T.Cast("float32", qs[0] * 8)
 
     def pair_dot(qw, xq, j, t, kb):  # a8 on AVX2: int32x8, lanes 0-3 sum to block kb's dot, 4-7 to block kb + 1's
@@ -328,15 +343,16 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                     finish(fin, r_, y, tc * tt * tp + e, T.min(j0 + r, last), 0, add)
 
     # ---- act="int8" prefill on AVX2 (vpmaddubsw): lanes are rows, so no horizontal sums
-    tc8, tp8, kb8 = A8_TOKENS, A8_TILE, A8_KBLOCKS
+    tc8, tp8, kb8 = A8_TOKENS, (I16_TILE if i16 else A8_TILE), A8_KBLOCKS
     nv8 = sb // LANES  # row vectors of a block
     kw8 = kb8 * wpb  # packed words of a weight chunk
     nkc8, rem8 = nb // kb8, nb % kb8  # full weight chunks, blocks of the last partial one
 
     @T.macro
     def quantize_a8(x, xa, xda, i0, cnt):  # tokens i0 .. i0+cnt -> workspace rows 0 .. cnt (one parallel launch)
-        # per block: dx = max|x| / 127, q = clip(rint(x / dx)) + 128 as bytes; per packed word w of the block two
-        # int32 quads: [even inputs 8w, 8w+2, 8w+4, 8w+6] and [odd inputs 8w+1, .., 8w+7] (the weight nibble order)
+        # a8, per block: dx = max|x| / 127, q = clip(rint(x / dx)) + 128 as bytes; per packed word w of the block
+        # two int32 quads: [even inputs 8w, 8w+2, 8w+4, 8w+6] and [odd inputs 8w+1, .., 8w+7] (the nibble order).
+        # i16: dx = max|x| / 32767, q = rint(x / dx) as int16, one uint32 per pair of inputs
         for e in T.parallel(cnt):
             m = T.alloc_local((LANES,), "float32")
             qv = T.alloc_local((LANES,), "uint32")
@@ -346,10 +362,17 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                                  T.max(T.abs(x[i0 + e, kb * QBLOCK + 16 + b]), T.abs(x[i0 + e, kb * QBLOCK + 24 + b])))
                 for b in range(1, LANES):
                     m[0] = T.max(m[0], m[b])
-                m[1] = m[0] / T.float32(A8_MAX)  # dx
+                m[1] = m[0] / T.float32(pmax)  # dx
                 m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))  # 1 / dx
                 xda[e, kb] = m[1]
-                for w in range(wpb):
+                if i16:  # int16 q, pairs of consecutive inputs in one uint32 (low half first)
+                    for w in range(QBLOCK // 2):
+                        xa[e, kb * (QBLOCK // 2) + w] = T.bitwise_or(
+                            T.bitwise_and(T.Cast("uint32", T.Cast("int32", T.nearbyint(
+                                x[i0 + e, kb * QBLOCK + 2 * w] * m[2]))), T.uint32(0xFFFF)),
+                            T.shift_left(T.Cast("uint32", T.Cast("int32", T.nearbyint(
+                                x[i0 + e, kb * QBLOCK + 2 * w + 1] * m[2]))), T.uint32(16)))
+                for w in range(wpb * int(not i16)):
                     for b in T.vectorized(LANES):  # lane b: input 8w + 2 (b % 4) + b // 4
                         qv[b] = T.Cast("uint32", T.Cast("int32", T.max(T.min(T.nearbyint(
                             x[i0 + e, kb * QBLOCK + w * 8 + (b % 4) * 2 + b // 4] * m[2]), T.float32(A8_MAX)),
@@ -366,12 +389,25 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         for r in range(sb):
             for w in range(nbk * wpb):
                 wt[((r // LANES) * kw8 + w) * LANES + r % LANES] = qw[T.min(j0 + r, last), b0 * wpb + w]
-        for v in range(nv8):
+        for v in range(nv8 * int(i16)):  # i16: ws[v, pair, r*2 .. r*2+2] = int16 (nibble - 8) of inputs 2 pair, +1
+            for w in range(nbk * wpb):
+                for j in range(4):
+                    ws[T.Ramp(((v * kw8 + w) * 4 + j) * 32, 1, 32)] = T.reinterpret("int8x32", T.reinterpret(
+                        "int16x16", T.bitwise_or(
+                            T.bitwise_and(T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)],
+                                                        T.Broadcast(T.uint32(8 * j), LANES)),
+                                          T.Broadcast(T.uint32(15), LANES)),
+                            T.shift_left(T.bitwise_and(T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)],
+                                                                     T.Broadcast(T.uint32(8 * j + 4), LANES)),
+                                                       T.Broadcast(T.uint32(15), LANES)),
+                                         T.Broadcast(T.uint32(16), LANES)))) - T.Broadcast(T.int16(8), 16))
+        for v in range(nv8 * int(not i16)):
             for w in range(nbk * wpb):
                 for h in range(2):
                     ws[T.Ramp(((v * kw8 + w) * 2 + h) * 32, 1, 32)] = T.reinterpret("int8x32", T.bitwise_and(
                         T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)], T.Broadcast(T.uint32(4 * h), LANES)),
                         T.Broadcast(T.uint32(0x0F0F0F0F), LANES))) - T.Broadcast(T.int8(8), 32)
+        for v in range(nv8):
             for bb in range(nbk):
                 for r in T.vectorized(LANES):
                     wcorr[(v * kb8 + bb) * LANES + r] = T.int32(0)
@@ -421,9 +457,42 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                     accs[(e0 + t) * sb + v * LANES + b] = acc[(t * nv8 + v) * LANES + b]
 
     @T.macro
+    def tile_i16(xa, xda, ws, swf, accs, e0, b0, nbk):  # int16 activations: workspace tokens e0 .. e0+tp8 x sb rows
+        # per block: a32[t, v] = sum of 16 vpmaddwd(x pair of token t broadcast, int16 weight pairs of row vector v)
+        # (exact: |sum| <= 32 * 8 * 32767), then float, * scale * dx
+        acc = T.alloc_local((tp8 * nv8 * LANES,), "float32")
+        a32 = T.alloc_local((tp8 * nv8 * LANES,), "int32")
+        for t in T.unroll(tp8):
+            for v in T.unroll(nv8):
+                for b in T.vectorized(LANES):
+                    acc[(t * nv8 + v) * LANES + b] = accs[(e0 + t) * sb + v * LANES + b]
+        for bb in range(nbk):
+            for e in T.unroll(tp8 * nv8):
+                a32[T.Ramp(e * LANES, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
+            for pr in T.unroll(QBLOCK // 2):
+                for t in T.unroll(tp8):
+                    for v in T.unroll(nv8):
+                        a32[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] = a32[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] + \
+                            T.call_llvm_pure_intrin(
+                                "int32x8", "llvm.x86.avx2.pmadd.wd",
+                                T.reinterpret("int16x16",
+                                              T.Broadcast(xa[e0 + t, (b0 + bb) * (QBLOCK // 2) + pr], LANES)),
+                                T.reinterpret("int16x16", ws[T.Ramp(((v * kw8 + bb * wpb) * 4 + pr) * 32, 1, 32)]))
+            for t in T.unroll(tp8):
+                for v in T.unroll(nv8):
+                    acc[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] = acc[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] + \
+                        T.Cast("float32x8", a32[T.Ramp((t * nv8 + v) * LANES, 1, LANES)]) * (
+                            swf[T.Ramp((v * kb8 + bb) * LANES, 1, LANES)] * T.Broadcast(xda[e0 + t, b0 + bb], LANES))
+        for t in T.unroll(tp8):
+            for v in T.unroll(nv8):
+                for b in T.vectorized(LANES):
+                    accs[(e0 + t) * sb + v * LANES + b] = acc[(t * nv8 + v) * LANES + b]
+
+    @T.macro
     def prefill_a8(x, qw, sc, xa, xda, r_, y, i0, cnt, j0, add):  # y[i0 .. i0+cnt, j0 .. j0+sb) (rows clamped)
         wt = T.alloc_local((nv8 * kw8 * LANES,), "uint32")  # [v, word, 8 rows] packed words, transposed
-        ws = T.alloc_local((nv8 * kw8 * 2 * 32,), "int8")  # [v, quad, 8 rows x 4] int8 weights
+        ws = T.alloc_local((nv8 * kw8 * 2 * 32 * (1 + int(i16)),), "int8")  # [v, quad, 8 rows x 4] int8 weights
+        # (i16: [v, pair, 8 rows x 2] int16)
         wcorr = T.alloc_local((nv8 * kb8 * LANES,), "int32")  # [v, block, 8 rows]
         swf = T.alloc_local((nv8 * kb8 * LANES,), "float32")  # [v, block, 8 rows]
         accs = T.alloc_local((tc8 * sb,), "float32")  # [tokens, sb rows]
@@ -433,11 +502,17 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         for c in range(nkc8):
             prep_a8(qw, sc, wt, ws, wcorr, swf, j0, c * kb8, kb8)
             for tl in range(cnt // tp8):
-                tile_a8(xa, xda, ws, wcorr, swf, accs, tl * tp8, c * kb8, kb8)
+                if i16:
+                    tile_i16(xa, xda, ws, swf, accs, tl * tp8, c * kb8, kb8)
+                else:
+                    tile_a8(xa, xda, ws, wcorr, swf, accs, tl * tp8, c * kb8, kb8)
         if rem8 > 0:
             prep_a8(qw, sc, wt, ws, wcorr, swf, j0, nkc8 * kb8, rem8)
             for tl in range(cnt // tp8):
-                tile_a8(xa, xda, ws, wcorr, swf, accs, tl * tp8, nkc8 * kb8, rem8)
+                if i16:
+                    tile_i16(xa, xda, ws, swf, accs, tl * tp8, nkc8 * kb8, rem8)
+                else:
+                    tile_a8(xa, xda, ws, wcorr, swf, accs, tl * tp8, nkc8 * kb8, rem8)
         for e in range(cnt):
             for r in range(sb):
                 fin[0] = accs[e * sb + r]
@@ -446,9 +521,10 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
 
     @T.macro
     def body_a8(x, qw, sc, r_, y, n, add):  # act="int8" on AVX2
-        xa = T.alloc_buffer((tc8, nbw * 2 * wpb), "uint32")  # [tokens, quads] u8 activations (q + 128)
+        xa = T.alloc_buffer((tc8, nbw * xa_words), "uint32")  # [tokens, quads] u8 activations (q + 128);
+        # i16: [tokens, pairs] int16 q
         xda = T.alloc_buffer((tc8, nbw), "float32")  # [tokens, blocks] dx
-        xq = T.alloc_buffer((tp - 1, nbw * QBLOCK), "int8")
+        xq = T.alloc_buffer((tp - 1, nbw * QBLOCK), qdt)
         xs = T.alloc_buffer((tp - 1, nbw), "float32")
         xd = T.alloc_buffer((tp - 1, nbw), "float32")
         for tc in range((n // tp * tp + tc8 - 1) // tc8):
@@ -516,7 +592,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         qw = T.match_buffer(q_h, (n_out, kp // 8), "uint32")  # [N, Kp/8]
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        if a8 and isa == "x86-avx2":
+        if isa == "x86-avx2":
             body_a8(x, qw, sc, y, y, n, False)
         elif a8:
             body_fake_a8(x, qw, sc, y, y, n, False)
@@ -534,7 +610,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         r = T.match_buffer(r_h, (n, n_out), "float32")  # [n, N] residual
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        if a8 and isa == "x86-avx2":
+        if isa == "x86-avx2":
             body_a8(x, qw, sc, r, y, n, True)
         elif a8:
             body_fake_a8(x, qw, sc, r, y, n, True)
