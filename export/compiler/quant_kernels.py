@@ -347,6 +347,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     nv8 = sb // LANES  # row vectors of a block
     kw8 = kb8 * wpb  # packed words of a weight chunk
     nkc8, rem8 = nb // kb8, nb % kb8  # full weight chunks, blocks of the last partial one
+    idt, ilanes, steps = ("int32", LANES, QBLOCK // 2) if i16 else ("int16", 16, 2 * wpb)  # tile_int's integer sums
 
     @T.macro
     def quantize_a8(x, xa, xda, i0, cnt):  # tokens i0 .. i0+cnt -> workspace rows 0 .. cnt (one parallel launch)
@@ -423,65 +424,49 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                     swf[(v * kb8 + bb) * LANES + r] = T.Cast(
                         "float32", sc[T.min(j0 + v * LANES + r, last), (b0 + bb) // bpg])
 
-    @T.macro
-    def tile_a8(xa, xda, ws, wcorr, swf, accs, e0, b0, nbk):  # workspace tokens e0 .. e0+tp8 x all sb rows
-        # per block: a16[t, v] = sum of 8 vpmaddubsw(x quad of token t broadcast (u8), int8 weights of row vector v)
-        # (|sum| <= 8 * 2 * 255 * 8 = 32640: no int16 overflow), then vpmaddwd(a16, 1) - wcorr -> float, * scale * dx
-        acc = T.alloc_local((tp8 * nv8 * LANES,), "float32")
-        a16 = T.alloc_local((tp8 * nv8 * 16,), "int16")
-        for t in T.unroll(tp8):
-            for v in T.unroll(nv8):
-                for b in T.vectorized(LANES):
-                    acc[(t * nv8 + v) * LANES + b] = accs[(e0 + t) * sb + v * LANES + b]
-        for bb in range(nbk):
-            for e in T.unroll(tp8 * nv8):
-                a16[T.Ramp(e * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
-            for qd in T.unroll(2 * wpb):
-                for t in T.unroll(tp8):
-                    for v in T.unroll(nv8):
-                        a16[T.Ramp((t * nv8 + v) * 16, 1, 16)] = a16[T.Ramp((t * nv8 + v) * 16, 1, 16)] + \
-                            T.call_llvm_pure_intrin(
-                                "int16x16", "llvm.x86.avx2.pmadd.ub.sw",
-                                T.reinterpret("uint8x32", T.Broadcast(xa[e0 + t, (b0 + bb) * 2 * wpb + qd], LANES)),
-                                ws[T.Ramp(((v * kw8 + bb * wpb) * 2 + qd) * 32, 1, 32)])
-            for t in T.unroll(tp8):
-                for v in T.unroll(nv8):
-                    acc[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] = acc[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] + \
-                        T.Cast("float32x8", T.call_llvm_pure_intrin(
-                            "int32x8", "llvm.x86.avx2.pmadd.wd", a16[T.Ramp((t * nv8 + v) * 16, 1, 16)],
-                            T.Broadcast(T.int16(1), 16)) - wcorr[T.Ramp((v * kb8 + bb) * LANES, 1, LANES)]) * (
-                            swf[T.Ramp((v * kb8 + bb) * LANES, 1, LANES)] * T.Broadcast(xda[e0 + t, b0 + bb], LANES))
-        for t in T.unroll(tp8):
-            for v in T.unroll(nv8):
-                for b in T.vectorized(LANES):
-                    accs[(e0 + t) * sb + v * LANES + b] = acc[(t * nv8 + v) * LANES + b]
+    def tile_step(xa, ws, e0, b0, t, v, bb, st):  # one multiply step of token t x row vector v in block bb
+        if i16:  # vpmaddwd(x pair st broadcast, int16 weight pairs of 8 rows) -> int32x8
+            return T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd",
+                T.reinterpret("int16x16", T.Broadcast(xa[e0 + t, (b0 + bb) * (QBLOCK // 2) + st], LANES)),
+                T.reinterpret("int16x16", ws[T.Ramp(((v * kw8 + bb * wpb) * 4 + st) * 32, 1, 32)]))
+        # a8: vpmaddubsw(x quad st broadcast as unsigned bytes, int8 weights of 8 rows x 4 inputs) -> int16x16
+        return T.call_llvm_pure_intrin(
+            "int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+            T.reinterpret("uint8x32", T.Broadcast(xa[e0 + t, (b0 + bb) * 2 * wpb + st], LANES)),
+            ws[T.Ramp(((v * kw8 + bb * wpb) * 2 + st) * 32, 1, 32)])
+
+    def tile_block(ai, wcorr, v, bb):  # the int32x8 block dots of the 8 rows from a tile's integer sum ai
+        if i16:
+            return ai
+        # a8: widen the int16 pair sums, remove the +128 offset of the activations (128 * sum(nibble - 8))
+        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", ai, T.Broadcast(T.int16(1), 16)) - \
+            wcorr[T.Ramp((v * kb8 + bb) * LANES, 1, LANES)]
 
     @T.macro
-    def tile_i16(xa, xda, ws, swf, accs, e0, b0, nbk):  # int16 activations: workspace tokens e0 .. e0+tp8 x sb rows
-        # per block: a32[t, v] = sum of 16 vpmaddwd(x pair of token t broadcast, int16 weight pairs of row vector v)
-        # (exact: |sum| <= 32 * 8 * 32767), then float, * scale * dx
+    def tile_int(xa, xda, ws, wcorr, swf, accs, e0, b0, nbk):  # workspace tokens e0 .. e0+tp8 x all sb rows
+        # per block, per (token t, row vector v): an integer sum over the block's steps (a8: 8 vpmaddubsw summed in
+        # int16 lanes, |sum| <= 8 * 2 * 255 * 8 = 32640; i16: 16 vpmaddwd in int32 lanes, exact), then
+        # tile_block -> float, * scale * dx into the row vector's float sums (lanes are rows: no horizontal sums)
         acc = T.alloc_local((tp8 * nv8 * LANES,), "float32")
-        a32 = T.alloc_local((tp8 * nv8 * LANES,), "int32")
+        ai = T.alloc_local((tp8 * nv8 * ilanes,), idt)
         for t in T.unroll(tp8):
             for v in T.unroll(nv8):
                 for b in T.vectorized(LANES):
                     acc[(t * nv8 + v) * LANES + b] = accs[(e0 + t) * sb + v * LANES + b]
         for bb in range(nbk):
             for e in T.unroll(tp8 * nv8):
-                a32[T.Ramp(e * LANES, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
-            for pr in T.unroll(QBLOCK // 2):
+                for b in T.vectorized(ilanes):
+                    ai[e * ilanes + b] = T.Cast(idt, 0)
+            for st in T.unroll(steps):
                 for t in T.unroll(tp8):
                     for v in T.unroll(nv8):
-                        a32[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] = a32[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] + \
-                            T.call_llvm_pure_intrin(
-                                "int32x8", "llvm.x86.avx2.pmadd.wd",
-                                T.reinterpret("int16x16",
-                                              T.Broadcast(xa[e0 + t, (b0 + bb) * (QBLOCK // 2) + pr], LANES)),
-                                T.reinterpret("int16x16", ws[T.Ramp(((v * kw8 + bb * wpb) * 4 + pr) * 32, 1, 32)]))
+                        ai[T.Ramp((t * nv8 + v) * ilanes, 1, ilanes)] = ai[T.Ramp((t * nv8 + v) * ilanes, 1, ilanes)] \
+                            + tile_step(xa, ws, e0, b0, t, v, bb, st)
             for t in T.unroll(tp8):
                 for v in T.unroll(nv8):
                     acc[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] = acc[T.Ramp((t * nv8 + v) * LANES, 1, LANES)] + \
-                        T.Cast("float32x8", a32[T.Ramp((t * nv8 + v) * LANES, 1, LANES)]) * (
+                        T.Cast("float32x8", tile_block(ai[T.Ramp((t * nv8 + v) * ilanes, 1, ilanes)], wcorr, v, bb)) * (
                             swf[T.Ramp((v * kb8 + bb) * LANES, 1, LANES)] * T.Broadcast(xda[e0 + t, b0 + bb], LANES))
         for t in T.unroll(tp8):
             for v in T.unroll(nv8):
@@ -502,17 +487,11 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         for c in range(nkc8):
             prep_a8(qw, sc, wt, ws, wcorr, swf, j0, c * kb8, kb8)
             for tl in range(cnt // tp8):
-                if i16:
-                    tile_i16(xa, xda, ws, swf, accs, tl * tp8, c * kb8, kb8)
-                else:
-                    tile_a8(xa, xda, ws, wcorr, swf, accs, tl * tp8, c * kb8, kb8)
+                tile_int(xa, xda, ws, wcorr, swf, accs, tl * tp8, c * kb8, kb8)
         if rem8 > 0:
             prep_a8(qw, sc, wt, ws, wcorr, swf, j0, nkc8 * kb8, rem8)
             for tl in range(cnt // tp8):
-                if i16:
-                    tile_i16(xa, xda, ws, swf, accs, tl * tp8, nkc8 * kb8, rem8)
-                else:
-                    tile_a8(xa, xda, ws, wcorr, swf, accs, tl * tp8, nkc8 * kb8, rem8)
+                tile_int(xa, xda, ws, wcorr, swf, accs, tl * tp8, nkc8 * kb8, rem8)
         for e in range(cnt):
             for r in range(sb):
                 fin[0] = accs[e * sb + r]
