@@ -160,17 +160,21 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         return kb * QBLOCK + h * 16 + b
 
     @T.macro
+    def block_scale(x, m, i, kb, qm):  # block kb of token i: m[1] = dx = max|x| / qm, m[2] = 1 / dx (0 when dx = 0)
+        for b in T.vectorized(LANES):
+            m[b] = T.max(T.max(T.abs(x[i, kb * QBLOCK + b]), T.abs(x[i, kb * QBLOCK + 8 + b])),
+                         T.max(T.abs(x[i, kb * QBLOCK + 16 + b]), T.abs(x[i, kb * QBLOCK + 24 + b])))
+        for b in range(1, LANES):
+            m[0] = T.max(m[0], m[b])
+        m[1] = m[0] / T.float32(qm)
+        m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))
+
+    @T.macro
     def quantize_x(x, xq, xs, xd, i, t):  # decode token i's x -> workspace slot t: q (nibble order), 8 sum(q), dx
         m = T.alloc_local((LANES,), "float32")
         qs = T.alloc_local((1,), "int32")
         for kb in range(nb):
-            for b in T.vectorized(LANES):
-                m[b] = T.max(T.max(T.abs(x[i, kb * QBLOCK + b]), T.abs(x[i, kb * QBLOCK + 8 + b])),
-                             T.max(T.abs(x[i, kb * QBLOCK + 16 + b]), T.abs(x[i, kb * QBLOCK + 24 + b])))
-            for b in range(1, LANES):
-                m[0] = T.max(m[0], m[b])
-            m[1] = m[0] / T.float32(qmax)  # dx
-            m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))  # 1 / dx
+            block_scale(x, m, i, kb, qmax)
             xd[t, kb] = m[1]
             qs[0] = 0
             for h, b in T.grid(2, QBLOCK // 2):  # position h * 16 + b holds input 2 b + h (the nibble order);
@@ -358,13 +362,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             m = T.alloc_local((LANES,), "float32")
             qv = T.alloc_local((LANES,), "uint32")
             for kb in range(nb):
-                for b in T.vectorized(LANES):
-                    m[b] = T.max(T.max(T.abs(x[i0 + e, kb * QBLOCK + b]), T.abs(x[i0 + e, kb * QBLOCK + 8 + b])),
-                                 T.max(T.abs(x[i0 + e, kb * QBLOCK + 16 + b]), T.abs(x[i0 + e, kb * QBLOCK + 24 + b])))
-                for b in range(1, LANES):
-                    m[0] = T.max(m[0], m[b])
-                m[1] = m[0] / T.float32(pmax)  # dx
-                m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))  # 1 / dx
+                block_scale(x, m, i0 + e, kb, pmax)
                 xda[e, kb] = m[1]
                 if i16:  # int16 q, pairs of consecutive inputs in one uint32 (low half first)
                     for w in range(QBLOCK // 2):
@@ -546,13 +544,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         for i in T.parallel(n):
             m = T.alloc_local((LANES,), "float32")
             for kb in range(nb):
-                for b in T.vectorized(LANES):
-                    m[b] = T.max(T.max(T.abs(x[i, kb * QBLOCK + b]), T.abs(x[i, kb * QBLOCK + 8 + b])),
-                                 T.max(T.abs(x[i, kb * QBLOCK + 16 + b]), T.abs(x[i, kb * QBLOCK + 24 + b])))
-                for b in range(1, LANES):
-                    m[0] = T.max(m[0], m[b])
-                m[1] = m[0] / T.float32(A8_MAX)
-                m[2] = T.Select(m[1] > T.float32(0), T.float32(1) / m[1], T.float32(0))
+                block_scale(x, m, i, kb, A8_MAX)
                 for b in T.vectorized(QBLOCK):
                     xf[i, kb * QBLOCK + b] = T.max(T.min(T.nearbyint(x[i, kb * QBLOCK + b] * m[2]), T.float32(A8_MAX)),
                                                    T.float32(-A8_MAX)) * m[1]
