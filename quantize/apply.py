@@ -77,13 +77,12 @@ def activation_quantized(model: nn.Module, recipe: Recipe, inplace: bool = False
         return recipe.scheme_for(name, 2).activations == "int8"
 
     heads = {name: m for name, m in model.named_modules() if isinstance(m, MuPCausalLM)}
-    head_linears = {id(m.lm_head) for m in heads.values() if m.lm_head is not None}  # quantized by the mode below
+    head_linears = {id(m.lm_head) for m in heads.values() if m.lm_head is not None}  # via logits_input below
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear) and id(m) not in head_linears and a8(f"{name}.weight"):
             m.register_forward_pre_hook(_quantize_input)
     for prefix, lm in heads.items():
         head = "embed.weight" if lm.lm_head is None else "lm_head.weight"
-        if not a8(f"{prefix}.{head}" if prefix else head):
-            continue
-        lm.logits_input = fake_quant_int8
+        if a8(f"{prefix}.{head}" if prefix else head):
+            lm.logits_input = fake_quant_int8
     return model
