@@ -62,7 +62,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     ones) one at a time x DECODE_ROWS rows (integer tiles: INT_DECODE_ROWS). The horizontal sum of an output's
     lanes happens once per output; fp32 accumulation throughout.
 
-    On AVX2 (decode_isa "x86-avx2") prefill tokens take the integer tiles of body_a8, described below for act="int8";
+    On AVX2 (decode_isa "x86-avx2") prefill tokens take the integer tiles of body_int, described below for act="int8";
     with act="float" their activations are int16 (dx = max|x| / 32767 per block, the decode tiles' quantization),
     paired per two consecutive inputs, and a block of a tile is 16 vpmaddwd of a broadcast pair against int16 weight
     pairs of 8 rows (I16_TILE tokens x 2 row vectors; exact int32 sums): 1.5x the float tiles per thread on Zen3,
@@ -119,7 +119,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     qmax = A8_MAX if a8 else QMAX  # decode-tile activation range (int8 values in int16 lanes for a8)
     qdt = "int8" if a8 and isa == "x86-avx2" else "int16"  # decode-tile activation storage
     pairs = a8 and isa == "x86-avx2"  # decode blocks two at a time (pair_dot) in the pair layout of xq
-    i16 = not a8  # body_a8's prefill tiles: int16 activations (vpmaddwd) for act="float" on AVX2
+    i16 = not a8  # body_int's prefill tiles: int16 activations (vpmaddwd) for act="float" on AVX2
     pmax = QMAX if i16 else A8_MAX  # range of the prefill tiles' q
     xa_words = QBLOCK // 2 if i16 else 2 * (QBLOCK // 8)  # uint32 per block of a quantized prefill token
     rd, na = (INT_DECODE_ROWS, INT_DECODE_ACCS) if isa != "f32" else (DECODE_ROWS, 1)
@@ -346,7 +346,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                     tail(x, qw, sc, fin, tc * tt * tp + e, T.min(j0 + r, last), 0, full * group)
                     finish(fin, r_, y, tc * tt * tp + e, T.min(j0 + r, last), 0, add)
 
-    # ---- act="int8" prefill on AVX2 (vpmaddubsw): lanes are rows, so no horizontal sums
+    # ---- integer prefill on AVX2 (a8: vpmaddubsw; i16: vpmaddwd): lanes are rows, so no horizontal sums
     tc8, tp8, kb8 = A8_TOKENS, (I16_TILE if i16 else A8_TILE), A8_KBLOCKS
     nv8 = sb // LANES  # row vectors of a block
     kw8 = kb8 * wpb  # packed words of a weight chunk
@@ -354,7 +354,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     idt, ilanes, steps = ("int32", LANES, QBLOCK // 2) if i16 else ("int16", 16, 2 * wpb)  # tile_int's integer sums
 
     @T.macro
-    def quantize_a8(x, xa, xda, i0, cnt):  # tokens i0 .. i0+cnt -> workspace rows 0 .. cnt (one parallel launch)
+    def quantize_int(x, xa, xda, i0, cnt):  # tokens i0 .. i0+cnt -> workspace rows 0 .. cnt (one parallel launch)
         # a8, per block: dx = max|x| / 127, q = clip(rint(x / dx)) + 128 as bytes; per packed word w of the block
         # two int32 quads: [even inputs 8w, 8w+2, 8w+4, 8w+6] and [odd inputs 8w+1, .., 8w+7] (the nibble order).
         # i16: dx = max|x| / 32767, q = rint(x / dx) as int16, one uint32 per pair of inputs
@@ -371,56 +371,60 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                                 x[i0 + e, kb * QBLOCK + 2 * w] * m[2]))), T.uint32(0xFFFF)),
                             T.shift_left(T.Cast("uint32", T.Cast("int32", T.nearbyint(
                                 x[i0 + e, kb * QBLOCK + 2 * w + 1] * m[2]))), T.uint32(16)))
-                for w in range(wpb * int(not i16)):
-                    for b in T.vectorized(LANES):  # lane b: input 8w + 2 (b % 4) + b // 4
-                        qv[b] = T.Cast("uint32", T.Cast("int32", T.max(T.min(T.nearbyint(
-                            x[i0 + e, kb * QBLOCK + w * 8 + (b % 4) * 2 + b // 4] * m[2]), T.float32(A8_MAX)),
-                            T.float32(-A8_MAX))) + 128)
-                    for h in range(2):
-                        xa[e, (kb * wpb + w) * 2 + h] = T.bitwise_or(
-                            T.bitwise_or(qv[h * 4], T.shift_left(qv[h * 4 + 1], 8)),
-                            T.bitwise_or(T.shift_left(qv[h * 4 + 2], 16), T.shift_left(qv[h * 4 + 3], 24)))
+                else:
+                    for w in range(wpb):
+                        for b in T.vectorized(LANES):  # lane b: input 8w + 2 (b % 4) + b // 4
+                            qv[b] = T.Cast("uint32", T.Cast("int32", T.max(T.min(T.nearbyint(
+                                x[i0 + e, kb * QBLOCK + w * 8 + (b % 4) * 2 + b // 4] * m[2]), T.float32(A8_MAX)),
+                                T.float32(-A8_MAX))) + 128)
+                        for h in range(2):
+                            xa[e, (kb * wpb + w) * 2 + h] = T.bitwise_or(
+                                T.bitwise_or(qv[h * 4], T.shift_left(qv[h * 4 + 1], 8)),
+                                T.bitwise_or(T.shift_left(qv[h * 4 + 2], 16), T.shift_left(qv[h * 4 + 3], 24)))
 
     @T.macro
-    def prep_a8(qw, sc, wt, ws, wcorr, swf, j0, b0, nbk):  # blocks b0 .. b0+nbk of rows j0 .. j0+sb (clamped)
-        # ws[v, quad, r*4 .. r*4+4] = nibble - 8 of row j0 + 8v + r (int8), quad = 2 word + (0: low, 1: high nibbles);
-        # wcorr[v, bb, r] = 128 * sum(nibble - 8) over the block; swf[v, bb, r] = its scale
+    def prep_int(qw, sc, wt, ws, wcorr, swf, j0, b0, nbk):  # blocks b0 .. b0+nbk of rows j0 .. j0+sb (clamped)
+        # a8: ws[v, quad, r*4 .. r*4+4] = nibble - 8 of row j0 + 8v + r (int8), quad = 2 word + (0: low, 1: high
+        # nibbles), wcorr[v, bb, r] = 128 * sum(nibble - 8) over the block; i16: ws[v, pair, r*2 .. r*2+2] = int16
+        # (nibble - 8) of inputs 2 pair, 2 pair + 1; both: swf[v, bb, r] = the block's scale
         for r in range(sb):
             for w in range(nbk * wpb):
                 wt[((r // LANES) * kw8 + w) * LANES + r % LANES] = qw[T.min(j0 + r, last), b0 * wpb + w]
-        for v in range(nv8 * int(i16)):  # i16: ws[v, pair, r*2 .. r*2+2] = int16 (nibble - 8) of inputs 2 pair, +1
-            for w in range(nbk * wpb):
-                for j in range(4):
-                    ws[T.Ramp(((v * kw8 + w) * 4 + j) * 32, 1, 32)] = T.reinterpret("int8x32", T.reinterpret(
-                        "int16x16", T.bitwise_or(
-                            T.bitwise_and(T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)],
-                                                        T.Broadcast(T.uint32(8 * j), LANES)),
-                                          T.Broadcast(T.uint32(15), LANES)),
-                            T.shift_left(T.bitwise_and(T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)],
-                                                                     T.Broadcast(T.uint32(8 * j + 4), LANES)),
-                                                       T.Broadcast(T.uint32(15), LANES)),
-                                         T.Broadcast(T.uint32(16), LANES)))) - T.Broadcast(T.int16(8), 16))
-        for v in range(nv8 * int(not i16)):
-            for w in range(nbk * wpb):
-                for h in range(2):
-                    ws[T.Ramp(((v * kw8 + w) * 2 + h) * 32, 1, 32)] = T.reinterpret("int8x32", T.bitwise_and(
-                        T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)], T.Broadcast(T.uint32(4 * h), LANES)),
-                        T.Broadcast(T.uint32(0x0F0F0F0F), LANES))) - T.Broadcast(T.int8(8), 32)
         for v in range(nv8):
+            for w in range(nbk * wpb):
+                if i16:
+                    for j in range(4):
+                        ws[T.Ramp(((v * kw8 + w) * 4 + j) * 32, 1, 32)] = T.reinterpret("int8x32", T.reinterpret(
+                            "int16x16", T.bitwise_or(
+                                T.bitwise_and(T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)],
+                                                            T.Broadcast(T.uint32(8 * j), LANES)),
+                                              T.Broadcast(T.uint32(15), LANES)),
+                                T.shift_left(T.bitwise_and(T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)],
+                                                                         T.Broadcast(T.uint32(8 * j + 4), LANES)),
+                                                           T.Broadcast(T.uint32(15), LANES)),
+                                             T.Broadcast(T.uint32(16), LANES)))) - T.Broadcast(T.int16(8), 16))
+                else:
+                    for h in range(2):
+                        ws[T.Ramp(((v * kw8 + w) * 2 + h) * 32, 1, 32)] = T.reinterpret("int8x32", T.bitwise_and(
+                            T.shift_right(wt[T.Ramp((v * kw8 + w) * LANES, 1, LANES)],
+                                          T.Broadcast(T.uint32(4 * h), LANES)),
+                            T.Broadcast(T.uint32(0x0F0F0F0F), LANES))) - T.Broadcast(T.int8(8), 32)
             for bb in range(nbk):
                 for r in T.vectorized(LANES):
-                    wcorr[(v * kb8 + bb) * LANES + r] = T.int32(0)
-                for w in range(wpb):
-                    for r in T.vectorized(LANES):  # byte sums of the 8 nibbles (<= 120) via the multiply trick
-                        wcorr[(v * kb8 + bb) * LANES + r] = wcorr[(v * kb8 + bb) * LANES + r] + T.Cast(
-                            "int32", T.shift_right((T.bitwise_and(wt[(v * kw8 + bb * wpb + w) * LANES + r],
-                                                                  T.uint32(0x0F0F0F0F)) + T.bitwise_and(
-                                T.shift_right(wt[(v * kw8 + bb * wpb + w) * LANES + r], T.uint32(4)),
-                                T.uint32(0x0F0F0F0F))) * T.uint32(0x01010101), T.uint32(24)))
-                for r in T.vectorized(LANES):
-                    wcorr[(v * kb8 + bb) * LANES + r] = (wcorr[(v * kb8 + bb) * LANES + r] - 8 * QBLOCK) * 128
                     swf[(v * kb8 + bb) * LANES + r] = T.Cast(
                         "float32", sc[T.min(j0 + v * LANES + r, last), (b0 + bb) // bpg])
+                if not i16:
+                    for r in T.vectorized(LANES):
+                        wcorr[(v * kb8 + bb) * LANES + r] = T.int32(0)
+                    for w in range(wpb):
+                        for r in T.vectorized(LANES):  # byte sums of the 8 nibbles (<= 120) via the multiply trick
+                            wcorr[(v * kb8 + bb) * LANES + r] = wcorr[(v * kb8 + bb) * LANES + r] + T.Cast(
+                                "int32", T.shift_right((T.bitwise_and(wt[(v * kw8 + bb * wpb + w) * LANES + r],
+                                                                      T.uint32(0x0F0F0F0F)) + T.bitwise_and(
+                                    T.shift_right(wt[(v * kw8 + bb * wpb + w) * LANES + r], T.uint32(4)),
+                                    T.uint32(0x0F0F0F0F))) * T.uint32(0x01010101), T.uint32(24)))
+                    for r in T.vectorized(LANES):
+                        wcorr[(v * kb8 + bb) * LANES + r] = (wcorr[(v * kb8 + bb) * LANES + r] - 8 * QBLOCK) * 128
 
     def tile_step(xa, ws, e0, b0, t, v, bb, st):  # one multiply step of token t x row vector v in block bb
         if i16:  # vpmaddwd(x pair st broadcast, int16 weight pairs of 8 rows) -> int32x8
@@ -472,7 +476,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                     accs[(e0 + t) * sb + v * LANES + b] = acc[(t * nv8 + v) * LANES + b]
 
     @T.macro
-    def prefill_a8(x, qw, sc, xa, xda, r_, y, i0, cnt, j0, add):  # y[i0 .. i0+cnt, j0 .. j0+sb) (rows clamped)
+    def prefill_int(x, qw, sc, xa, xda, r_, y, i0, cnt, j0, add):  # y[i0 .. i0+cnt, j0 .. j0+sb) (rows clamped)
         wt = T.alloc_local((nv8 * kw8 * LANES,), "uint32")  # [v, word, 8 rows] packed words, transposed
         ws = T.alloc_local((nv8 * kw8 * 2 * 32 * (1 + int(i16)),), "int8")  # [v, quad, 8 rows x 4] int8 weights
         # (i16: [v, pair, 8 rows x 2] int16)
@@ -483,11 +487,11 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         for e in range(cnt * sb):
             accs[e] = T.float32(0)
         for c in range(nkc8):
-            prep_a8(qw, sc, wt, ws, wcorr, swf, j0, c * kb8, kb8)
+            prep_int(qw, sc, wt, ws, wcorr, swf, j0, c * kb8, kb8)
             for tl in range(cnt // tp8):
                 tile_int(xa, xda, ws, wcorr, swf, accs, tl * tp8, c * kb8, kb8)
         if rem8 > 0:
-            prep_a8(qw, sc, wt, ws, wcorr, swf, j0, nkc8 * kb8, rem8)
+            prep_int(qw, sc, wt, ws, wcorr, swf, j0, nkc8 * kb8, rem8)
             for tl in range(cnt // tp8):
                 tile_int(xa, xda, ws, wcorr, swf, accs, tl * tp8, nkc8 * kb8, rem8)
         for e in range(cnt):
@@ -497,7 +501,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                 finish(fin, r_, y, i0 + e, T.min(j0 + r, last), 0, add, 1)
 
     @T.macro
-    def body_a8(x, qw, sc, r_, y, n, add):  # act="int8" on AVX2
+    def body_int(x, qw, sc, r_, y, n, add):  # AVX2: integer prefill tiles (int8 or int16), integer decode tiles
         xa = T.alloc_buffer((tc8, nbw * xa_words), "uint32")  # [tokens, quads] u8 activations (q + 128);
         # i16: [tokens, pairs] int16 q
         xda = T.alloc_buffer((tc8, nbw), "float32")  # [tokens, blocks] dx
@@ -505,9 +509,9 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         xs = T.alloc_buffer((tp - 1, nbw), "float32")
         xd = T.alloc_buffer((tp - 1, nbw), "float32")
         for tc in range((n // tp * tp + tc8 - 1) // tc8):
-            quantize_a8(x, xa, xda, tc * tc8, T.min(tc8, n // tp * tp - tc * tc8))
+            quantize_int(x, xa, xda, tc * tc8, T.min(tc8, n // tp * tp - tc * tc8))
             for blk in T.parallel(blocks):
-                prefill_a8(x, qw, sc, xa, xda, r_, y, tc * tc8, T.min(tc8, n // tp * tp - tc * tc8), blk * sb, add)
+                prefill_int(x, qw, sc, xa, xda, r_, y, tc * tc8, T.min(tc8, n // tp * tp - tc * tc8), blk * sb, add)
         for t in range(n - n // tp * tp):
             quantize_x(x, xq, xs, xd, n // tp * tp + t, t)
         for blk in T.parallel(blocks):
@@ -555,6 +559,17 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         else:  # int16 decode tiles with qmax = 127 recover q exactly from q * dx
             body(xf, qw, sc, r_, y, n, add)
 
+    @T.macro
+    def dispatch(x, qw, sc, r_, y, n, add):  # the body for this target and activation type
+        if isa == "x86-avx2":
+            body_int(x, qw, sc, r_, y, n, add)
+        elif a8:
+            body_fake_a8(x, qw, sc, r_, y, n, add)
+        elif isa == "f32":
+            body_f32(x, qw, sc, r_, y, n, add)
+        else:
+            body(x, qw, sc, r_, y, n, add)
+
     @T.prim_func(private=True)
     def linear(x_h: T.handle, q_h: T.handle, s_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
@@ -563,14 +578,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         qw = T.match_buffer(q_h, (n_out, kp // 8), "uint32")  # [N, Kp/8]
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        if isa == "x86-avx2":
-            body_a8(x, qw, sc, y, y, n, False)
-        elif a8:
-            body_fake_a8(x, qw, sc, y, y, n, False)
-        elif isa == "f32":
-            body_f32(x, qw, sc, y, y, n, False)
-        else:
-            body(x, qw, sc, y, y, n, False)
+        dispatch(x, qw, sc, y, y, n, False)
 
     @T.prim_func(private=True)
     def linear_add(x_h: T.handle, q_h: T.handle, s_h: T.handle, r_h: T.handle, y_h: T.handle):
@@ -581,14 +589,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         r = T.match_buffer(r_h, (n, n_out), "float32")  # [n, N] residual
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        if isa == "x86-avx2":
-            body_a8(x, qw, sc, r, y, n, True)
-        elif a8:
-            body_fake_a8(x, qw, sc, r, y, n, True)
-        elif isa == "f32":
-            body_f32(x, qw, sc, r, y, n, True)
-        else:
-            body(x, qw, sc, r, y, n, True)
+        dispatch(x, qw, sc, r, y, n, True)
 
     return linear_add if residual else linear
 
