@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +23,13 @@ from mcpm.export.bundle.target import Target, get_target
 from mcpm.export.bundle.weights_file import write_weights
 from mcpm.export.hf_config import config_to_dict
 from mcpm.export.loading import LoadedModel, load_config, load_model
+from mcpm.export.output_dir import OutputFolder
 from mcpm.quantize.recipe import Recipe
 
 if TYPE_CHECKING:  # tvm is imported only when compiling
+    from mcpm.export.bundle.weights_file import TensorEntry
     from mcpm.export.compiler.lower import Exported
+    from mcpm.export.compiler.spec import CompileSpec
 
 
 @dataclass
@@ -45,6 +48,7 @@ class ExportOptions:
     device: str = "cpu"  # cpu | gpu: gpu also writes kernels.cl, kernels.metal and plan.json's "gpu" launch records
     vision_dtype: str = "f16"  # minicpmv: f16 | f32 weights of the vision tower and resampler
     max_patches: int = 0  # minicpmv: most patches of one image slice (0: ceil(1.125 * (448 // 14)^2) = 1152)
+    force: bool = False  # export into a non-empty folder mcpm did not write (its files are kept)
 
 
 @dataclass
@@ -56,6 +60,20 @@ class ExportReport:
     bundle_dir: Path | None = None
     android: Any = None  # mcpm.export.android.package.AndroidPackage for --target android
     ios: Any = None  # mcpm.export.ios.package.IosPackage for --target ios
+    written: list[TensorEntry] = field(default_factory=list)  # weights.bin entries
+
+    def rebase(self, staging: Path, final: Path) -> None:
+        """Point every path from the staging folder to where the export now lies."""
+        def moved(path: Path) -> Path:
+            return final / path.relative_to(staging) if path.is_relative_to(staging) else path
+
+        if self.bundle_dir is not None:
+            self.bundle_dir = moved(self.bundle_dir)
+        for name in ("android", "ios"):
+            pkg = getattr(self, name)
+            if pkg is not None:
+                setattr(self, name, replace(pkg, **{f.name: moved(getattr(pkg, f.name)) for f in fields(pkg)
+                                                    if isinstance(getattr(pkg, f.name), Path)}))
 
     def table(self) -> str:
         lines = [f"{'phase':<12}{'seconds':>10}"]
@@ -119,10 +137,8 @@ def vision_config(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def run_export(opts: ExportOptions) -> ExportReport:
-    from mcpm.export.compiler.layout import bundle_weight_params
-    from mcpm.export.compiler.lower import export_plan
     from mcpm.export.compiler.spec import CompileSpec
-    from mcpm.export.compiler.weights import check_supported, iter_weights
+    from mcpm.export.compiler.weights import check_supported
 
     report = ExportReport()
     target = get_target(opts.target)
@@ -130,15 +146,10 @@ def run_export(opts: ExportOptions) -> ExportReport:
     root = opts.out_dir
     android = target.platform == "android"
     ios = target.platform == "ios"
-    # android: OUT/bundle, OUT/lib/..., OUT/mcpm-demo.apk; ios: OUT/bundle, OUT/MCPM (package), OUT/App, project.yml
-    out = root / "bundle" if android or ios else root
-    if root.exists() and any(root.iterdir()) and not (out / CONFIG_NAME).is_file():
-        what = "Android export" if android else "iOS export" if ios else "bundle"
-        raise McpmError(f"output folder {root} is not empty and holds no {what}", "choose a new folder")
-
-    def phase(name: str):
-        return _Phase(name, report, opts.progress)
-
+    # android: OUT/bundle, OUT/lib/..., OUT/mcpm-demo.apk; ios: OUT/bundle, OUT/MCPM (package), OUT/App, project.yml.
+    # Everything is written into a staging folder beside OUT and moved into place at the end (export/output_dir.py).
+    output = OutputFolder(root, "android" if android else "ios" if ios else "bundle", opts.force)
+    _check_debug_dump(opts.debug_dump)
     if opts.device not in ("cpu", "gpu"):
         raise McpmError(f"unknown device {opts.device!r}", "use --device cpu or --device gpu")
     if opts.vision_dtype not in VISION_DTYPES:
@@ -159,7 +170,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
     if vision and opts.device == "gpu":
         raise McpmError("--device gpu does not support MiniCPM-V bundles (the vision entries have no GPU kernels)",
                         "export it with --device cpu")
-    with phase("load"):  # in the checkpoint's own dtype: a 2B model stays 5 GB, not 11
+    with _Phase("load", report, opts.progress):  # in the checkpoint's own dtype: a 2B model stays 5 GB, not 11
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.extra.get("torch_dtype"), torch.float32)
         loaded = load_model(opts.model_dir, dtype=dtype, progress=False)
     if opts.context_length > loaded.config.max_position_embeddings:
@@ -171,9 +182,30 @@ def run_export(opts: ExportOptions) -> ExportReport:
                        num_experts=loaded.config.num_experts, vision_dtype=VISION_DTYPES[opts.vision_dtype],
                        max_patches=opts.max_patches)
     check_supported(loaded.config, spec)
-    if root.exists():
-        shutil.rmtree(root)
-    out.mkdir(parents=True)
+    with output:
+        _write_output(output.staging, loaded, recipe, target, spec, opts, report)
+        output.commit()
+    report.rebase(output.staging, output.final)
+    report.weight_bytes = sum(e.nbytes for e in report.written
+                              if not e.name.startswith(("rope_", "vision.", "resampler.")))
+    lm = loaded.model.llm if vision else loaded.model  # bits/weight of the LM (the vision weights are float)
+    report.weight_count = sum(p.numel() for p in lm.parameters())
+    return report
+
+
+def _write_output(root: Path, loaded: LoadedModel, recipe: Recipe, target: Target, spec: CompileSpec,
+                  opts: ExportOptions, report: ExportReport) -> None:
+    """Compile, quantize and bundle into ``root`` (the staging folder), then package for Android/iOS."""
+    from mcpm.export.compiler.layout import bundle_weight_params
+    from mcpm.export.compiler.lower import export_plan
+    from mcpm.export.compiler.weights import iter_weights
+
+    def phase(name: str):
+        return _Phase(name, report, opts.progress)
+
+    android, ios = target.platform == "android", target.platform == "ios"
+    out = root / "bundle" if android or ios else root
+    out.mkdir(exist_ok=True)
     with phase("compile"):  # define -> legalize -> fuse -> lower -> memory plan -> extract -> kernels.o
         exported = export_plan(loaded.config, spec, out, target.tvm_target, opts.debug_dump,
                                variants=list(target.variants) or None)
@@ -202,10 +234,12 @@ def run_export(opts: ExportOptions) -> ExportReport:
 
         with phase("ios"):  # MCPMKernels.xcframework (device + simulator), Swift package, app wired to the bundle
             report.ios = package_ios(out, root, model_name_for(opts.model_dir), device=opts.device)
-    report.weight_bytes = sum(e.nbytes for e in written if not e.name.startswith(("rope_", "vision.", "resampler.")))
-    lm = loaded.model.llm if vision else loaded.model  # bits/weight of the LM (the vision weights are float)
-    report.weight_count = sum(p.numel() for p in lm.parameters())
-    return report
+    report.written = written
+
+
+def _check_debug_dump(path: Path | None) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise McpmError(f"--debug-dump {path} is a file, not a folder", "give --debug-dump a folder (it is created)")
 
 
 def _export_gpu(exported: Exported, out: Path) -> list[str]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -29,7 +32,11 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
 @click.option("--context-length", default=2048, show_default=True, help="Rows of the static KV cache.")
 @click.option("--prefill-chunk", default=64, show_default=True, help="Most tokens per prefill call.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("dist/bundle"), show_default=True,
-              help="Output folder (created; an existing bundle there is replaced).")
+              help="Output folder (created). It is written aside and moved into place at the end: an earlier export "
+                   "there is replaced, and a failed or interrupted export leaves it as it was.")
+@click.option("--force", is_flag=True,
+              help="Export into a non-empty folder that mcpm did not write; its files are kept (never deleted or "
+                   "overwritten).")
 @click.option("--debug-dump", type=click.Path(path_type=Path), help="Write the IR after every compiler phase here.")
 @click.option("--embed-model/--no-embed-model", default=None,
               help="android: put the bundle inside the APK (default: when it is at most 256 MiB; larger ones "
@@ -48,7 +55,8 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
                    "larger slices are refused by the runtime).")
 def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...], context_length: int,
            prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
-           key_alias: str, device: str = "cpu", vision_dtype: str = "f16", max_patches: int | None = None) -> None:
+           key_alias: str, device: str = "cpu", vision_dtype: str = "f16", max_patches: int | None = None,
+           force: bool = False) -> None:
     """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer.
 
     \b
@@ -64,8 +72,9 @@ def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...]
     opts = ExportOptions(resolve_model_dir(model_dir), out, target, quant, quant_rules, context_length, prefill_chunk,
                          debug_dump, progress=sys.stderr.isatty(), embed_model=embed_model,
                          keystore=_keystore(keystore, key_alias), device=device, vision_dtype=vision_dtype,
-                         max_patches=max_patches or 0)
-    report = run_export(opts)
+                         max_patches=max_patches or 0, force=force)
+    with _sigterm_as_exit():  # a killed export removes its staging folder like Ctrl-C does
+        report = run_export(opts)
     click.echo(report.table())
     click.echo(f"bundle written to {report.bundle_dir}")
     if report.android is not None:
@@ -76,6 +85,22 @@ def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...]
         click.echo(f"next: mcpm chat {out} --image PHOTO.jpg")
     elif target == "host":
         click.echo(f"next: mcpm generate {out} -p \"The people of the\"")
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (e.g. called from a test runner's worker): leave it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _keystore(path: Path | None, alias: str):  # -> KeystoreOptions | None

@@ -73,5 +73,5 @@ def test_native_library_imports_and_jni_names(android_out: tuple[Path, str]) -> 
 def test_export_refuses_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     res = CliRunner().invoke(export, ["default", "--target", "android", "-o", str(tmp_path)])
-    assert res.exit_code != 0 and "not empty and holds no Android export" in str(res.exception or res.output)
+    assert res.exit_code != 0 and "not empty and was not written by mcpm-export" in str(res.exception or res.output)
     assert (tmp_path / "keep.txt").read_text() == "mine"

@@ -170,7 +170,7 @@ def test_project_yml_wires_app_package_and_model(ios_out: tuple[Path, str]) -> N
 def test_export_refuses_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     res = CliRunner().invoke(export, ["default", "--target", "ios", "-o", str(tmp_path)])
-    assert res.exit_code != 0 and "not empty and holds no iOS export" in str(res.exception or res.output)
+    assert res.exit_code != 0 and "not empty and was not written by mcpm-export" in str(res.exception or res.output)
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
