@@ -83,6 +83,8 @@ def make_preset_checkpoint(preset: str, out: Path, seed: int = 0, dtype: str = "
     presets = all_presets()
     if preset not in presets:
         raise McpmError(f"unknown preset {preset!r}", f"use one of {', '.join(sorted(presets))}")
+    if out.exists() and not out.is_dir():
+        raise McpmError(f"--out {out} is a file, not a folder", "give --out a new folder (it is created)")
     if out.exists() and any(out.iterdir()):
         raise McpmError(f"output folder {out} is not empty", "choose a new folder or empty it")
     family, config = presets[preset]

@@ -93,8 +93,10 @@ def generate(
     params: SamplingParams | None = None,
     on_token: Callable[[int], None] | None = None,
     use_cache: bool = True,
+    allowed: torch.Tensor | None = None,
 ) -> GenerationResult:
-    """Generate up to ``max_new_tokens`` after ``prompt`` (a torch reference model or any Stepper)."""
+    """Generate up to ``max_new_tokens`` after ``prompt`` (a torch reference model or any Stepper). ``allowed``
+    (bool [vocab], e.g. Tokenizer.decodable_mask) limits which ids may be drawn."""
     params = params or SamplingParams()
     if not prompt:
         raise ContextOverflowError("the prompt is empty", "give at least one token (e.g. a BOS)")
@@ -112,7 +114,10 @@ def generate(
     for step in range(max_new_tokens):
         if step > 0:
             logits = stepper.decode(result.tokens[-1])
-        token = sample_token(logits.float(), params, gen)
+        logits = logits.float()
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        token = sample_token(logits, params, gen)
         now = time.perf_counter()
         if step == 0:
             result.prefill_s = now - t0

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mcpm.errors import TokenizerError
 from mcpm.export.chat_templates import ChatTemplate, get_template
 from mcpm.export.hf_config import read_json_object
@@ -53,6 +55,18 @@ class Tokenizer:
         else:
             base = self._backend.get_vocab_size(with_added_tokens=False)
         return max([base - 1, *self.added.values()]) + 1
+
+    def decodable_mask(self, n: int) -> np.ndarray:
+        """bool [n]: the ids below n this tokenizer can decode (its pieces and its added tokens). A checkpoint's
+        vocabulary is often padded past the tokenizer: those ids have logits but no text, so samplers skip them."""
+        if self.kind == "sentencepiece":
+            base = self._backend.get_piece_size()
+        else:
+            base = self._backend.get_vocab_size(with_added_tokens=False)
+        mask = np.zeros(n, dtype=bool)
+        mask[:base] = True
+        mask[[i for i in self.added.values() if 0 <= i < n]] = True
+        return mask
 
     def token_id(self, token: str) -> int | None:
         if token in self.added:

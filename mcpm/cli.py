@@ -59,6 +59,7 @@ def load_bundle_on(bundle_dir: Path, threads: int, device: str) -> tuple[Bundle,
                        device=device, cache_dir=default_cache_dir() / "opencl")
     cfg = bundle.config
     tok = Tokenizer.from_bundle(bundle.path, cfg["tokenizer"], cfg["chat_template"], cfg["bos_token_id"])
+    model.set_sampleable(tok.decodable_mask(model.vocab_size))  # padded vocabularies: ids with no text
     show_notice(model.notice)
     return bundle, model, tok
 
@@ -111,7 +112,12 @@ def generate(
     if threads > 0:
         torch.set_num_threads(threads)
     used_threads = torch.get_num_threads()
+    if not _is_utf8(prompt):
+        raise McpmError("the prompt is not valid UTF-8 text", "pass -p in UTF-8")
     folder = resolve_model_dir(path)
+    if not folder.is_dir():
+        raise McpmError(f"{folder} is not a folder", "pass a bundle written by mcpm-export (or a checkpoint folder "
+                        "with --reference)")
     is_bundle = (folder / CONFIG_NAME).is_file()
     if device != "cpu" and (reference or not is_bundle):
         raise McpmError(f"--device {device} runs bundles in the C runtime; the PyTorch reference runs on the CPU",
@@ -124,7 +130,7 @@ def generate(
         model: object = RuntimeStepper(runtime_model)
         used_threads = threads if threads > 0 else (os.cpu_count() or 1)
         on = runtime_model.device
-        context = bundle.config["context_length"]
+        context, vocab = bundle.config["context_length"], runtime_model.vocab_size
         engine = f"bundle ({bundle.config['quantization']}, C runtime{', GPU' if on == 'gpu' else ''})"
     elif reference and not is_bundle:
         from mcpm.export.loading import load_model
@@ -133,6 +139,7 @@ def generate(
         assert loaded.tokenizer is not None
         model, tok = loaded.model, loaded.tokenizer
         context, engine = loaded.config.max_position_embeddings, "PyTorch reference"
+        vocab = loaded.config.vocab_size
     elif is_bundle:
         raise McpmError(f"{folder} is a bundle; --reference runs checkpoint folders", "drop --reference")
     else:
@@ -149,7 +156,9 @@ def generate(
             click.echo(stream.push(token), nl=False)
 
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    result = run_generate(model, ids, max_new_tokens, context, tok.stop_ids, params, on_token)  # type: ignore[arg-type]
+    allowed = torch.from_numpy(tok.decodable_mask(vocab))  # padded vocabularies: ids with no text are never drawn
+    result = run_generate(model, ids, max_new_tokens, context, tok.stop_ids, params, on_token,  # type: ignore[arg-type]
+                          allowed=allowed)
     click.echo()
     stats = {"load_ms": round(load_ms, 1), **{k: round(v, 2) for k, v in result.stats().items()},
              "threads": used_threads, "engine": engine}
@@ -338,7 +347,6 @@ def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, 
     message; its encode time is printed on stderr. Example: echo "What is in the picture?" | mcpm chat BUNDLE
     --image photo.jpg
     """
-    from mcpm.errors import ContextOverflowError
     from mcpm.runtime.binding import Sampling
     from mcpm.runtime.chat import ChatSession, ImageChatSession
 
@@ -367,12 +375,17 @@ def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, 
         images_hint = "; /image PATH attaches a picture" if model.has_vision else ""
         click.echo(f"chatting with {bundle_dir}{on} ({model.context_length} tokens of context); /reset, /quit"
                    f"{images_hint}")
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 become one error line, not a dead chat
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = input("> " if interactive else "")
         except EOFError:
             break
         message = line.strip()
+        if not _is_utf8(message):
+            click.echo("error: that line is not valid UTF-8 text (type it again in UTF-8)", err=True)
+            continue
         if message in ("/quit", "/exit"):
             break
         if message == "/reset":
@@ -393,8 +406,16 @@ def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, 
         try:
             session.turn(message, lambda piece: click.echo(piece, nl=False))
             click.echo()
-        except ContextOverflowError as exc:
-            click.echo(f"error: {exc}", err=True)
+        except McpmError as exc:  # one failed turn never ends the conversation
+            click.echo(f"\nerror: {exc}", err=True)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from undecodable input bytes
+        return False
+    return True
 
 
 cli.add_command(android)

@@ -34,7 +34,8 @@ def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bundle_contents_and_config(default_bundle: Path) -> None:
     names = sorted(p.name for p in default_bundle.iterdir())
-    assert names == ["kernels.o", "mcpm-config.json", "plan.json", "tokenizer.model", "weights.bin"]
+    assert names == [".mcpm-output.json", "kernels.o", "mcpm-config.json", "plan.json", "tokenizer.model",
+                     "weights.bin"]
     cfg = json.loads((default_bundle / "mcpm-config.json").read_text())
     assert cfg["family"] == "minicpm" and cfg["quantization"] == "q4g32"
     assert cfg["context_length"] == 256 and cfg["prefill_chunk"] == 32

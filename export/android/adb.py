@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mcpm.errors import McpmError
+from mcpm.export.output_dir import MANIFEST
 
 PACKAGE = "org.mcpm.demo"
 BENCH_ACTIVITY = f"{PACKAGE}/.BenchmarkActivity"
@@ -206,7 +207,7 @@ class Adb:
             raise McpmError(f"model name {name!r} is not a plain folder name",
                             "use letters, digits, '.', '_', '+', '-' (--name NAME)")
         remote = f"{MODELS_DIR}/{name}"
-        files = sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.suffix != ".o")
+        files = sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.suffix != ".o" and p.name != MANIFEST)
         folders = sorted({p.parent.relative_to(bundle_dir).as_posix() for p in files} - {"."})
         self.shell("mkdir", "-p", remote, *(f"{remote}/{f}" for f in folders))
         for path in files:

@@ -85,6 +85,12 @@ typedef struct mcpm_sampling {
 
 MCPM_API mcpm_sampling mcpm_default_sampling(void);
 
+/* Which ids the sampler may draw: allowed uint8[n] with n = mcpm_vocab_size (nonzero = may be drawn), or NULL for
+ * every id (the default). Checkpoints often pad the vocabulary past the tokenizer: those ids have logits but no
+ * text, so a front end masks them (mcpm_session_new does it from the bundle's tokenizer). Greedy decoding takes the
+ * first maximum among the allowed ids. Returns -1 if n is not the vocabulary size or no id is allowed. */
+MCPM_API int mcpm_set_sampleable(mcpm_model* model, const uint8_t* allowed, int n);
+
 /* Called with each generated token (stop tokens included); return nonzero to cancel (that token still counts). */
 typedef int (*mcpm_token_callback)(int32_t token, void* user);
 

@@ -177,6 +177,7 @@ typedef struct {
     int vocab;
     mcpm_candidate* cand; /* mcpm_candidate[vocab] */
     unsigned char* seen;  /* uint8[vocab], all 0 between calls */
+    const unsigned char* allowed; /* uint8[vocab]: ids that may be drawn (NULL = all); owned by the model */
     uint64_t rng;         /* splitmix64 state */
 } mcpm_sampler;
 

@@ -118,6 +118,7 @@ struct mcpm_model {
     mcpm_sampler sampler;       /* scratch + RNG of mcpm_generate, allocated on its first call */
     int32_t* history;           /* int32[max_ctx + 1]: prompt + generated tokens of the current mcpm_generate */
     float* logits;              /* float[vocab] */
+    unsigned char* sampleable;  /* uint8[vocab]: ids mcpm_generate may draw (mcpm_set_sampleable); NULL = all */
     double load_ms;             /* stats of mcpm_model_load and of the last mcpm_generate */
     int prefill_tokens, decode_tokens;
     double prefill_ms, decode_ms, ttft_ms;
@@ -952,6 +953,7 @@ void mcpm_model_free(mcpm_model* m) {
     free(m->shapes);
     if (m->map) munmap(m->map, m->map_size);
     mcpm_sampler_free(&m->sampler);
+    free(m->sampleable);
     free(m->history);
     free(m->logits);
     free(m->bundle_dir);
@@ -1223,6 +1225,23 @@ void mcpm_reset(mcpm_model* m) {
 }
 
 int mcpm_vocab_size(const mcpm_model* m) { return m ? m->vocab : 0; }
+
+int mcpm_set_sampleable(mcpm_model* m, const uint8_t* allowed, int n) {
+    if (!m) return -1;
+    m->err[0] = '\0';
+    if (!allowed) {
+        free(m->sampleable);
+        m->sampleable = NULL;
+        return 0;
+    }
+    if (n != m->vocab) return seterr(m->err, "mcpm_set_sampleable: %d flags for a vocabulary of %d", n, m->vocab);
+    int any = 0;
+    for (int i = 0; i < n && !any; i++) any = allowed[i] != 0;
+    if (!any) return seterr(m->err, "mcpm_set_sampleable: no id is allowed");
+    if (!m->sampleable && !(m->sampleable = malloc((size_t)n))) return seterr(m->err, "out of memory");
+    for (int i = 0; i < n; i++) m->sampleable[i] = allowed[i] != 0;
+    return 0;
+}
 int mcpm_context_length(const mcpm_model* m) { return m ? m->max_ctx : 0; }
 int mcpm_position(const mcpm_model* m) { return m ? m->pos : 0; }
 
@@ -1277,6 +1296,7 @@ int mcpm_generate_image(mcpm_model* m, const int32_t* prompt, int n_prompt, cons
         }
     }
     mcpm_sampler_seed(&m->sampler, s->seed);
+    m->sampler.allowed = m->sampleable;
     m->prefill_tokens = m->decode_tokens = 0;
     m->prefill_ms = m->decode_ms = m->ttft_ms = 0.0;
     if (m->gpu) mcpm_gpu_reset_times(m->gpu);

@@ -93,6 +93,11 @@ static int filter(mcpm_sampler* sp, const float* logits, const int32_t* hist, in
         }
         for (int i = start; i < n_hist; i++) if (hist[i] >= 0 && hist[i] < n) sp->seen[hist[i]] = 0;
     }
+    if (sp->allowed) { /* ids the tokenizer cannot decode never compete (ascending ids kept: same tie rules) */
+        int k = 0;
+        for (int i = 0; i < n; i++) if (sp->allowed[i]) c[k++] = c[i];
+        n = k; /* >= 1: mcpm_set_sampleable refuses an empty set */
+    }
     if (!(s->temperature > 0.0f)) { /* greedy: the first maximum */
         int best = 0;
         for (int i = 1; i < n; i++) if (c[i].logit > c[best].logit) best = i;

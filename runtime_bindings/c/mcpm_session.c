@@ -229,6 +229,21 @@ static int load_config(mcpm_session* s, const char* dir) {
     return load_vision_config(s, path, root);
 }
 
+/* Ids past the tokenizer's pieces that are not added tokens have no text (padded vocabularies): the model's sampler
+ * never draws them. */
+static int mask_undecodable(mcpm_session* s) {
+    int vocab = mcpm_vocab_size(s->model), pieces = mcpm_tokenizer_vocab_size(s->tok);
+    if (pieces >= vocab) return mcpm_set_sampleable(s->model, NULL, vocab);
+    unsigned char* allowed = calloc((size_t)vocab, 1); /* uint8[vocab] */
+    if (!allowed) return seterr(s, "out of memory");
+    memset(allowed, 1, (size_t)pieces);
+    for (int i = 0; i < s->n_added; i++)
+        if (s->added_id[i] >= 0 && s->added_id[i] < vocab) allowed[s->added_id[i]] = 1;
+    int rc = mcpm_set_sampleable(s->model, allowed, vocab);
+    free(allowed);
+    return rc;
+}
+
 mcpm_session* mcpm_session_new(mcpm_model* model) {
     if (!model) return NULL;
     mcpm_session* s = calloc(1, sizeof *s);
@@ -237,7 +252,7 @@ mcpm_session* mcpm_session_new(mcpm_model* model) {
         return NULL;
     }
     s->model = model;
-    if (load_config(s, mcpm_model_bundle_dir(model))) {
+    if (load_config(s, mcpm_model_bundle_dir(model)) || mask_undecodable(s)) {
         mcpm_session_free(s);
         return NULL;
     }

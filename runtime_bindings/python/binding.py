@@ -92,6 +92,7 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_decode": ([_P, ctypes.c_int32, ctypes.POINTER(ctypes.c_float)], ctypes.c_int),
     "mcpm_reset": ([_P], None),
     "mcpm_vocab_size": ([_P], ctypes.c_int),
+    "mcpm_set_sampleable": ([_P, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int], ctypes.c_int),
     "mcpm_context_length": ([_P], ctypes.c_int),
     "mcpm_position": ([_P], ctypes.c_int),
     "mcpm_last_error": ([_P], ctypes.c_char_p),
@@ -240,6 +241,16 @@ class Model(_Owned):
         """Forget the context (position 0)."""
         self._lib.mcpm_reset(self._handle())
 
+    def set_sampleable(self, allowed: np.ndarray | None) -> None:
+        """Ids ``generate`` may draw: bool [vocab] (e.g. Tokenizer.decodable_mask), or None for every id."""
+        h = self._handle()
+        if allowed is None:
+            self._check(self._lib.mcpm_set_sampleable(h, None, self.vocab_size))
+            return
+        flags = np.ascontiguousarray(allowed, dtype=np.uint8).reshape(-1)  # [vocab]
+        self._check(self._lib.mcpm_set_sampleable(h, flags.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                                  int(flags.size)))
+
     def generate(self, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
                  sampling: Sampling | Mapping[str, Any] | None = None, stop_ids: Sequence[int] = (),
                  on_token: Callable[[int], bool | None] | None = None) -> list[int]:
@@ -365,7 +376,7 @@ class Session(_Owned):
                 return 1
 
         c_callback = TEXT_CALLBACK(callback)  # kept alive for the call
-        n = fn(h, text.encode(), int(max_new_tokens), ctypes.byref(params), c_callback, None)
+        n = fn(h, _c_text(text), int(max_new_tokens), ctypes.byref(params), c_callback, None)
         if failure:
             raise failure[0]
         if n < 0:
@@ -420,6 +431,18 @@ class Session(_Owned):
     def _free(self, h: int) -> None:  # the model stays open
         self._lib.mcpm_session_free(h)
 
+
+
+def _c_text(text: str) -> bytes:
+    """UTF-8 bytes for the C session; text it cannot take whole is refused rather than cut or garbled."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise McpmError("the text is not valid Unicode (it holds a lone surrogate)",
+                        "decode input with errors='replace' or fix the text") from None
+    if b"\0" in data:
+        raise McpmError("the text holds a NUL character, which the C session cannot take", "remove it")
+    return data
 
 
 def sampler_probs(lib: ctypes.CDLL, logits: np.ndarray, history: Sequence[int] | np.ndarray,

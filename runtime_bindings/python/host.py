@@ -33,4 +33,5 @@ def load_host_bundle(bundle_dir: Path, threads: int = 0, verify: bool = False) -
     model = Model.load(bundle.path, threads=threads, library=build_library(bundle.path, bundle.plan.object_file))
     cfg = bundle.config
     tok = Tokenizer.from_bundle(bundle.path, cfg["tokenizer"], cfg["chat_template"], cfg["bos_token_id"])
+    model.set_sampleable(tok.decodable_mask(model.vocab_size))  # padded vocabularies: ids with no text
     return bundle, model, tok
