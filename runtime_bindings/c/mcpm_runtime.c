@@ -95,7 +95,10 @@ struct mcpm_model {
     int cache_dtype;
     int64_t cache_shape[3];     /* [max_ctx, kv_heads, head_dim] */
     size_t cache_bytes;
-    unsigned char** caches;     /* 2*num_layers pointers to uint8[cache_bytes]: k0, v0, k1, v1, ... */
+    unsigned char** caches;     /* 2*num_layers pointers to uint8[cache_bytes]: k0, v0, k1, v1, ... (into cache_map) */
+    void* cache_map;            /* uint8[cache_map_size]: anonymous mapping of every cache, page by page on first
+                                   write (rows past the position are never touched: no dirty memory for them) */
+    size_t cache_map_size;
     int n_weights;
     unsigned char** weight_data;/* n_weights pointers into the weights.bin mapping */
     int n_kernels;
@@ -156,6 +159,30 @@ static void* aligned_zeroed(size_t bytes) {
     void* p = mcpm_aligned_alloc(size ? size : MCPM_ALIGN);
     if (p) memset(p, 0, size ? size : MCPM_ALIGN);
     return p;
+}
+
+/* The KV caches: one anonymous mapping (zero pages that cost no memory until a row is written), each cache
+ * MCPM_ALIGN-aligned inside it. */
+static int alloc_caches(mcpm_model* m) {
+    size_t stride = (m->cache_bytes + MCPM_ALIGN - 1) / MCPM_ALIGN * MCPM_ALIGN, n = 2 * (size_t)m->num_layers;
+    if (stride && n > SIZE_MAX / stride) return seterr(m->err, "KV cache size overflows");
+    m->cache_map_size = stride * n > 0 ? stride * n : MCPM_ALIGN;
+    void* p = mmap(NULL, m->cache_map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        m->cache_map_size = 0;
+        return seterr(m->err, "out of memory: the KV cache needs %zu bytes (export with a shorter --context-length)",
+                      stride * n);
+    }
+    m->cache_map = p;
+    for (size_t i = 0; i < n; i++) m->caches[i] = (unsigned char*)p + i * stride;
+    return 0;
+}
+
+static void free_caches(mcpm_model* m) {
+    if (m->cache_map) munmap(m->cache_map, m->cache_map_size);
+    m->cache_map = NULL;
+    m->cache_map_size = 0;
+    for (int i = 0; m->caches && i < 2 * m->num_layers; i++) m->caches[i] = NULL;
 }
 
 static uint32_t crc32_update(uint32_t crc, const unsigned char* p, size_t n) {
@@ -624,7 +651,7 @@ static int setup_gpu(mcpm_model* m, plan_ctx* pc, const json_node* root, const c
     }
     /* the device holds the KV caches now: drop the CPU copies (the largest; the small storages stay, as CPU args are
      * bound to them), and the weight pages read for the upload */
-    for (int i = 0; i < 2 * m->num_layers; i++) { free(m->caches[i]); m->caches[i] = NULL; }
+    free_caches(m);
     if (m->map) madvise(m->map, m->map_size, MADV_DONTNEED);
     return 0;
 }
@@ -779,8 +806,7 @@ static int load_plan(mcpm_model* m, const char* dir, const char* path, const wen
     }
     if (m->cache_shape[0] != m->max_ctx) { PLAN_ERR(pc, "cache rows %lld != max_ctx %d", (long long)m->cache_shape[0], m->max_ctx); goto done; }
     if (!(m->caches = calloc(2 * (size_t)m->num_layers + 1, sizeof(unsigned char*)))) { seterr(m->err, "out of memory"); goto done; }
-    for (int i = 0; i < 2 * m->num_layers; i++)
-        if (!(m->caches[i] = aligned_zeroed(m->cache_bytes))) { seterr(m->err, "out of memory"); goto done; }
+    if (alloc_caches(m)) goto done;
     /* kernels: resolve __tvm_ffi_<name> in this very library */
     {
         m->n_kernels = kernels->count;
@@ -941,7 +967,7 @@ void mcpm_model_free(mcpm_model* m) {
         free(e->calls);
         for (int i = 0; i < N_INPUTS; i++) free(e->input[i]);
     }
-    for (int i = 0; m->caches && i < 2 * m->num_layers; i++) free(m->caches[i]);
+    free_caches(m);
     free(m->caches);
     for (int i = 0; m->kernel_names && i < m->n_kernels; i++) free(m->kernel_names[i]);
     free(m->kernel_names);
