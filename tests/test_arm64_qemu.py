@@ -211,9 +211,10 @@ def test_mcpm_run_usage_errors(tiny: dict[str, Any]) -> None:
 
 
 def test_tiny_a8_logits_match_host(tiny: dict[str, Any]) -> None:
-    """q4g32-a8 (int8 activations): the ARM kernels (q * dx floats for prefill, int16 dots of the same q for decode;
-    i8mm and neon sets) give the host's AVX2 int8 results: prefill logits within LOGITS_TOL of the logit scale
-    (both are exact integer dots of the same q; only float summation order differs), same greedy tokens."""
+    """q4g32-a8 (int8 activations): the ARM kernels (i8mm: SMMLA prefill, SDOT decode; dotprod: SDOT; neon: q * dx
+    floats for prefill, int16 dots of the same q for decode) give the host's AVX2 int8 results: prefill logits
+    within LOGITS_TOL of the logit scale (all are exact integer dots of the same q; only float summation order
+    differs), same greedy tokens."""
     ids, root = tiny["ids"], tiny["root"]
     host = export(tiny["model_dir"], root / "host-a8", "host", "q4g32-a8", TINY_CTX, TINY_CHUNK)
     arm = export(tiny["model_dir"], root / "arm-a8", "linux-arm64", "q4g32-a8", TINY_CTX, TINY_CHUNK)
@@ -223,7 +224,7 @@ def test_tiny_a8_logits_match_host(tiny: dict[str, Any]) -> None:
     host_logits = np.fromfile(root / "host-a8.f32", dtype="<f4")  # [V]
     scale = float(np.abs(host_logits).max())
     arm_exe = build(arm, root / "build-arm-a8", arm=True)
-    for cpu in (None, "cortex-a53"):
+    for cpu in CPUS:
         out = root / f"arm-a8-{cpu}.f32"
         got = run_arm(arm_exe, [str(arm), *args, "--logits", str(out)], cpu)
         assert got["stats"]["kernel_variant"] == CPUS[cpu]

@@ -396,6 +396,22 @@ class Exported:
     lowered: tvm.IRModule | None = None  # the module the plan was extracted from (the GPU phase schedules it)
 
 
+def variant_module(cfg: MiniCPMConfig, spec: CompileSpec, target: dict, schedule: bool, plan: Plan) -> tvm.IRModule:
+    """The model built and lowered again under a kernel set's own target (kernel factories may pick instructions
+    only that set has: quant_kernels.arm_dot_isa); its plan must be the fallback's (same kernels, calls, storages),
+    so one plan.json and one weights.bin serve every set."""
+    with tvm.target.Target(target):
+        built = build_module(cfg, spec)
+    lowered = lower_module(built, target, None, schedule)
+    again = extract_plan(lowered, cfg, spec, plan.target)
+    def shape(p: Plan) -> dict:
+        return {k: v for k, v in p.to_dict().items() if k != "kernel_variants"}
+
+    if shape(again) != shape(plan):
+        raise McpmError("internal: a kernel set's plan differs from the fallback's", "report this as a bug in mcpm")
+    return lowered
+
+
 def export_plan(
     cfg: MiniCPMConfig,
     spec: CompileSpec,
@@ -426,7 +442,8 @@ def export_plan(
         for v in variants[:-1]:
             prefix = f"{v.name}_"
             vobj = f"kernels-{v.name}.o"
-            compile_kernels(lowered, plan.kernels, v.tvm_target, prefix).mod.write_to_file(str(out_dir / vobj))
+            vlowered = variant_module(cfg, spec, v.tvm_target, schedule, plan)
+            compile_kernels(vlowered, plan.kernels, v.tvm_target, prefix).mod.write_to_file(str(out_dir / vobj))
             plan.kernel_variants.append(KernelVariant(v.name, vobj, SYMBOL_PREFIX + prefix, v.requires))
         fallback = variants[-1]
         plan.kernel_variants.append(KernelVariant(fallback.name, plan.object_file, plan.symbol_prefix, ()))

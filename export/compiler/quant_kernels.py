@@ -52,6 +52,21 @@ def decode_isa(group: int) -> str:
     return "f32"
 
 
+def arm_dot_isa() -> str | None:
+    """The ARM dot-product instructions the current TVM target has: "i8mm" (SMMLA and SDOT), "dotprod" (SDOT) or
+    None (plain NEON, another architecture, no target). Kernels built under a target with them may use them, so they
+    must be compiled for that target (export_plan builds every kernel set under its own target)."""
+    tgt = tvm.target.Target.current(allow_none=True)
+    if tgt is None or tgt.kind.name != "llvm":
+        return None
+    triple = str(tgt.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if not triple.startswith(("aarch64", "arm64")):
+        return None
+    if codegen.target_has_features("i8mm", tgt) and codegen.target_has_features("dotprod", tgt):
+        return "i8mm"
+    return "dotprod" if codegen.target_has_features("dotprod", tgt) else None
+
+
 def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: str = "float"):
     """y[n, N] = x[n, K] @ dequant(qweight, scales)[N, K]^T (+ r[n, N] when ``residual``), dequantized on the fly
     (decode: in registers; prefill: a K chunk of a block's rows at a time into an L1 scratch).
@@ -100,9 +115,14 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     signed) per block in int16 lanes (|sum| <= 32640), widens them with vpmaddwd(., 1), subtracts the 128 * sum term
     and fma's the float result with scale * dx: lanes are rows, so no horizontal sums. Decode tokens take the int16
     tiles with q in -127..127 (the same integers), two blocks per step (pair_dot: one 32-byte load, the activations
-    quantized in a pair layout). Elsewhere (ARM, no target) x is replaced by q * dx in a workspace
-    and the float / int16 paths run on it (the int16 tiles recover q exactly)."""
+    quantized in a pair layout). On ARM64 targets with dot-product instructions (the dotprod and i8mm kernel sets)
+    the SDOT / SMMLA kernels of arm_q4.py run instead. Elsewhere (plain NEON, no target) x is replaced by q * dx in
+    a workspace and the float / int16 paths run on it (the int16 tiles recover q exactly)."""
     a8 = act == "int8"
+    if a8 and group % QBLOCK == 0 and (dot := arm_dot_isa()) is not None:  # SDOT / SMMLA tiles (arm_q4.py)
+        from mcpm.export.compiler import arm_q4
+
+        return arm_q4.linear_q4_a8(k_in, n_out, group, residual, dot)
     assert PREFILL_TOKENS % A8_TILE == 0 == PREFILL_TOKENS % I16_TILE and A8_TOKENS % PREFILL_TOKENS == 0
     kp = -(-k_in // group) * group
     words = group // 8
