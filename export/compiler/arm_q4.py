@@ -182,9 +182,10 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
                 for r in range(4):
                     swf[(g * KB + bb) * 4 + r] = T.Cast("float32", sc[row(j0 + 4 * g + r), (b0 + bb) // bpg])
 
-    def quad(xq, e, kb, h, w):  # token e's quad h of word w in block kb, broadcast to 4 lanes
-        return T.reinterpret("int8x16", T.Broadcast(
-            T.reinterpret("int32", xq[e, T.Ramp(kb * QBLOCK + h * 16 + w * 4, 1, 4)]), 4))
+    def quad(xq, e, kb, h, w):  # token e's quad h of word w in block kb in all 4 lanes: lane w of the half's
+        # 16-byte load (LLVM folds the splat into the indexed SDOT: one load per token and half for 4 SDOT)
+        return T.reinterpret("int8x16", T.Shuffle(
+            [T.reinterpret("int32x4", xq[e, T.Ramp(kb * QBLOCK + h * 16, 1, 16)])], [w, w, w, w]))
 
     @T.macro
     def dot_tile(xq, xd, ws, swf, accs, e0, b0, nbk, g0):  # tokens e0 .. e0+DOT_TOK x row groups g0 .. g0+DOT_RV
@@ -196,13 +197,14 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
         for bb in range(nbk):
             for e in T.vectorized(DOT_TOK * DOT_RV * 4):
                 ai[e] = 0
-            for h, w in T.grid(2, 4):
-                for t in T.unroll(DOT_TOK):
-                    for v in T.unroll(DOT_RV):
-                        ai[T.Ramp((t * DOT_RV + v) * 4, 1, 4)] = sdot(
-                            ai[T.Ramp((t * DOT_RV + v) * 4, 1, 4)],
-                            ws[T.Ramp(((((g0 + v) * KB + bb) * 2 + h) * 4 + w) * 16, 1, 16)],
-                            quad(xq, e0 + t, b0 + bb, h, w))
+            for h in T.unroll(2):
+                for w in T.unroll(4):
+                    for t in T.unroll(DOT_TOK):
+                        for v in T.unroll(DOT_RV):
+                            ai[T.Ramp((t * DOT_RV + v) * 4, 1, 4)] = sdot(
+                                ai[T.Ramp((t * DOT_RV + v) * 4, 1, 4)],
+                                ws[T.Ramp(((((g0 + v) * KB + bb) * 2 + h) * 4 + w) * 16, 1, 16)],
+                                quad(xq, e0 + t, b0 + bb, h, w))
             for t in T.unroll(DOT_TOK):
                 for v in T.unroll(DOT_RV):
                     acc[T.Ramp((t * DOT_RV + v) * 4, 1, 4)] = acc[T.Ramp((t * DOT_RV + v) * 4, 1, 4)] + T.Cast(
