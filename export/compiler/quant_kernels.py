@@ -137,7 +137,8 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     if a8 and group % QBLOCK:
         raise ValueError(f"linear_q4: act='int8' needs a group that is a multiple of {QBLOCK}, not {group}")
     qmax = A8_MAX if a8 else QMAX  # decode-tile activation range (int8 values in int16 lanes for a8)
-    qdt = "int8" if a8 and isa == "x86-avx2" else "int16"  # decode-tile activation storage
+    arm8 = a8 and isa == "arm64"  # plain NEON decode tiles on int8 q: int16 products (smull .8h) of unsigned nibbles
+    qdt = "int8" if a8 and isa in ("x86-avx2", "arm64") else "int16"  # decode-tile activation storage
     pairs = a8 and isa == "x86-avx2"  # decode blocks two at a time (pair_dot) in the pair layout of xq
     i16 = not a8  # body_int's prefill tiles: int16 activations (vpmaddwd) for act="float" on AVX2
     pmax = QMAX if i16 else A8_MAX  # range of the prefill tiles' q
@@ -232,6 +233,17 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             hi = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmulhu.w", w16, T.Broadcast(T.int16(4096), 16))
             return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", lo, xlo) + T.call_llvm_pure_intrin(
                 "int32x8", "llvm.x86.avx2.pmadd.wd", hi, xhi)
+        if arm8:  # sum(nibble * q): int16 products of bytes (smull .8h), the four 8-lane quarters added in int16
+            # (|sum| <= 4 * 15 * 127 = 7620), widened once
+            wb = T.reinterpret("uint8x16", qw[j, T.Ramp(kb * wpb, 1, wpb)])
+            w8 = T.Shuffle([T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16)),
+                            T.shift_right(wb, T.Broadcast(T.uint8(4), 16))], list(range(32)))
+            p16 = T.Cast("int16x32", w8) * T.Cast("int16x32", T.Shuffle([xlo, xhi], list(range(32))))
+
+            def quarter(c):
+                return T.Shuffle([p16], list(range(8 * c, 8 * c + 8)))
+
+            return T.Cast("int32x8", quarter(0) + quarter(1) + quarter(2) + quarter(3))
         # arm64: sum((nibble - 8) * q) as a partial reduction of int16 products (widening multiply-adds)
         prod = T.Cast("int32x32", T.Shuffle([lo, hi], list(range(32))) - T.Broadcast(T.int16(8), 32)) * T.Cast(
             "int32x32", T.Shuffle([xlo, xhi], list(range(32))))
@@ -240,10 +252,10 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     @T.macro
     def decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, k0, width, s0, ns):  # blocks k0 .. k0+width of rows
         # j0 .. j0+rd; blocks s0 .. s0+ns of the chunk one at a time (block_dot), the others in pairs (pair_dot)
-        for r in T.unroll(rd):  # sdx = scale * dx per block; x86: the -8 sum(q) terms go into the lanes now
+        for r in T.unroll(rd):  # sdx = scale * dx per block; x86, arm8: the -8 sum(q) terms go into the lanes now
             for c in T.vectorized(width):
                 sdx[r * CHUNK + c] = T.Cast("float32", sc[T.min(j0 + r, last), (k0 + c) // bpg]) * xd[t, k0 + c]
-            if isa == "x86-avx2":
+            if isa == "x86-avx2" or arm8:
                 for c in T.vectorized(width):
                     acc[r * na * LANES + c] = acc[r * na * LANES + c] - sdx[r * CHUNK + c] * xs[t, k0 + c]
         if pairs:  # a8 on AVX2: two blocks per step (one 32-byte load; lanes 0-3 block c, 4-7 block c + 1)
@@ -551,7 +563,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     def body(x, qw, sc, r_, y, n, add):
         # workspace of the (at most tp - 1) decode tokens, quantized once per call: q in nibble order, and per
         # block 8 * sum(q) and dx
-        xq = T.alloc_buffer((tp - 1, nbw * QBLOCK), "int16")
+        xq = T.alloc_buffer((tp - 1, nbw * QBLOCK), qdt)
         xs = T.alloc_buffer((tp - 1, nbw), "float32")
         xd = T.alloc_buffer((tp - 1, nbw), "float32")
         for t in range(n - n // tp * tp):
