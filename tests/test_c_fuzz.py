@@ -347,3 +347,30 @@ def test_models_on_two_python_threads_equal_sequential(two_bundles) -> None:
                 np.testing.assert_array_equal(r, sequential[k])
         for m in models:
             m.close()
+
+
+# ---------------------------------------------------------------- sizes computed from plan.json never overflow
+
+@pytest.mark.parametrize("dims", [[2**32, 2**32], [2**40, 2**40, 2**40], [2**31, 2**33], [2**40, 0, 2**40]])
+def test_huge_tensor_shapes_are_refused_not_wrapped(dims: list[int], default_q4_bundle: Path, tmp_path: Path) -> None:
+    """A planned tensor of 2^32 x 2^32 float32 is 2^66 bytes: the size once wrapped to 0 in int64 and the bundle
+    loaded (undefined behaviour, UBSan: signed overflow). It must be refused like any tensor larger than its storage
+    (or, with a zero dimension, accepted as the empty tensor it is)."""
+    from mcpm.errors import McpmError
+    from mcpm.runtime.binding import Model
+
+    bundle = tmp_path / "b"
+    shutil.copytree(default_q4_bundle, bundle)
+    plan = json.loads((bundle / "plan.json").read_text())
+    call = plan["entries"]["decode"]["calls"][0]
+    out = next(a for a in call["args"] if a["kind"] == "tensor")
+    out["shape"] = [[0, d] for d in dims]
+    (bundle / "plan.json").write_text(json.dumps(plan))
+    lib = build(default_q4_bundle, tmp_path / "lib.so")
+    if 0 in dims:
+        with pytest.raises(McpmError, match="Mismatched out.ndim") as info:  # the kernel's own check refuses it
+            Model.load(bundle, library=lib).decode(1)
+        assert "\n" not in str(info.value)  # one line
+        return
+    with pytest.raises(McpmError, match="storage|bytes|larger|exceeds|shape"):
+        Model.load(bundle, library=lib)

@@ -54,6 +54,17 @@ void TVMFFIErrorSetRaisedFromCStrParts(const char* kind, const char** parts, int
         if (w < 0) break;
         used += (size_t)w;
     }
+    /* one line: TVM's messages put the kernel signature on an indented second line */
+    size_t k = 0;
+    for (size_t i = 0; buf[i]; i++) {
+        if (buf[i] == '\n' || buf[i] == '\r') {
+            while (buf[i + 1] == ' ' || buf[i + 1] == '\n') i++;
+            buf[k++] = ' ';
+        } else {
+            buf[k++] = buf[i];
+        }
+    }
+    buf[k] = '\0';
 }
 
 /* ---------------------------------------------------------------- workspace: per-thread LIFO bump arena */

@@ -325,13 +325,20 @@ static const json_node* get_typed(plan_ctx* pc, const json_node* obj, const char
 
 static int64_t dim_at(const plan_arg* a, int d, int64_t n) { return a->a[d] * n + a->b[d]; }
 
+#define MAX_DIM_VALUE ((int64_t)1 << 40)
+#define ARG_BYTES_HUGE ((int64_t)1 << 62) /* "too large": above every storage, weight and input size */
+
+/* Bytes of arg a for n tokens, saturated at ARG_BYTES_HUGE (dims come from plan.json: up to 2^40 each, and a
+ * negative dim counts as huge), so every size check against it fails instead of overflowing. */
 static int64_t arg_bytes(const plan_arg* a, int64_t n) {
     int64_t size = DTYPES[a->dtype].bytes;
-    for (int d = 0; d < a->ndim; d++) size *= dim_at(a, d, n);
+    for (int d = 0; d < a->ndim; d++) {
+        int64_t dim = a->a[d] * n + a->b[d]; /* |a|, |b| <= 2^40 and 0 <= n <= 2^31: no overflow */
+        if (dim < 0 || (dim > 0 && size > ARG_BYTES_HUGE / dim)) return ARG_BYTES_HUGE;
+        size *= dim;
+    }
     return size;
 }
-
-#define MAX_DIM_VALUE ((int64_t)1 << 40)
 
 /* 1 if entry type reads input in (IN_*). */
 static int input_allowed(int type, int in) {
