@@ -49,6 +49,7 @@ class ExportOptions:
     vision_dtype: str = "f16"  # minicpmv: f16 | f32 weights of the vision tower and resampler
     max_patches: int = 0  # minicpmv: most patches of one image slice (0: ceil(1.125 * (448 // 14)^2) = 1152)
     force: bool = False  # export into a non-empty folder mcpm did not write (its files are kept)
+    kv_dtype: str | None = None  # f16 | f32 KV cache (None: f16, or f32 with --device gpu: the GPU kernels' cache)
 
 
 @dataclass
@@ -115,6 +116,7 @@ def bundle_config(loaded: LoadedModel, recipe: Recipe, target: Target, opts: Exp
 
 MAX_PIXELS = 4096 * 4096  # larger images are downscaled by the runtime first (docs/minicpmv.md)
 VISION_DTYPES = {"f16": "float16", "f32": "float32"}
+KV_DTYPES = {"f16": "float16", "f32": "float32"}
 
 
 def vision_config(loaded: LoadedModel) -> dict[str, Any]:
@@ -167,6 +169,12 @@ def run_export(opts: ExportOptions) -> ExportReport:
             from mcpm.export.compiler.gpu_kernels import a8_on_gpu
 
             raise a8_on_gpu(a8[0])
+    kv_dtype = KV_DTYPES.get(opts.kv_dtype or ("f32" if opts.device == "gpu" else "f16"))
+    if kv_dtype is None:
+        raise McpmError(f"unknown KV cache dtype {opts.kv_dtype!r}", "use --kv-dtype f16 or f32")
+    if opts.device == "gpu" and kv_dtype != "float32":
+        raise McpmError("--device gpu keeps a float32 KV cache (the GPU kernels read float32 rows)",
+                        "drop --kv-dtype f16, or export with --device cpu")
     if vision and opts.device == "gpu":
         raise McpmError("--device gpu does not support MiniCPM-V bundles (the vision entries have no GPU kernels)",
                         "export it with --device cpu")
@@ -180,7 +188,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
         vision_config(loaded)  # the tokenizer has the image markers (else a one-line TokenizerError now)
     spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, recipe=recipe,
                        num_experts=loaded.config.num_experts, vision_dtype=VISION_DTYPES[opts.vision_dtype],
-                       max_patches=opts.max_patches)
+                       max_patches=opts.max_patches, kv_dtype=kv_dtype)
     check_supported(loaded.config, spec)
     with output:
         _write_output(output.staging, loaded, recipe, target, spec, opts, report)

@@ -50,13 +50,16 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
                    "(docs/gpu-plan.md); the CPU kernels stay in the bundle.")
 @click.option("--vision-dtype", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
               help="MiniCPM-V: weight dtype of the vision tower and resampler.")
+@click.option("--kv-dtype", type=click.Choice(["f16", "f32"]), default=None,
+              help="KV cache rows: f16 (default on the CPU: half the memory of f32) or f32 (the default, and the "
+                   "only choice, with --device gpu).")
 @click.option("--max-patches", type=click.IntRange(min=1), default=None,
               help="MiniCPM-V: most 14x14 patches of one image slice (default ceil(1.125 * (448/14)^2) = 1152; "
                    "larger slices are refused by the runtime).")
 def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...], context_length: int,
            prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
            key_alias: str, device: str = "cpu", vision_dtype: str = "f16", max_patches: int | None = None,
-           force: bool = False) -> None:
+           force: bool = False, kv_dtype: str | None = None) -> None:
     """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer.
 
     \b
@@ -72,7 +75,7 @@ def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...]
     opts = ExportOptions(resolve_model_dir(model_dir), out, target, quant, quant_rules, context_length, prefill_chunk,
                          debug_dump, progress=sys.stderr.isatty(), embed_model=embed_model,
                          keystore=_keystore(keystore, key_alias), device=device, vision_dtype=vision_dtype,
-                         max_patches=max_patches or 0, force=force)
+                         max_patches=max_patches or 0, force=force, kv_dtype=kv_dtype)
     with _sigterm_as_exit():  # a killed export removes its staging folder like Ctrl-C does
         report = run_export(opts)
     click.echo(report.table())

@@ -51,10 +51,13 @@ def dequantized_copy(model: nn.Module, recipe: Recipe) -> nn.Module:
     return clone
 
 
-def reference_for(model: nn.Module, recipe: Recipe) -> nn.Module:
+def reference_for(model: nn.Module, recipe: Recipe, kv_dtype: str = "float32") -> nn.Module:
     """The float model a bundle quantized with ``recipe`` computes: :func:`dequantized_copy` plus the activation
-    quantization of the ``-a8`` weights (:func:`activation_quantized`; a no-op for the other schemes)."""
-    return activation_quantized(dequantized_copy(model, recipe), recipe, inplace=True)
+    quantization of the ``-a8`` weights (:func:`activation_quantized`; a no-op for the other schemes), with K and V
+    rounded to the bundle's KV cache dtype (``kv_dtype``, plan.json "cache")."""
+    from mcpm.export.models.minicpm.model import with_kv_dtype
+
+    return with_kv_dtype(activation_quantized(dequantized_copy(model, recipe), recipe, inplace=True), kv_dtype)
 
 
 def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -50,8 +50,9 @@ def linear_nt(k_in: int, n_out: int, residual: bool = False, w_dtype: str = "flo
     return linear_add if residual else linear
 
 
-def kv_append(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
-    """In place: k_cache[pos + i] = rope(k_i), v_cache[pos + i] = v_i for the n new tokens."""
+def kv_append(n_heads: int, n_kv: int, head_dim: int, max_ctx: int, cache_dtype: str = "float32"):
+    """In place: k_cache[pos + i] = rope(k_i), v_cache[pos + i] = v_i for the n new tokens (rounded to the cache's
+    dtype: float32 or float16)."""
     d, half = head_dim, head_dim // 2
     k_off, v_off = n_heads * head_dim, (n_heads + n_kv) * head_dim
     width = (n_heads + 2 * n_kv) * head_dim
@@ -61,22 +62,23 @@ def kv_append(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
         T.func_attr({"tirx.noalias": True})
         n = T.int64()
         qkv = T.match_buffer(qkv_h, (n, width), "float32")  # [n, QKV]
-        kc = T.match_buffer(kc_h, (max_ctx, n_kv, d), "float32")  # [C, Hkv, d]
-        vc = T.match_buffer(vc_h, (max_ctx, n_kv, d), "float32")  # [C, Hkv, d]
+        kc = T.match_buffer(kc_h, (max_ctx, n_kv, d), cache_dtype)  # [C, Hkv, d]
+        vc = T.match_buffer(vc_h, (max_ctx, n_kv, d), cache_dtype)  # [C, Hkv, d]
         cos = T.match_buffer(cos_h, (max_ctx, d), "float32")  # [C, d]
         sin = T.match_buffer(sin_h, (max_ctx, d), "float32")  # [C, d]
         assert pos >= 0 and pos + n <= max_ctx, "kv_append: pos + n exceeds max_ctx (KV cache full)"
         for i, h, j in T.grid(n, n_kv, d):
             base = k_off + h * d
             rot = T.if_then_else(j < half, -qkv[i, base + j + half], qkv[i, base + j - half])
-            kc[pos + i, h, j] = qkv[i, base + j] * cos[pos + i, j] + rot * sin[pos + i, j]
-            vc[pos + i, h, j] = qkv[i, v_off + h * d + j]
+            kc[pos + i, h, j] = T.Cast(cache_dtype, qkv[i, base + j] * cos[pos + i, j] + rot * sin[pos + i, j])
+            vc[pos + i, h, j] = T.Cast(cache_dtype, qkv[i, v_off + h * d + j])
 
     return append
 
 
-def attention(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
-    """out[i, h*d:(h+1)*d] = softmax(rope(q_ih) . K[0 : pos+i+1]^T / sqrt(d)) V  (causal, GQA).
+def attention(n_heads: int, n_kv: int, head_dim: int, max_ctx: int, cache_dtype: str = "float32"):
+    """out[i, h*d:(h+1)*d] = softmax(rope(q_ih) . K[0 : pos+i+1]^T / sqrt(d)) V  (causal, GQA; the caches in
+    ``cache_dtype``, float32 or float16, read as float32).
 
     One parallel launch over (head, token) pairs, heads outer (each thread gets whole heads of every token, so the
     causal work is balanced). Dots: LANES-wide partial sums over d when d % LANES == 0 (else scalar), one horizontal
@@ -93,8 +95,8 @@ def attention(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
         T.func_attr({"tirx.noalias": True})
         n = T.int64()
         qkv = T.match_buffer(qkv_h, (n, width), "float32")  # [n, QKV]
-        kc = T.match_buffer(kc_h, (max_ctx, n_kv, d), "float32")  # [C, Hkv, d]
-        vc = T.match_buffer(vc_h, (max_ctx, n_kv, d), "float32")  # [C, Hkv, d]
+        kc = T.match_buffer(kc_h, (max_ctx, n_kv, d), cache_dtype)  # [C, Hkv, d]
+        vc = T.match_buffer(vc_h, (max_ctx, n_kv, d), cache_dtype)  # [C, Hkv, d]
         cos = T.match_buffer(cos_h, (max_ctx, d), "float32")  # [C, d]
         sin = T.match_buffer(sin_h, (max_ctx, d), "float32")  # [C, d]
         out = T.match_buffer(o_h, (n, n_heads * d), "float32")  # [n, Hq*d]
@@ -112,10 +114,10 @@ def attention(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
             stat[0] = T.float32(-3.0e38)
             for t in range(pos + i + 1):
                 for b in T.vectorized(lanes):
-                    part[b] = q[b] * kc[t, h // group, b]
+                    part[b] = q[b] * T.Cast("float32", kc[t, h // group, b])
                 for v in range(1, d // lanes):
                     for b in T.vectorized(lanes):
-                        part[b] = part[b] + q[v * lanes + b] * kc[t, h // group, v * lanes + b]
+                        part[b] = part[b] + q[v * lanes + b] * T.Cast("float32", kc[t, h // group, v * lanes + b])
                 for b in range(1, lanes):
                     part[0] = part[0] + part[b]
                 score[t] = part[0]
@@ -128,7 +130,7 @@ def attention(n_heads: int, n_kv: int, head_dim: int, max_ctx: int):
                 acc[j] = T.float32(0)
             for t in range(pos + i + 1):
                 for j in T.vectorized(d):
-                    acc[j] = acc[j] + score[t] * vc[t, h // group, j]
+                    acc[j] = acc[j] + score[t] * T.Cast("float32", vc[t, h // group, j])
             for j in T.vectorized(d):
                 out[i, h * d + j] = acc[j] / stat[1]
 

@@ -360,7 +360,7 @@ def extract_plan(mod: tvm.IRModule, cfg: MiniCPMConfig, spec: CompileSpec, targe
         vocab_size=cfg.vocab_size,
         num_layers=cfg.num_hidden_layers,
         cache_shape=[spec.max_ctx, cfg.num_kv_heads, cfg.head_dim],
-        cache_dtype="float32",
+        cache_dtype=spec.kv_dtype,
         weights=weights,
         entries=entries,
         extra={"all_logits": spec.all_logits, "weights": spec.recipe.name if spec.recipe else spec.int4_group},

@@ -120,9 +120,13 @@ class _Builder:
         cfg, spec = self.cfg, self.spec
         hid, hq, hkv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_kv_heads, cfg.head_dim
         shapes = linear_shapes(cfg)
-        cache_t = _t([spec.max_ctx, hkv, d])
-        append = self.kernel(("kv_append", hq, hkv, d), lambda: kernels.kv_append(hq, hkv, d, spec.max_ctx))
-        attn = self.kernel(("attention", hq, hkv, d), lambda: kernels.attention(hq, hkv, d, spec.max_ctx))
+        kv = spec.kv_dtype
+        cache_t = _t([spec.max_ctx, hkv, d], kv)
+        tag = () if kv == "float32" else ("f16",)  # float32 caches keep the kernel names the GPU export knows
+        append = self.kernel(("kv_append", hq, hkv, d, *tag),
+                             lambda: kernels.kv_append(hq, hkv, d, spec.max_ctx, kv))
+        attn = self.kernel(("attention", hq, hkv, d, *tag),
+                           lambda: kernels.attention(hq, hkv, d, spec.max_ctx, kv))
         op = relax.op
         for i in range(cfg.num_hidden_layers):
             p = f"layers.{i}."
@@ -167,7 +171,8 @@ class _Builder:
     def _caches(self) -> list:
         cfg, spec = self.cfg, self.spec
         return [
-            relax.Var(f"{kind}_cache_{i}", _t([spec.max_ctx, cfg.num_kv_heads, cfg.head_dim]))  # [C, Hkv, d]
+            relax.Var(f"{kind}_cache_{i}",  # [C, Hkv, d]
+                      _t([spec.max_ctx, cfg.num_kv_heads, cfg.head_dim], spec.kv_dtype))
             for i in range(cfg.num_hidden_layers)
             for kind in ("k", "v")
         ]

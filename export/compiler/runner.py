@@ -35,7 +35,7 @@ class CompiledModel:
         self.weights = [tvm.runtime.tensor(w, self.dev) for w in weights]
         shape = (spec.max_ctx, cfg.num_kv_heads, cfg.head_dim)
         self.caches = [
-            tvm.runtime.tensor(np.zeros(shape, np.float32), self.dev) for _ in range(2 * cfg.num_hidden_layers)
+            tvm.runtime.tensor(np.zeros(shape, spec.kv_dtype), self.dev) for _ in range(2 * cfg.num_hidden_layers)
         ]
         self.pos = 0  # tokens in the cache
 

@@ -33,6 +33,7 @@ class CompileSpec:
     num_experts: int = 0  # MiniCPM-MoE: the config's num_experts (names the stacked experts' reference weights)
     vision_dtype: str = "float16"  # MiniCPM-V: float dtype of the vision tower's and resampler's weights
     max_patches: int = 0  # MiniCPM-V: most patches of one slice (0: layout.default_max_patches)
+    kv_dtype: str = "float32"  # KV cache rows: float32 or float16 (half the memory; mcpm-export's default on the CPU)
 
     def __post_init__(self) -> None:
         if not (1 <= self.chunk <= self.max_ctx):
@@ -41,6 +42,8 @@ class CompileSpec:
             raise McpmError(f"int4 group ({self.int4_group}) must be a multiple of 8")
         if self.vision_dtype not in ("float16", "float32"):
             raise McpmError(f"vision weight dtype {self.vision_dtype!r} is not supported", "use f16 or f32")
+        if self.kv_dtype not in ("float32", "float16"):
+            raise McpmError(f"KV cache dtype {self.kv_dtype!r} is not supported", "use --kv-dtype f16 or f32")
         if self.max_patches < 0:
             raise McpmError(f"max_patches ({self.max_patches}) must be positive", "give --max-patches N >= 1")
 

@@ -146,7 +146,7 @@ def compile_simulator_kernels(bundle: Path, work: Path) -> dict[str, list[Path]]
         vision = {"vision_dtype": dtypes.pop() if dtypes else "float16", "max_patches": plan.vision["max_patches"]}
     spec = CompileSpec(max_ctx=int(config["context_length"]), chunk=int(config["prefill_chunk"]),
                        recipe=Recipe.parse(default, rules), num_experts=getattr(cfg, "num_experts", 0) or 0,
-                       **vision)
+                       kv_dtype=plan.cache_dtype, **vision)
     device_target = get_target("ios").tvm_target
     with tvm.target.Target(device_target):  # the same kernel choices as the device export (quant_kernels)
         built = build_module(cfg, spec)

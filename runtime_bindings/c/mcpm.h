@@ -106,7 +106,9 @@ MCPM_API int mcpm_generate(mcpm_model* model, const int32_t* prompt, int n_promp
  * decode_tok_s, ttft_ms (of the last mcpm_generate), peak_rss_kb (getrusage, now), threads, kernel_variant,
  * device ("cpu"/"gpu"), gpu_device (e.g. "OpenCL: <device> (<platform>)", "" on the CPU), gpu_program ("built" from
  * source or "cached"), notice (mcpm_model_notice), image_encode_ms / image_slices / image_patches (wall time,
- * vision-encoder runs and patches of the last mcpm_encode_image; 0 before one). -1 if len is too small. */
+ * vision-encoder runs and patches of the last mcpm_encode_image; 0 before one), kv_dtype ("float16"/"float32"),
+ * kv_bytes (every layer's K and V cache at full context; pages cost memory once written) and kv_bytes_per_token.
+ * -1 if len is too small. */
 MCPM_API int mcpm_stats_json(mcpm_model* model, char* out, size_t len);
 
 /* Where prefill/decode run: "cpu" or "gpu". */

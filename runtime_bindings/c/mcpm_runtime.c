@@ -1385,12 +1385,15 @@ int mcpm_stats_json(mcpm_model* m, char* out, size_t len) {
                      "{\"load_ms\": %.3f, \"prefill_tokens\": %d, \"prefill_tok_s\": %.3f, \"decode_tokens\": %d, "
                      "\"decode_tok_s\": %.3f, \"ttft_ms\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d, "
                      "\"kernel_variant\": \"%s\", \"device\": \"%s\", \"gpu_device\": \"%s\", \"gpu_program\": \"%s\", "
-                     "\"notice\": \"%s\", \"image_encode_ms\": %.3f, \"image_slices\": %d, \"image_patches\": %d}",
+                     "\"notice\": \"%s\", \"image_encode_ms\": %.3f, \"image_slices\": %d, \"image_patches\": %d, "
+                     "\"kv_dtype\": \"%s\", \"kv_bytes\": %lld, \"kv_bytes_per_token\": %lld}",
                      m->load_ms, m->prefill_tokens, pre, m->decode_tokens, dec, m->ttft_ms, peak_kb,
                      m->pool_ready ? m->pool.threads : 0, m->variant[0] ? m->variant : "default",
                      m->gpu ? "gpu" : "cpu", m->gpu ? mcpm_gpu_device_name(m->gpu) : "",
                      m->gpu ? mcpm_gpu_program_origin(m->gpu) : "", notice, m->image_encode_ms,
-                     m->image_slices, m->image_patches);
+                     m->image_slices, m->image_patches, DTYPES[m->cache_dtype].name,
+                     (long long)(2 * (size_t)m->num_layers * m->cache_bytes),
+                     (long long)(2 * (size_t)m->num_layers * (m->cache_bytes / (size_t)m->max_ctx)));
     if (n < 0 || (size_t)n >= len) return seterr(m->err, "mcpm_stats_json: buffer of %zu bytes too small, need %d", len, n + 1);
     return 0;
 }

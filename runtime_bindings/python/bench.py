@@ -155,6 +155,8 @@ def run_bench(bundle_dir: Path, n_prompt: int = 128, n_gen: int = 64, threads: i
         "runs": runs, "summary": summary,
         "device": on, "requested_device": device, "gpu_device": str(runs[0].get("gpu_device", "")),
         "notice": notice, "profiled": profile,
+        "kv": {"dtype": str(runs[0].get("kv_dtype", "")), "bytes": int(runs[0].get("kv_bytes", 0)),
+               "bytes_per_token": int(runs[0].get("kv_bytes_per_token", 0))},
     }
     if rgb is not None:
         summary["image_encode_ms"] = mean_sd([float(r["image_encode_ms"]) for r in runs])
@@ -182,6 +184,10 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'load':<14}{s['load_ms']['mean']:>18.2f} ms   ",
         f"{'peak rss':<14}{s['peak_rss_kb']['mean'] / 1024:>17.1f} MiB   ",
     ]
+    kv = result.get("kv") or {}
+    if kv.get("bytes"):
+        lines.append(f"{'kv cache':<14}{kv['bytes'] / 2**20:>17.1f} MiB   {kv['dtype']}, {kv['bytes_per_token']} bytes "
+                     "per token (pages cost memory once written)")
     if "image_encode_ms" in s and "image" in result:
         img = result["image"]
         lines.insert(5, f"{'image':<14}{_pm(s['image_encode_ms'], 'ms'):>24}   {img['width']}x{img['height']}, "

@@ -35,6 +35,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.wv = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.kv_dtype: torch.dtype | None = None  # None: K and V at full precision (see with_kv_dtype)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor:
         b, n, _ = x.shape  # x: [B, n, hidden]
@@ -42,6 +43,8 @@ class Attention(nn.Module):
         k = self.wk(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, n, d]
         v = self.wv(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, n, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_dtype is not None:  # a bundle's KV cache rows are rounded to its dtype (e.g. float16)
+            k, v = k.to(self.kv_dtype).to(q.dtype), v.to(self.kv_dtype).to(q.dtype)
         if cache is not None:
             k, v = cache.append(k, v)  # [B, Hkv, T, d]
         out = causal_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))  # [B, Hq, n, d]
@@ -83,3 +86,13 @@ class MiniCPM(MuPCausalLM):
         # dynamic NTK (2B-128k): the base depends on the total length, as in the published implementation
         inv_freq = default_inv_freq(self.cfg.rope_base(start + n), self.cfg.head_dim)
         return rope_cos_sin(torch.arange(start, start + n), inv_freq, dtype)
+
+
+def with_kv_dtype(model: nn.Module, dtype: str) -> nn.Module:
+    """``model`` (in place) with K and V rounded to ``dtype`` ("float16" / "float32") after RoPE, as a bundle's KV
+    cache of that dtype stores them (mcpm-config / plan.json "cache" dtype). Returns the model."""
+    kv = {"float16": torch.float16, "float32": None}[dtype]
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.kv_dtype = kv
+    return model
