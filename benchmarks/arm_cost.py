@@ -151,7 +151,7 @@ def describe(body: list[tuple[int, str, str]], cpus: list[str]) -> dict[str, Any
 
 # ---------------------------------------------------------------- mcpm: build, trace under qemu, hot loop
 
-def build_mcpm(kset: str, k: int, n: int, work: Path) -> tuple[Path, Path]:
+def build_mcpm(kset: str, k: int, n: int, work: Path, act: str = "int8") -> tuple[Path, Path]:
     import tvm
 
     from mcpm.export.compiler import quant_kernels as qk
@@ -160,8 +160,8 @@ def build_mcpm(kset: str, k: int, n: int, work: Path) -> tuple[Path, Path]:
 
     target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": MATTR[kset]}
     with tvm.target.Target(target):
-        func = qk.linear_q4(k, n, 32, False, act="int8")
-    obj = work / f"mcpm-{kset}-{k}x{n}.o"
+        func = qk.linear_q4(k, n, 32, False, act=act)
+    obj = work / f"mcpm-{kset}-{act}-{k}x{n}.o"
     tvm.compile(tvm.IRModule({"f": func.with_attr("global_symbol", "f")}), target=tvm.target.Target(target)) \
         .mod.write_to_file(str(obj))
     exe = obj.with_suffix("")
@@ -282,6 +282,14 @@ def run(k: int, n: int, cpus: list[str]) -> dict[str, Any]:
         for phase, tokens in (("decode", 1), ("prefill", PREFILL_TOKENS)):
             loop, executed = trace_under_qemu(exe, k, n, tokens, work)
             mcpm[(phase, kset)] = {**describe(loop, cpus), "executed_instructions_per_unit": round(executed, 2)}
+    schemes = {}  # q4g32 (float activations) vs q4g32-a8 on each set: why a8 is the ARM default
+    for kset in ("neon", "dotprod", "i8mm"):
+        _, exe = build_mcpm(kset, k, n, work, act="float")
+        for phase, tokens in (("decode", 1), ("prefill", PREFILL_TOKENS)):
+            loop, executed = trace_under_qemu(exe, k, n, tokens, work)
+            plain = describe(loop, cpus)
+            a8 = mcpm[(phase, kset)]
+            schemes[f"{phase} {kset}"] = {c: [plain["cycles_per_unit"][c], a8["cycles_per_unit"][c]] for c in cpus}
     rows = []
     for phase, kset, obj, func in PAIRS:
         peer = describe(llama_hot_loop(llama[obj], func), cpus)
@@ -290,7 +298,7 @@ def run(k: int, n: int, cpus: list[str]) -> dict[str, Any]:
         rows.append({"phase": phase, "mcpm_set": kset, "llama": f"{func} ({obj})", "mcpm": mine, "llama_cpp": peer,
                      "ratio": ratio})
     return {"shape": {"k": k, "n": n, "prefill_tokens": PREFILL_TOKENS}, "cores": {c: CORES.get(c, "") for c in cpus},
-            "mca": tool(*MCA), "unit": "32 weights x 1 token", "rows": rows}
+            "mca": tool(*MCA), "unit": "32 weights x 1 token", "rows": rows, "q4g32_vs_a8": schemes}
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -307,6 +315,9 @@ def format_table(res: dict[str, Any]) -> str:
         mine, peer = r["mcpm"], r["llama_cpp"]
         lines.append(f"  {r['phase']:<8}{r['mcpm_set']:<9}{mine['instructions_per_unit']:>6} vs "
                      f"{peer['instructions_per_unit']:<6} ({mine['executed_instructions_per_unit']})  {r['llama']}")
+    lines.append("mcpm q4g32 (float activations) vs q4g32-a8, cycles per unit: " + ", ".join(cpus))
+    for name, per in res["q4g32_vs_a8"].items():
+        lines.append(f"  {name:<16}" + "".join(f"{per[c][0]:>8.2f} -> {per[c][1]:<6.2f}" for c in cpus))
     lines += [f"  {c}: {what}" for c, what in res["cores"].items()]
     return "\n".join(lines)
 

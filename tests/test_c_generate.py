@@ -109,12 +109,21 @@ def test_errors_are_checked_before_any_work(model) -> None:
     assert len(model.generate(np.ones(120, np.int32), 50)) == 8
 
 
-def test_stats_json(model) -> None:
+def test_stats_json(model, bundle: Path) -> None:
+    import json
+
     generate(model)
     stats = model.stats()
     assert set(stats) == {"load_ms", "prefill_tokens", "prefill_tok_s", "decode_tokens", "decode_tok_s", "ttft_ms",
                           "peak_rss_kb", "threads", "kernel_variant", "device", "gpu_device", "gpu_program", "notice",
-                          "image_encode_ms", "image_slices", "image_patches"}
+                          "image_encode_ms", "image_slices", "image_patches", "kv_dtype", "kv_bytes",
+                          "kv_bytes_per_token"}
+    plan = json.loads((bundle / "plan.json").read_text())
+    cache = plan["cache"]  # [C, Hkv, d] per layer, k and v
+    per_token = 2 * plan["num_layers"] * cache["shape"][1] * cache["shape"][2] * \
+        {"float16": 2, "float32": 4}[cache["dtype"]]
+    assert stats["kv_dtype"] == cache["dtype"] and stats["kv_bytes_per_token"] == per_token
+    assert stats["kv_bytes"] == per_token * cache["shape"][0]
     assert stats["image_encode_ms"] == 0 and stats["image_slices"] == 0 and stats["image_patches"] == 0
     assert stats["kernel_variant"] == "default"  # a host bundle has one kernel set
     assert stats["device"] == "cpu" and stats["notice"] == ""

@@ -396,6 +396,13 @@ class Exported:
     lowered: tvm.IRModule | None = None  # the module the plan was extracted from (the GPU phase schedules it)
 
 
+def target_sensitive(spec: CompileSpec) -> bool:
+    """Whether a kernel set's target changes the kernels of this spec: only the -a8 linears pick instructions by
+    the set (quant_kernels.arm_dot_isa); every other kernel is built once for all sets."""
+    schemes = [spec.recipe.default, *(r.scheme for r in spec.recipe.rules)] if spec.recipe else []
+    return any(s.activations == "int8" for s in schemes)
+
+
 def variant_module(cfg: MiniCPMConfig, spec: CompileSpec, target: dict, schedule: bool, plan: Plan) -> tvm.IRModule:
     """The model built and lowered again under a kernel set's own target (kernel factories may pick instructions
     only that set has: quant_kernels.arm_dot_isa); its plan must be the fallback's (same kernels, calls, storages),
@@ -442,7 +449,7 @@ def export_plan(
         for v in variants[:-1]:
             prefix = f"{v.name}_"
             vobj = f"kernels-{v.name}.o"
-            vlowered = variant_module(cfg, spec, v.tvm_target, schedule, plan)
+            vlowered = variant_module(cfg, spec, v.tvm_target, schedule, plan) if target_sensitive(spec) else lowered
             compile_kernels(vlowered, plan.kernels, v.tvm_target, prefix).mod.write_to_file(str(out_dir / vobj))
             plan.kernel_variants.append(KernelVariant(v.name, vobj, SYMBOL_PREFIX + prefix, v.requires))
         fallback = variants[-1]

@@ -127,7 +127,7 @@ def compile_simulator_kernels(bundle: Path, work: Path) -> dict[str, list[Path]]
 
     from mcpm.export.bundle.reader import CONFIG_NAME
     from mcpm.export.bundle.target import get_target, ios_simulator_variants
-    from mcpm.export.compiler.lower import compile_kernels, extract_plan, lower_module, variant_module
+    from mcpm.export.compiler.lower import compile_kernels, extract_plan, lower_module, target_sensitive, variant_module
     from mcpm.export.compiler.model_def import build_module
     from mcpm.export.compiler.plan import SYMBOL_PREFIX
     from mcpm.export.compiler.spec import CompileSpec
@@ -168,7 +168,8 @@ def compile_simulator_kernels(bundle: Path, work: Path) -> dict[str, list[Path]]
             obj = work / f"simulator-{arch}" / f"kernels-{name}.o"
             obj.parent.mkdir(parents=True, exist_ok=True)
             # a non-fallback set is built under its own target (SDOT / SMMLA kernels), as the device's are
-            module = lowered if i == len(wanted) - 1 else variant_module(cfg, spec, v.tvm_target, False, again)
+            module = lowered if i == len(wanted) - 1 or not target_sensitive(spec) else \
+                variant_module(cfg, spec, v.tvm_target, False, again)
             compile_kernels(module, plan.kernels, v.tvm_target, prefix.removeprefix(SYMBOL_PREFIX)) \
                 .mod.write_to_file(str(obj))
             check_object(obj, arch, "iossimulator")

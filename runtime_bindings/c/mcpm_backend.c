@@ -8,13 +8,19 @@
  * load-error buffer for mcpm_last_error(NULL)) is the only state outside the model handle. All of it is
  * hidden (-fvisibility) so another library in the process (e.g. libtvm_ffi) cannot interpose on it.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* sched_getaffinity, CPU_SET */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "mcpm_internal.h"
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+#include <sys/types.h>
+#endif
+#include <unistd.h>
 
 #define MCPM_DEFAULT_SPIN_US 2000 /* workers spin this long after a launch before sleeping */
 
@@ -96,11 +102,21 @@ static int free_workspace(int device_type, int device_id, void* ptr) {
 }
 
 /* ---------------------------------------------------------------- parallel launch: persistent pthread pool
- * A launch publishes fn / cdata / num_task, sets `remaining` and bumps `generation`; workers spin on the
- * generation for pool->spin_ns (a decode step is hundreds of short launches: a futex wake-up per launch costs
- * tens of microseconds on a VM or a phone), then sleep on `wake`. Lost wake-ups are excluded by the seq_cst order
- * of (launcher: bump generation, then read sleepers) and (worker: sleepers++ under mu, then re-read generation).
- * The caller spins on `remaining` the same way, then sleeps on `done` (caller_sleeping / remaining, mirrored). */
+ * A launch publishes fn / cdata, sets `pending` = num_task and `ticket` (generation, num_task, next task 0), then
+ * bumps `generation`. The caller and every awake worker claim task indices from `ticket` by compare-and-swap
+ * until none is left, so tasks go to whichever core is free: a big.LITTLE phone's fast cores take more of them,
+ * and a worker that another process keeps off its core takes none instead of holding the launch up. A claim is
+ * valid only for its generation, and fn / cdata stay fixed until the claimed task's `pending` decrement, so a
+ * worker waking late never runs a task of another launch. Workers spin on the generation for pool->spin_ns (a
+ * decode step is hundreds of short launches: a futex wake-up per launch costs tens of microseconds on a VM or a
+ * phone), yielding the core now and then, then sleep on `wake`; the caller waits for `pending` the same way, then
+ * sleeps on `done`. Lost wake-ups are excluded by the seq_cst order of (launcher: bump generation, then read
+ * sleepers) and (worker: sleepers++ under mu, then re-read generation), and mirrored for the caller. */
+
+#define TASKS_PER_THREAD 4 /* tasks per launch and thread: small enough chunks to balance unequal cores */
+#define LATE_MIN_NS 20000L /* a wait for workers shorter than this is never "late" */
+#define LATE_SERIAL 512    /* launches the caller runs alone the first time (about one decode step of a 2B model) */
+#define LATE_SERIAL_MAX 65536
 
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -116,10 +132,16 @@ static long now_ns(void) {
     return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-/* Spins until *gen != seen (gen given) or *count == 0 (gen NULL), at most about spin_ns; 1 if that happened. */
+#define WORKER_QUIET 1024 /* launches a preempted worker waits for asleep before it spins again */
+#define PREEMPTED_NS 1000000L /* a gap this long between two looks at the clock: the spinner lost its core */
+
+/* Spins until *gen != seen (gen given) or *count == 0 (gen NULL), at most about spin_ns; 1 if that happened,
+ * 0 after spin_ns, -1 when the spinner was preempted meanwhile (another process wants this core: spinning on only
+ * takes its timeslice, and a worker that spent it spinning is preempted again inside its next task). The caller
+ * (gen NULL) yields its core every 256 rounds: a worker it waits for may be queued behind it. */
 static int spin_until(_Atomic uint64_t* gen, uint64_t seen, _Atomic int* count, long spin_ns) {
     if (spin_ns <= 0) return 0;
-    long deadline = 0;
+    long deadline = 0, last = 0;
     for (unsigned i = 1;; i++) {
         if (gen ? atomic_load(gen) != seen : atomic_load(count) == 0) return 1;
         cpu_relax();
@@ -127,16 +149,38 @@ static int spin_until(_Atomic uint64_t* gen, uint64_t seen, _Atomic int* count, 
             long t = now_ns();
             if (!deadline) deadline = t + spin_ns;
             else if (t >= deadline) return 0;
+            if (last && t - last > PREEMPTED_NS) return -1;
+            last = t;
+            if (!gen) sched_yield();
         }
     }
 }
 
-static int run_tasks(mcpm_parallel_lambda fn, void* cdata, int num_task, int first, int stride) {
-    mcpm_parallel_env env = {NULL, num_task};
-    int rc = 0;
-    for (int t = first; t < num_task; t += stride)
-        if (fn(t, &env, cdata)) rc = -1;
-    return rc;
+/* One task covering the whole loop: a single-thread pool, or a nested launch inside a task. */
+static int run_tasks_serial(mcpm_parallel_lambda fn, void* cdata) {
+    mcpm_parallel_env env = {NULL, 1};
+    return fn(0, &env, cdata) ? -1 : 0;
+}
+
+/* Claims and runs tasks of launch `gen` until none is left (or another launch has started); returns how many. */
+static int run_launch(mcpm_pool* pool, uint32_t gen) {
+    uint64_t v = atomic_load(&pool->ticket);
+    for (int ran = 0;; ran++) {
+        uint32_t num_task = (uint32_t)(v >> 16) & 0xFFFF, task = (uint32_t)v & 0xFFFF;
+        if ((uint32_t)(v >> 32) != gen || task >= num_task) return ran;
+        if (!atomic_compare_exchange_weak(&pool->ticket, &v, v + 1)) {
+            ran--;
+            continue;
+        }
+        mcpm_parallel_env env = {NULL, (int32_t)num_task};
+        if (pool->fn((int)task, &env, pool->cdata)) atomic_store(&pool->failed, 1);
+        if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_sleeping)) {
+            pthread_mutex_lock(&pool->mu);
+            pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->mu);
+        }
+        v = atomic_load(&pool->ticket);
+    }
 }
 
 static void* worker_main(void* arg) {
@@ -146,8 +190,12 @@ static void* worker_main(void* arg) {
     tls_arena = &w->arena;
     tls_in_parallel = 1;
     uint64_t seen = 0;
+    int quiet = 0; /* launches to sleep through without spinning, after the spin found itself preempted */
     for (;;) {
-        if (!spin_until(&pool->generation, seen, NULL, pool->spin_ns)) {
+        int spun = spin_until(&pool->generation, seen, NULL, quiet > 0 ? 0 : pool->spin_ns);
+        if (spun < 0) quiet = WORKER_QUIET;
+        else if (quiet > 0) quiet--;
+        if (spun <= 0) {
             pthread_mutex_lock(&pool->mu);
             atomic_fetch_add(&pool->sleepers, 1);
             while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop))
@@ -157,12 +205,7 @@ static void* worker_main(void* arg) {
         }
         if (atomic_load(&pool->stop)) break;
         seen = atomic_load(&pool->generation);
-        if (run_tasks(pool->fn, pool->cdata, pool->num_task, w->index, pool->threads)) atomic_store(&pool->failed, 1);
-        if (atomic_fetch_sub(&pool->remaining, 1) == 1 && atomic_load(&pool->caller_sleeping)) {
-            pthread_mutex_lock(&pool->mu);
-            pthread_cond_signal(&pool->done);
-            pthread_mutex_unlock(&pool->mu);
-        }
+        run_launch(pool, (uint32_t)seen);
     }
     return NULL;
 }
@@ -170,31 +213,56 @@ static void* worker_main(void* arg) {
 static int parallel_launch(mcpm_parallel_lambda fn, void* cdata, int num_task) {
     mcpm_pool* pool = tls_pool;
     int threads = pool ? pool->threads : 1;
-    if (num_task <= 0) num_task = threads;
-    if (!pool || threads == 1 || tls_in_parallel) return run_tasks(fn, cdata, num_task, 0, 1);
+    (void)num_task; /* a hint: the lambdas split their loops by env->num_task, which is ours to choose */
+    if (!pool || threads == 1 || tls_in_parallel) return run_tasks_serial(fn, cdata);
+    if (pool->serial_left > 0) { /* workers kept off their cores lately: run alone for a while */
+        pool->serial_left--;
+        tls_in_parallel = 1;
+        int rc = run_tasks_serial(fn, cdata);
+        tls_in_parallel = 0;
+        return rc;
+    }
+    int tasks = threads * TASKS_PER_THREAD;
+    long t0 = now_ns();
+    uint64_t gen = atomic_load(&pool->generation) + 1;
     pool->fn = fn;
     pool->cdata = cdata;
-    pool->num_task = num_task;
     atomic_store(&pool->failed, 0);
-    atomic_store(&pool->remaining, threads - 1);
-    atomic_fetch_add(&pool->generation, 1);
+    atomic_store(&pool->pending, tasks);
+    atomic_store(&pool->ticket, (gen & 0xFFFFFFFFu) << 32 | (uint64_t)tasks << 16);
+    atomic_store(&pool->generation, gen);
     if (atomic_load(&pool->sleepers) > 0) {
         pthread_mutex_lock(&pool->mu);
         pthread_cond_broadcast(&pool->wake);
         pthread_mutex_unlock(&pool->mu);
     }
     tls_in_parallel = 1;
-    int rc = run_tasks(fn, cdata, num_task, 0, threads); /* the caller is worker 0 */
+    run_launch(pool, (uint32_t)gen); /* the caller works too */
     tls_in_parallel = 0;
-    if (!spin_until(NULL, 0, &pool->remaining, pool->spin_ns)) {
+    long t1 = now_ns();
+    if (spin_until(NULL, 0, &pool->pending, pool->spin_ns) <= 0) {
         pthread_mutex_lock(&pool->mu);
         atomic_store(&pool->caller_sleeping, 1);
-        while (atomic_load(&pool->remaining) > 0) pthread_cond_wait(&pool->done, &pool->mu);
+        while (atomic_load(&pool->pending) > 0) pthread_cond_wait(&pool->done, &pool->mu);
         atomic_store(&pool->caller_sleeping, 0);
         pthread_mutex_unlock(&pool->mu);
     }
-    if (atomic_load(&pool->failed)) rc = -1;
-    return rc;
+    /* Another process keeping a worker off its core shows as the caller waiting for a task that worker claimed
+     * longer than its own share took. A few such launches close together (a decaying score) and the next
+     * serial_len launches run on the caller alone (as fast as one thread, not a timeslice per launch); each time
+     * that happens again soon after, serial_len doubles (up to LATE_SERIAL_MAX); a run of on-time launches resets
+     * it. Quiet or unequal cores never wait that long, so they keep every worker. */
+    long waited = now_ns() - t1;
+    int late = waited > t1 - t0 && waited > LATE_MIN_NS;
+    pool->late = pool->late - pool->late / 8 + (late ? 8 : 0);
+    pool->on_time = late ? 0 : pool->on_time + 1;
+    if (pool->on_time >= LATE_SERIAL) pool->serial_len = LATE_SERIAL;
+    if (pool->late >= 20) {
+        pool->late = 0;
+        pool->serial_left = pool->serial_len;
+        if (pool->serial_len < LATE_SERIAL_MAX) pool->serial_len *= 2;
+    }
+    return atomic_load(&pool->failed) ? -1 : 0;
 }
 
 /* The kernels' weak function-pointer slots, overridden here (hidden: binds inside this library). */
@@ -204,6 +272,51 @@ typedef int (*mcpm_free_fn)(int, int, void*);
 MCPM_HIDDEN mcpm_launch_fn __TVMBackendParallelLaunch = parallel_launch;
 MCPM_HIDDEN mcpm_alloc_fn __TVMBackendAllocWorkspace = alloc_workspace;
 MCPM_HIDDEN mcpm_free_fn __TVMBackendFreeWorkspace = free_workspace;
+
+/* ---------------------------------------------------------------- default thread count */
+
+#if defined(__linux__)
+static long cpu_max_khz(int cpu) {
+    char path[96];
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/cpufreq/cpuinfo_max_freq", cpu);
+    FILE* f = fopen(path, "r");
+    if (!f) return 0;
+    long khz = 0;
+    if (fscanf(f, "%ld", &khz) != 1) khz = 0;
+    fclose(f);
+    return khz;
+}
+#endif
+
+int mcpm_default_threads(void) {
+#if defined(__linux__)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int allowed = 0, fast = 0;
+    long lo = 0, hi = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (!CPU_ISSET(c, &set)) continue;
+        allowed++;
+        long khz = cpu_max_khz(c);
+        if (khz > 0 && (lo == 0 || khz < lo)) lo = khz;
+        if (khz > hi) hi = khz;
+    }
+    if (lo == 0 || lo == hi) return allowed > 0 ? allowed : 1; /* equal cores, or no cpufreq (VMs) */
+    for (int c = 0; c < CPU_SETSIZE; c++) /* big.LITTLE: every core faster than the slowest cluster */
+        if (CPU_ISSET(c, &set) && cpu_max_khz(c) > lo) fast++;
+    return fast > 0 ? fast : allowed;
+#elif defined(__APPLE__)
+    int n = 0;
+    size_t len = sizeof n;
+    if (sysctlbyname("hw.perflevel0.logicalcpu", &n, &len, NULL, 0) == 0 && n > 0) return n; /* P-cores */
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)online : 1;
+#else
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)online : 1;
+#endif
+}
 
 void* mcpm_aligned_alloc(size_t size) {
     void* p = NULL;
@@ -224,6 +337,7 @@ int mcpm_pool_init(mcpm_pool* pool, struct mcpm_model* model, int threads, size_
     memset(pool, 0, sizeof(*pool));
     pool->model = model;
     pool->threads = threads < 1 ? 1 : threads;
+    pool->serial_len = LATE_SERIAL;
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pthread_cond_init(&pool->done, NULL);

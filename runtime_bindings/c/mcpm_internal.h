@@ -100,7 +100,14 @@ typedef struct mcpm_pool {
     pthread_cond_t done;  /* the last worker finished, for a sleeping caller */
     long spin_ns;         /* how long workers / the caller spin before sleeping (MCPM_SPIN_US; 0 = never) */
     _Atomic uint64_t generation; /* bumped per launch (publishes fn / cdata / num_task) */
-    _Atomic int remaining;       /* workers still running the current launch */
+    _Atomic uint64_t ticket;     /* [generation (low 32 bits) : num_task (16) : next task (16)]: tasks are claimed
+                                    from it by any thread (caller or worker), so a slow or descheduled core takes
+                                    fewer of them */
+    _Atomic int pending;         /* tasks of the current launch not yet finished */
+    int late;                    /* caller only: decaying score of launches that waited long for a worker */
+    int on_time;                 /* caller only: launches since the last late one */
+    int serial_left;             /* caller only: launches still to run without the workers */
+    int serial_len;              /* caller only: how many the next serial stretch gets (doubles, resets) */
     _Atomic int sleepers;        /* workers blocked on `wake` */
     _Atomic int caller_sleeping; /* the caller blocked on `done` */
     _Atomic int stop;
@@ -110,6 +117,11 @@ typedef struct mcpm_pool {
     void* cdata;
     int num_task;
 } mcpm_pool;
+
+/* Threads for mcpm_params.threads = 0: the CPUs this process may run on, leaving out the slowest cluster of a
+ * big.LITTLE CPU (cpufreq cpuinfo_max_freq; Linux/Android) or taking the performance cores (Apple). */
+MCPM_HIDDEN int mcpm_default_threads(void);
+#define MCPM_MAX_THREADS 256
 
 MCPM_HIDDEN int mcpm_pool_init(mcpm_pool* pool, struct mcpm_model* model, int threads, size_t workspace_bytes,
                                char* err, size_t errlen);

@@ -1026,11 +1026,13 @@ mcpm_model* mcpm_model_load(const char* bundle_dir, const mcpm_params* p) {
     if (!rc) {
         for (int k = 0; k < N_ENTRIES; k++)
             if (entry_at(m, k)->present) bind_args(m, entry_at(m, k));
-        int threads = params.threads > 0 ? params.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        int threads = params.threads > 0 ? params.threads : mcpm_default_threads();
         if (threads < 1) threads = 1;
-        if (threads > 256) threads = 256;
+        if (params.threads > MCPM_MAX_THREADS || params.threads < 0)
+            rc = seterr(m->err, "threads %d is out of range (0 = automatic, at most %d: use the number of cores)",
+                        params.threads, MCPM_MAX_THREADS);
         size_t ws = params.workspace_bytes ? params.workspace_bytes : (size_t)1 << 20;
-        rc = mcpm_pool_init(&m->pool, m, threads, ws, m->err, MCPM_ERR_LEN);
+        if (!rc) rc = mcpm_pool_init(&m->pool, m, threads, ws, m->err, MCPM_ERR_LEN);
         m->pool_ready = !rc;
     }
     if (rc) {
