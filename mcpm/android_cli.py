@@ -82,18 +82,22 @@ def push_model(ctx: click.Context, bundle: Path, name: str | None) -> None:
                    "on the phone.")
 @click.option("-p", "--prompt-tokens", default=128, show_default=True, help="Prompt tokens to prefill.")
 @click.option("-n", "--gen-tokens", default=64, show_default=True, help="Tokens to generate.")
-@click.option("-t", "--threads", default=4, show_default=True, help="CPU threads on the phone.")
+@click.option("-t", "--threads", default=0, show_default=True,
+              help="CPU threads on the phone (0 = automatic: its big cores).")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True,
               help="Where the app runs the model (gpu: OpenCL, needs a bundle exported with --device gpu; auto: "
                    "the GPU when it works, else the CPU).")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the phone's stats JSON instead of a table.")
+@click.option("--kernel-variant", type=click.Choice(["i8mm", "dotprod", "neon"]), default=None,
+              help="Benchmark this CPU kernel set (default: the best one the phone supports); run once per set to "
+                   "compare them (an error when the phone lacks its instructions).")
 @click.option("--image", type=click.Path(path_type=Path), metavar="PATH",
               help="An image file (MiniCPM-V models): pushed to the phone and encoded once before the text "
                    "benchmark; adds the vision encoder's time (image_encode_ms) and its runs and patches.")
 @click.pass_context
 def bench(ctx: click.Context, model: str, prompt_tokens: int, gen_tokens: int, threads: int, device: str,
-          timeout: float, as_json: bool, image: Path | None = None) -> None:
+          timeout: float, as_json: bool, image: Path | None = None, kernel_variant: str | None = None) -> None:
     """Benchmark a model on the phone.
 
     Prints prefill and decode tok/s, time to first token, load time and peak memory. Starts the app's
@@ -105,12 +109,15 @@ def bench(ctx: click.Context, model: str, prompt_tokens: int, gen_tokens: int, t
       mcpm android bench --model minicpm-1b -p 128 -n 64 -t 4
       mcpm android bench --model minicpm-v2 --image photo.jpg
     """
-    for option, value in (("--prompt-tokens", prompt_tokens), ("--gen-tokens", gen_tokens), ("--threads", threads)):
+    for option, value in (("--prompt-tokens", prompt_tokens), ("--gen-tokens", gen_tokens)):
         if value < 1:
             raise McpmError(f"{option} must be at least 1, got {value}", f"pass {option} 1 or more")
+    if not 0 <= threads <= 256:
+        raise McpmError(f"--threads must be in 0..256, got {threads}", "pass 0 (the big cores) or a core count")
     if image is not None and not image.is_file():
         raise McpmError(f"image {image} does not exist", "give a JPEG or PNG file")
-    stats = _adb(ctx).bench(model, prompt_tokens, gen_tokens, threads, device, timeout, image=image)
+    stats = _adb(ctx).bench(model, prompt_tokens, gen_tokens, threads, device, timeout, image=image,
+                            kernel_variant=kernel_variant)
     click.echo(json.dumps(stats) if as_json else format_stats(stats, model))
 
 

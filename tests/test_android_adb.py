@@ -273,6 +273,12 @@ def test_bench_commands_and_result(fake_adb: Path) -> None:
     assert len(got) == 4
 
 
+def test_bench_kernel_variant_extra(fake_adb: Path) -> None:
+    Adb(poll_interval=0.01).bench("minicpm-1b", 16, 8, 0, timeout=5, kernel_variant="dotprod")
+    start = calls(fake_adb)[2]
+    assert start[-9:] == ["--ei", "threads", "0", "--es", "device", "cpu", "--es", "kernel_variant", "dotprod"]
+
+
 def test_bench_waits_for_a_complete_file(fake_adb: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_ADB_RESULT", "partial")
     assert Adb(poll_interval=0.01).bench("/data/local/tmp/m", timeout=5) == STATS
@@ -344,8 +350,8 @@ def test_cli_errors_are_one_line(fake_adb: Path, monkeypatch: pytest.MonkeyPatch
     code, _, err = run_cli(["android", "bench", "--model", "nope"], capsys)
     assert code == 2 and err == ("error: benchmark failed on the phone: model not found: nope (check the model "
                                  "name (mcpm android push-model) and `adb logcat -s mcpm`)\n")
-    code, _, err = run_cli(["android", "bench", "--model", "m", "-t", "0"], capsys)
-    assert code == 2 and err.startswith("error: --threads must be at least 1")
+    code, _, err = run_cli(["android", "bench", "--model", "m", "-t", "-1"], capsys)
+    assert code == 2 and err.startswith("error: --threads must be in 0..256")
 
 
 def test_cli_install_push_pull(fake_adb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

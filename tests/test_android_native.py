@@ -138,7 +138,7 @@ def test_jni_signatures_match_java_and_readme() -> None:
     the phone), and the README's contract declares the same signatures as McpmNative.java."""
     java = _java_natives((JAVA_SRC / "McpmNative.java").read_text())
     assert _java_natives(README.read_text()) == java
-    assert java["load"] == ("long", ("String", "int", "String", "String", "boolean"))
+    assert java["load"] == ("long", ("String", "int", "String", "String", "String", "boolean"))
     assert java["kernelTimes"] == ("String", ("long",))
     assert java["hasVision"] == ("boolean", ("long",))
     assert java["encodeImage"] == ("int", ("long", "int[]", "int", "int"))
@@ -346,19 +346,19 @@ public final class JniSmoke {
         McpmNative.ensureLoaded();
         StringBuilder out = new StringBuilder("{");
         try {
-            McpmNative.load(args[0] + "/does-not-exist", 1, "cpu", null, false);
+            McpmNative.load(args[0] + "/does-not-exist", 1, "cpu", null, null, false);
             out.append("\"load_error\": null,");
         } catch (McpmException e) {
             out.append("\"load_error\": ").append(q(e.getMessage())).append(',');
         }
         String badDevice = null;
         try {
-            McpmNative.load(args[0], 1, "npu", null, false);
+            McpmNative.load(args[0], 1, "npu", null, null, false);
         } catch (McpmException e) {
             badDevice = e.getMessage();
         }
         out.append("\"bad_device\": ").append(badDevice == null ? "null" : q(badDevice)).append(',');
-        long h = McpmNative.load(args[0], 2, null, null, false);
+        long h = McpmNative.load(args[0], 2, null, null, null, false);
         Collect a = new Collect(1 << 30), b = new Collect(1 << 30), stop = new Collect(1);
         int na = McpmNative.complete(h, "Hello h\u00e9llo \ud83d\ude00", 12, 0f, 0, 1f, 0L, a);
         int nb = McpmNative.complete(h, "Hello h\u00e9llo \ud83d\ude00", 12, 0f, 0, 1f, 0L, b);
@@ -425,7 +425,7 @@ public final class JniSmoke {
         McpmNative.free(0L);
         String gpu = "null";
         if (args.length > 2 && args[1].equals("gpu")) {  // an OpenCL platform answers (PoCL)
-            long g = McpmNative.load(args[0], 2, "gpu", args[2], true);
+            long g = McpmNative.load(args[0], 2, "gpu", null, args[2], true);
             Collect ga = new Collect(1 << 30);
             int nga = McpmNative.complete(g, "Hello h\u00e9llo \ud83d\ude00", 12, 0f, 0, 1f, 0L, ga);
             String gbench = McpmNative.bench(g, 8, 4);
@@ -545,7 +545,7 @@ public final class JniVision {
         for (int i = 0; i < argb.length; i++) {
             argb[i] = ((i * 3) & 0xFF) << 24 | ((i * 7) & 0xFF) << 16 | ((i * 13) & 0xFF) << 8 | ((i * 29) & 0xFF);
         }
-        long m = McpmNative.load(args[0], 2, "cpu", null, false);
+        long m = McpmNative.load(args[0], 2, "cpu", null, null, false);
         boolean vision = McpmNative.hasVision(m);
         int runs = McpmNative.encodeImage(m, argb, w, h);
         String imageStats = McpmNative.stats(m);

@@ -218,7 +218,8 @@ class Adb:
         return remote
 
     def bench(self, model: str, prompt_tokens: int = 128, gen_tokens: int = 64, threads: int = 4,
-              device: str = "cpu", timeout: float = 600.0, image: Path | None = None) -> dict[str, Any]:
+              device: str = "cpu", timeout: float = 600.0, image: Path | None = None,
+              kernel_variant: str | None = None) -> dict[str, Any]:
         """Run ``.BenchmarkActivity`` on MODEL (a name under MODELS_DIR or a folder on the phone) and return the
         runtime's stats JSON that it writes to RESULT_PATH. image: a local image file, pushed to IMAGES_DIR and
         passed as the ``image`` extra (MiniCPM-V models: the JSON then has image_encode_ms, image_slices, ...)."""
@@ -231,6 +232,8 @@ class Adb:
                  "--ei", "threads", str(threads), "--es", "device", device]
         if remote_image is not None:
             start += ["--es", "image", remote_image]
+        if kernel_variant:
+            start += ["--es", "kernel_variant", kernel_variant]
         proc = self.shell(*start)
         started = f"{proc.stdout}\n{proc.stderr}"
         if re.search(r"^\s*Error", started, re.MULTILINE):  # `am start` exits 0 when the activity is unknown

@@ -281,10 +281,10 @@ static long cpu_max_khz(int cpu) {
     snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/cpufreq/cpuinfo_max_freq", cpu);
     FILE* f = fopen(path, "r");
     if (!f) return 0;
-    long khz = 0;
-    if (fscanf(f, "%ld", &khz) != 1) khz = 0;
+    char line[32] = "";
+    long khz = fgets(line, sizeof line, f) ? strtol(line, NULL, 10) : 0;
     fclose(f);
-    return khz;
+    return khz > 0 ? khz : 0;
 }
 #endif
 

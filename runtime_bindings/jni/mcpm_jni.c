@@ -254,17 +254,20 @@ static int optional_utf8(JNIEnv* env, jstring s, char** out) {
  * keeps the compiled OpenCL program (<cacheDir>/opencl/; null = no cache); profile: time every GPU kernel launch
  * for kernelTimes() (BenchmarkActivity; it adds a wait after every step, so the chat screen loads without it). */
 JNIEXPORT jlong JNICALL Java_org_mcpm_demo_McpmNative_load(JNIEnv* env, jclass cls, jstring bundle_dir,
-                                                           jint threads, jstring device, jstring cache_dir,
-                                                           jboolean profile) {
+                                                           jint threads, jstring device, jstring kernel_variant,
+                                                           jstring cache_dir, jboolean profile) {
     (void)cls;
     if (!bundle_dir) {
         throw_mcpm(env, "the bundle folder is null");
         return 0;
     }
     char* dev = NULL;
+    char* variant = NULL;
     char* cache = NULL;
-    if (optional_utf8(env, device, &dev) || optional_utf8(env, cache_dir, &cache)) {
+    if (optional_utf8(env, device, &dev) || optional_utf8(env, kernel_variant, &variant) ||
+        optional_utf8(env, cache_dir, &cache)) {
         free(dev);
+        free(variant);
         return 0;
     }
     char* dir = utf8_from_jstring(env, bundle_dir, NULL);
@@ -273,17 +276,20 @@ JNIEXPORT jlong JNICALL Java_org_mcpm_demo_McpmNative_load(JNIEnv* env, jclass c
         if (dir) throw_mcpm(env, "out of memory");
         free(dir);
         free(dev);
+        free(variant);
         free(cache);
         return 0;
     }
     mcpm_params p = mcpm_default_params();
-    p.threads = threads > 0 ? threads : 0; /* 0 = number of online CPUs */
+    p.threads = threads > 0 ? threads : 0; /* 0 = automatic: the big cores */
     p.device = dev;                        /* NULL = "cpu"; the runtime rejects other names */
+    p.kernel_variant = variant && *variant ? variant : NULL; /* NULL = the best set this CPU supports */
     p.cache_dir = cache;
     p.profile = profile ? 1 : 0;
     h->model = mcpm_model_load(dir, &p);
-    free(dev);   /* the runtime reads the params during mcpm_model_load only */
-    free(cache); /* (the OpenCL program is built or read from the cache then) */
+    free(dev);     /* the runtime reads the params during mcpm_model_load only */
+    free(variant);
+    free(cache);   /* (the OpenCL program is built or read from the cache then) */
     if (!h->model) {
         throw_mcpm(env, mcpm_last_error(NULL));
         free(h);

@@ -32,6 +32,8 @@ public class BenchmarkActivity extends Activity {
     public static final String EXTRA_THREADS = "threads";
     public static final String EXTRA_DEVICE = "device";
     public static final String EXTRA_IMAGE = "image";
+    /** "i8mm", "dotprod" or "neon": benchmark that CPU kernel set (absent: the best one the phone supports). */
+    public static final String EXTRA_KERNEL_VARIANT = "kernel_variant";
 
     private TextView text;
 
@@ -46,7 +48,8 @@ public class BenchmarkActivity extends Activity {
         final String modelDir = getIntent().getStringExtra(EXTRA_MODEL_DIR);
         final int promptTokens = getIntent().getIntExtra(EXTRA_PROMPT_TOKENS, 128);
         final int genTokens = getIntent().getIntExtra(EXTRA_GEN_TOKENS, 64);
-        final int threads = getIntent().getIntExtra(EXTRA_THREADS, 4);
+        final int threads = getIntent().getIntExtra(EXTRA_THREADS, 0); // 0 = automatic: the big cores
+        final String kernelVariant = getIntent().getStringExtra(EXTRA_KERNEL_VARIANT);
         String deviceExtra = getIntent().getStringExtra(EXTRA_DEVICE);
         final String device = deviceExtra == null ? Prefs.DEVICE_CPU
                 : deviceExtra.trim().toLowerCase(Locale.US);
@@ -55,19 +58,19 @@ public class BenchmarkActivity extends Activity {
         Thread worker = new Thread(new Runnable() {
             @Override
             public void run() {
-                runBenchmark(modelDir, promptTokens, genTokens, threads, device, image);
+                runBenchmark(modelDir, promptTokens, genTokens, threads, device, kernelVariant, image);
             }
         }, "mcpm-bench");
         worker.start();
     }
 
     private void runBenchmark(String modelDir, int promptTokens, int genTokens, int threads, String device,
-                              String image) {
+                              String kernelVariant, String image) {
         String result = null;
         String error = null;
         try {
-            if (promptTokens < 1 || genTokens < 1 || threads < 1) {
-                throw new McpmException("prompt_tokens, gen_tokens and threads must be at least 1 (got "
+            if (promptTokens < 1 || genTokens < 1 || threads < 0) {
+                throw new McpmException("prompt_tokens and gen_tokens must be at least 1, threads at least 0 (got "
                         + promptTokens + ", " + genTokens + ", " + threads + ")");
             }
             if (!device.equals(Prefs.validDevice(device))) {
@@ -90,7 +93,7 @@ public class BenchmarkActivity extends Activity {
             show("Loading " + model.name + " (" + threads + " threads, device " + device + ")...");
             File cache = getCacheDir(); // the compiled OpenCL program is kept in <cache>/opencl/
             // profile: OpenCL profiling events time every GPU kernel (kernel_times); no effect on the CPU
-            long handle = McpmNative.load(dir.getAbsolutePath(), threads, device,
+            long handle = McpmNative.load(dir.getAbsolutePath(), threads, device, kernelVariant,
                     cache != null ? cache.getAbsolutePath() : null, !Prefs.DEVICE_CPU.equals(device));
             String kernelTimes;
             JSONObject imageStats = null;

@@ -242,7 +242,7 @@ public class MainActivity extends Activity {
         long t0 = System.nanoTime();
         File cache = getCacheDir(); // the runtime keeps the compiled OpenCL program in <cache>/opencl/
         try {
-            handle = McpmNative.load(dir.getAbsolutePath(), threads, device,
+            handle = McpmNative.load(dir.getAbsolutePath(), threads, device, null,
                     cache != null ? cache.getAbsolutePath() : null, false);
         } catch (McpmException e) {
             if (Prefs.DEVICE_GPU.equals(device)) {

@@ -36,10 +36,12 @@ public final class McpmNative {
      * device: "cpu", "gpu" (the bundle's OpenCL kernels; an error when the bundle has none or OpenCL fails) or
      * "auto" (the GPU when that works, else the CPU: the reason is the stats' "notice"). cacheDir: where the
      * compiled OpenCL program is kept (the app's cache dir; null = none). profile: time every GPU kernel for
-     * {@link #kernelTimes} (benchmarks only: it waits for the GPU after every step).
+     * {@link #kernelTimes} (benchmarks only: it waits for the GPU after every step). threads: 0 = automatic (the
+     * big cores). kernelVariant: null = the best CPU kernel set the phone supports; "i8mm", "dotprod" or "neon"
+     * forces one (an error when the CPU lacks its instructions): to benchmark each set on one phone.
      */
-    static native long load(String bundleDir, int threads, String device, String cacheDir, boolean profile)
-            throws McpmException;
+    static native long load(String bundleDir, int threads, String device, String kernelVariant, String cacheDir,
+            boolean profile) throws McpmException;
 
     /** One chat turn (the model's chat template); returns the number of tokens generated. */
     static native int chat(long handle, String message, int maxTokens, float temperature, int topK, float topP,

@@ -22,7 +22,7 @@ public final class Prefs {
     public static final String DEVICE_GPU = "gpu";
     public static final String DEVICE_AUTO = "auto";
 
-    public static final int DEFAULT_THREADS = 4;
+    public static final int DEFAULT_THREADS = 0; // automatic: the big cores (the runtime reads cpufreq)
     public static final int DEFAULT_MAX_NEW_TOKENS = 256;
     public static final float DEFAULT_TEMPERATURE = 0.7f;
     public static final int DEFAULT_TOP_K = 40;

@@ -55,7 +55,7 @@ public class SettingsActivity extends Activity {
     /** Validates every field (marking the bad ones) and stores them; false when one is invalid. */
     private boolean save() {
         int cores = Math.max(Runtime.getRuntime().availableProcessors(), 1);
-        Integer t = intIn(threads, 1, Math.max(cores, 16));
+        Integer t = intIn(threads, 0, Math.max(cores, 16)); // 0 = automatic (the big cores)
         Integer m = intIn(maxTokens, 1, 1 << 20);
         Float temp = floatIn(temperature, 0f, 10f);
         Integer k = intIn(topK, 0, 1 << 20);
