@@ -25,6 +25,7 @@ from mcpm.export.hf_config import config_to_dict
 from mcpm.export.loading import LoadedModel, load_config, load_model
 from mcpm.export.output_dir import OutputFolder
 from mcpm.quantize.recipe import Recipe
+from mcpm.quantize.schemes import default_scheme
 
 if TYPE_CHECKING:  # tvm is imported only when compiling
     from mcpm.export.bundle.weights_file import TensorEntry
@@ -37,7 +38,7 @@ class ExportOptions:
     model_dir: Path
     out_dir: Path
     target: str = "host"
-    quant: str = "q4g32"
+    quant: str | None = "q4g32"  # None: the target's default (quantize.schemes.default_scheme: q4g32-a8 on ARM64)
     quant_rules: tuple[str, ...] = ()  # PATTERN=SCHEME, first match wins
     context_length: int = 2048
     prefill_chunk: int = 64
@@ -117,6 +118,7 @@ def bundle_config(loaded: LoadedModel, recipe: Recipe, target: Target, opts: Exp
 MAX_PIXELS = 4096 * 4096  # larger images are downscaled by the runtime first (docs/minicpmv.md)
 VISION_DTYPES = {"f16": "float16", "f32": "float32"}
 KV_DTYPES = {"f16": "float16", "f32": "float32"}
+MOE_EXPERTS = "layers.*.mlp.experts.*"  # the MoE experts' weights (a recipe pattern)
 
 
 def vision_config(loaded: LoadedModel) -> dict[str, Any]:
@@ -144,7 +146,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
 
     report = ExportReport()
     target = get_target(opts.target)
-    recipe = Recipe.parse(opts.quant, opts.quant_rules)
+    recipe = Recipe.parse(opts.quant or default_scheme(target.platform, opts.device), opts.quant_rules)
     root = opts.out_dir
     android = target.platform == "android"
     ios = target.platform == "ios"
@@ -159,6 +161,9 @@ def run_export(opts: ExportOptions) -> ExportReport:
     if opts.max_patches < 0:
         raise McpmError(f"--max-patches {opts.max_patches} must be positive", "give --max-patches N >= 1")
     family, cfg = load_config(opts.model_dir)
+    if opts.quant is None and recipe.default.activations == "int8" and getattr(cfg, "num_experts", 0):
+        # the target's a8 default: MoE experts keep float activations (moe_kernels), the rest is a8
+        recipe = Recipe.parse(recipe.default.name, (*opts.quant_rules, f"{MOE_EXPERTS}=q4g32"))
     if family.model_type not in ("minicpm", "minicpmv"):
         raise McpmError(f"exporting {family.model_type} is not supported yet",
                         "export a minicpm model (1B/2B/MoE) or MiniCPM-V 2.0")

@@ -15,7 +15,7 @@ from mcpm import __version__
 from mcpm.cli import resolve_model_dir
 from mcpm.cli_util import model_dir_argument, run_main
 from mcpm.export.bundle.target import TARGET_NAMES
-from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
+from mcpm.quantize.schemes import ARM_DEFAULT_SCHEME, DEFAULT_SCHEME, SCHEMES
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,8 +25,10 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
               help="Where the bundle will run: host (this machine), linux-arm64 (ARM64 Linux, emulated tests), "
                    "android (bundle + libmcpm.so + signed demo APK), ios (bundle + MCPMKernels.xcframework + Swift "
                    "package + SwiftUI app project; ios-arm64 is the same).")
-@click.option("--quant", default=DEFAULT_SCHEME, show_default=True, metavar="|".join(SCHEMES),
-              help="Weight quantization scheme.")
+@click.option("--quant", default=None, metavar="|".join(SCHEMES),
+              help=f"Weight quantization scheme (default: {ARM_DEFAULT_SCHEME} for android, ios and linux-arm64 on "
+                   f"the CPU, where int8 dot products make it 2.6-6x faster per weight; {DEFAULT_SCHEME} for host "
+                   "and --device gpu).")
 @click.option("--quant-rule", "quant_rules", multiple=True, metavar="PATTERN=SCHEME",
               help="Per-weight override, first match wins (e.g. lm_head=q8, 'layers.0.*=f16').")
 @click.option("--context-length", default=2048, show_default=True, help="Rows of the static KV cache.")
@@ -56,7 +58,7 @@ from mcpm.quantize.schemes import DEFAULT_SCHEME, SCHEMES
 @click.option("--max-patches", type=click.IntRange(min=1), default=None,
               help="MiniCPM-V: most 14x14 patches of one image slice (default ceil(1.125 * (448/14)^2) = 1152; "
                    "larger slices are refused by the runtime).")
-def export(model_dir: str, target: str, quant: str, quant_rules: tuple[str, ...], context_length: int,
+def export(model_dir: str, target: str, quant: str | None, quant_rules: tuple[str, ...], context_length: int,
            prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
            key_alias: str, device: str = "cpu", vision_dtype: str = "f16", max_patches: int | None = None,
            force: bool = False, kv_dtype: str | None = None) -> None:

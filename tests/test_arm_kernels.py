@@ -3,6 +3,7 @@ and the proof that the three ARM kernel sets of an export differ in the instruct
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -91,6 +92,13 @@ def test_a8_kernel_sets_match_numpy_under_qemu(kset: str, k: int, n_out: int, re
         assert err < KERNEL_TOL, (kset, k, n_out, residual, n, err)
 
 
+def test_default_scheme_per_target() -> None:
+    from mcpm.quantize.schemes import default_scheme
+
+    assert [default_scheme(p) for p in ("android", "ios", "linux", "host")] == ["q4g32-a8"] * 3 + ["q4g32"]
+    assert default_scheme("android", "gpu") == "q4g32"  # GPU kernels take float activations
+
+
 def test_dot_isa_follows_the_target() -> None:
     for kset, want in (("neon", None), ("dotprod", "dotprod"), ("i8mm", "i8mm")):
         with tvm.target.Target(arm_target(kset)):
@@ -126,10 +134,11 @@ def test_android_kernel_sets_use_their_instructions(tmp_path: Path) -> None:
 
     from mcpm.export_cli import export
 
-    res = CliRunner().invoke(export, ["default", "--target", "linux-arm64", "--quant", "q4g32-a8",
+    res = CliRunner().invoke(export, ["default", "--target", "linux-arm64",  # the ARM default scheme: a8
                                       "--context-length", "64", "--prefill-chunk", "16", "-o", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     b = tmp_path / "b"
+    assert json.loads((b / "mcpm-config.json").read_text())["quantization"] == "q4g32-a8"
     sets = {"neon": histogram(b / "kernels.o", "linear_q4"), "dotprod": histogram(b / "kernels-dotprod.o", "linear_q4"),
             "i8mm": histogram(b / "kernels-i8mm.o", "linear_q4")}
     assert sets["dotprod"]["sdot"] > 0 and sets["dotprod"]["smmla"] == 0
