@@ -118,12 +118,17 @@ def test_greedy_text_equals_host(cpu: str | None, default_arm: tuple[Path, Path]
 
 def test_tiny_f32_logits_match_host_and_reference(tiny: dict[str, Any]) -> None:
     """Prefill logits of an 11-token prompt (chunks 4+4+3) under qemu (i8mm and neon kernels) == host mcpm_run ==
-    PyTorch within LOGITS_TOL of the logit scale; the greedy tokens after it are identical."""
+    PyTorch within LOGITS_TOL of the logit scale; the greedy tokens after it are identical. The reference rounds K
+    and V to the bundles' KV cache dtype (float16 by default), as the caches store them."""
     from mcpm.export.loading import load_model
+    from mcpm.export.models.minicpm.model import with_kv_dtype
 
     ids, root = tiny["ids"], tiny["root"]
+    kv_dtype = json.loads((tiny["host"] / "plan.json").read_text())["cache"]["dtype"]
+    assert kv_dtype == "float16"  # the export default
     with torch.no_grad():
-        ref = load_model(tiny["model_dir"], tokenizer=False).model(torch.tensor([ids]))[0, -1].numpy()  # [V]
+        model = with_kv_dtype(load_model(tiny["model_dir"], tokenizer=False).model, kv_dtype)
+        ref = model(torch.tensor([ids]))[0, -1].numpy()  # [V]
     scale = float(np.abs(ref).max())
     args = ["--tokens", ",".join(map(str, ids)), "-n", "4", "--threads", "2"]
     host = run_host(tiny["host_exe"], [str(tiny["host"]), *args, "--logits", str(root / "host.f32")])

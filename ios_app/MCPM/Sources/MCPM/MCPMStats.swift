@@ -22,6 +22,11 @@ public struct MCPMStats: Codable, Equatable, Sendable {
     public var imageEncodeMs: Double?
     public var imageSlices: Int?
     public var imagePatches: Int?
+    /// Written by runtimes with a float16 KV cache option: the cache's dtype, its bytes at full context (pages
+    /// cost memory once written) and per token.
+    public var kvDtype: String?
+    public var kvBytes: Int?
+    public var kvBytesPerToken: Int?
 
     enum CodingKeys: String, CodingKey {
         case loadMs = "load_ms"
@@ -40,6 +45,9 @@ public struct MCPMStats: Codable, Equatable, Sendable {
         case imageEncodeMs = "image_encode_ms"
         case imageSlices = "image_slices"
         case imagePatches = "image_patches"
+        case kvDtype = "kv_dtype"
+        case kvBytes = "kv_bytes"
+        case kvBytesPerToken = "kv_bytes_per_token"
     }
 
     /// Decodes the JSON object of mcpm_stats_json.
