@@ -76,8 +76,8 @@ def minimal_config(tmp_path: Path, weights_path: Path) -> dict:
     return {
         "format_version": FORMAT_VERSION, "exporter_version": "0", "family": "minicpm", "model_config": {},
         "quantization": "q4g32", "context_length": 64, "prefill_chunk": 16, "chat_template": {},
-        "bos_token_id": 1, "stop_token_ids": [2], "tokenizer": {}, "target": {},
-        "files": {"weights.bin": {"bytes": weights_path.stat().st_size, "sha256": sha256_of(weights_path)}},
+        "bos_token_id": 1, "stop_token_ids": [2], "tokenizer": {"kind": "sentencepiece", "file": "weights.bin"},
+        "target": {}, "files": {"weights.bin": {"bytes": weights_path.stat().st_size, "sha256": sha256_of(weights_path)}},
     }
 
 
@@ -90,6 +90,9 @@ def test_config_validation(tmp_path: Path, weights_path: Path) -> None:
         ("format_version", 99, "format version 99 is not supported"),
         ("context_length", "big", "'context_length' has the wrong type"),
         ("prefill_chunk", 0, "prefill_chunk must be in"),
+        ("tokenizer", {"kind": "sentencepiece", "file": "../tokenizer.model"}, "is not a file of the bundle"),
+        ("tokenizer", {"kind": "sentencepiece"}, "is not a file of the bundle"),
+        ("files", {"../weights.bin": {"bytes": 1}, "weights.bin": {}}, "leaves the bundle folder"),
     ]:
         (tmp_path / "mcpm-config.json").write_text(json.dumps({**cfg, key: value}))
         with pytest.raises(BundleError, match=message):

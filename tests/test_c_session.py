@@ -151,3 +151,25 @@ def test_session_needs_the_bundle_tokenizer(default_q4_bundle: Path, tmp_path: P
         (bundle / "mcpm-config.json").unlink()
         with pytest.raises(McpmError, match="cannot read .*mcpm-config.json"):
             Session(model)
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", "..", "sub/tokenizer.model", ""])
+def test_tokenizer_file_stays_inside_the_bundle(name: str, default_q4_bundle: Path, tmp_path: Path) -> None:
+    """mcpm-config.json's tokenizer.file is a file name inside the bundle: the C session never opens another path,
+    and the Python reader refuses the config the same way."""
+    import json
+
+    from mcpm.export.bundle.reader import open_bundle
+    from mcpm.runtime.binding import Model, Session
+    from mcpm.runtime.build import build_library
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_q4_bundle, bundle)
+    config = json.loads((bundle / "mcpm-config.json").read_text())
+    config["tokenizer"]["file"] = name
+    (bundle / "mcpm-config.json").write_text(json.dumps(config))
+    with Model.load(bundle, threads=1, library=build_library(default_q4_bundle)) as model:
+        with pytest.raises(McpmError, match="is not a file name inside the bundle"):
+            Session(model)
+    with pytest.raises(McpmError, match="is not a file of the bundle"):
+        open_bundle(bundle)

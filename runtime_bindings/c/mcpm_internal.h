@@ -19,6 +19,9 @@ void* mcpm_aligned_alloc(size_t size);
 /* The whole file at path as malloc'ed bytes char[*len + 1] (NUL-terminated, freed with free()); NULL when it cannot
  * be opened or read, or on out of memory. */
 char* mcpm_read_file(const char* path, size_t* len);
+/* 1 if name is a plain file name inside the bundle folder: not empty, no '/' or '\\', not "." or "..", no control
+ * characters (file names from mcpm-config.json / plan.json never leave the bundle). */
+int mcpm_plain_file_name(const char* name);
 #define MCPM_MAX_NDIM 8
 #define MCPM_ERR_LEN 1024
 

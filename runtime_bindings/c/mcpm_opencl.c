@@ -335,7 +335,7 @@ static void save_binary(mcpm_gpu* g, const char* path) {
 
 static int build_program(mcpm_gpu* g, const mcpm_gpu_desc* d, char* err, size_t errlen) {
     const json_node* srcn = json_get(d->doc, d->gpu, "opencl_source");
-    if (!srcn || srcn->type != JSON_STRING || !srcn->str[0] || srcn->str[0] == '/' || strstr(srcn->str, ".."))
+    if (!srcn || srcn->type != JSON_STRING || !mcpm_plain_file_name(srcn->str))
         return gpu_err(err, errlen, "%s: invalid plan: gpu: missing or malformed field 'opencl_source'", d->plan_path);
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", d->bundle_dir, srcn->str);

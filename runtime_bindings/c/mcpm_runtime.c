@@ -546,6 +546,13 @@ static int parse_entry(plan_ctx* pc, const json_node* entries, plan_entry* e, in
     return 0;
 }
 
+int mcpm_plain_file_name(const char* name) {
+    if (!name || !name[0] || !strcmp(name, ".") || !strcmp(name, "..")) return 0;
+    for (const char* c = name; *c; c++)
+        if (*c == '/' || *c == '\\' || (unsigned char)*c < 0x20) return 0;
+    return 1;
+}
+
 char* mcpm_read_file(const char* path, size_t* len) {
     FILE* f = fopen(path, "rb");
     if (!f) return NULL;

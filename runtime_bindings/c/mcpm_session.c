@@ -185,6 +185,9 @@ static int load_config(mcpm_session* s, const char* dir) {
     if (strcmp(kind->str, "sentencepiece"))
         return seterr(s, "%s: tokenizer kind %s is not supported by the C session (only sentencepiece)", path,
                       kind->str);
+    if (!mcpm_plain_file_name(file->str))
+        return seterr(s, "%s: tokenizer file '%.200s' is not a file name inside the bundle (re-export the bundle)", path,
+                      file->str);
     char tpath[4096];
     snprintf(tpath, sizeof tpath, "%s/%s", dir, file->str);
     s->tok = mcpm_tokenizer_load(tpath, err, sizeof err);
