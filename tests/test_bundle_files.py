@@ -77,7 +77,8 @@ def minimal_config(tmp_path: Path, weights_path: Path) -> dict:
         "format_version": FORMAT_VERSION, "exporter_version": "0", "family": "minicpm", "model_config": {},
         "quantization": "q4g32", "context_length": 64, "prefill_chunk": 16, "chat_template": {},
         "bos_token_id": 1, "stop_token_ids": [2], "tokenizer": {"kind": "sentencepiece", "file": "weights.bin"},
-        "target": {}, "files": {"weights.bin": {"bytes": weights_path.stat().st_size, "sha256": sha256_of(weights_path)}},
+        "target": {},
+        "files": {"weights.bin": {"bytes": weights_path.stat().st_size, "sha256": sha256_of(weights_path)}},
     }
 
 

@@ -168,8 +168,8 @@ def test_tokenizer_file_stays_inside_the_bundle(name: str, default_q4_bundle: Pa
     config = json.loads((bundle / "mcpm-config.json").read_text())
     config["tokenizer"]["file"] = name
     (bundle / "mcpm-config.json").write_text(json.dumps(config))
-    with Model.load(bundle, threads=1, library=build_library(default_q4_bundle)) as model:
-        with pytest.raises(McpmError, match="is not a file name inside the bundle"):
-            Session(model)
+    with Model.load(bundle, threads=1, library=build_library(default_q4_bundle)) as model, \
+            pytest.raises(McpmError, match="is not a file name inside the bundle"):
+        Session(model)
     with pytest.raises(McpmError, match="is not a file of the bundle"):
         open_bundle(bundle)
