@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from mcpm.export.compiler.quant_kernels import q4_linear_func
+
 QBLOCK = 32  # inputs per activation block (one dx each)
 A8_MAX = 127
 SB = 16  # rows per parallel task
@@ -59,7 +61,6 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
     if group % QBLOCK:
         raise ValueError(f"arm_q4: the group must be a multiple of {QBLOCK}, not {group}")
     mm = isa == "i8mm"
-    kp = -(-k_in // group) * group
     nb = k_in // QBLOCK  # full activation blocks
     nbw = max(nb, 1)
     bpg = group // QBLOCK  # activation blocks per weight group
@@ -308,26 +309,5 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
                 for jr in range(SB // DEC_ROWS):
                     decode_tile(x, qw, sc, xqd, xsd, xdd, r_, y, npre + t, t, blk * SB + jr * DEC_ROWS, add)
 
-    @T.prim_func(private=True)
-    def linear(x_h: T.handle, q_h: T.handle, s_h: T.handle, y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        n = T.int64()
-        x = T.match_buffer(x_h, (n, k_in), "float32")  # [n, K]
-        qw = T.match_buffer(q_h, (n_out, kp // 8), "uint32")  # [N, Kp/8]
-        sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
-        y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        body(x, qw, sc, y, y, n, False)
-
-    @T.prim_func(private=True)
-    def linear_add(x_h: T.handle, q_h: T.handle, s_h: T.handle, r_h: T.handle, y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        n = T.int64()
-        x = T.match_buffer(x_h, (n, k_in), "float32")  # [n, K]
-        qw = T.match_buffer(q_h, (n_out, kp // 8), "uint32")  # [N, Kp/8]
-        sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
-        r = T.match_buffer(r_h, (n, n_out), "float32")  # [n, N] residual
-        y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        body(x, qw, sc, r, y, n, True)
-
     assert rows_per_pass <= SB and SB % rows_per_pass == 0 and TOKS % step == 0
-    return linear_add if residual else linear
+    return q4_linear_func(k_in, n_out, group, residual, body)

@@ -124,7 +124,6 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
 
         return arm_q4.linear_q4_a8(k_in, n_out, group, residual, dot)
     assert PREFILL_TOKENS % A8_TILE == 0 == PREFILL_TOKENS % I16_TILE and A8_TOKENS % PREFILL_TOKENS == 0
-    kp = -(-k_in // group) * group
     words = group // 8
     full = k_in // group  # groups entirely inside K
     rp, tp = PREFILL_ROWS, PREFILL_TOKENS
@@ -602,6 +601,15 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         else:
             body(x, qw, sc, r_, y, n, add)
 
+    return q4_linear_func(k_in, n_out, group, residual, dispatch)
+
+
+def q4_linear_func(k_in: int, n_out: int, group: int, residual: bool, body):
+    """The PrimFunc of an int4 linear over the packed layout, ``linear(x, qweight, scales, y)`` or with
+    ``residual`` ``linear_add(x, qweight, scales, r, y)``; ``body(x, qw, sc, r_, y, n, add)`` (a T.macro) computes
+    y[n, N] (+ r when add; r_ is y otherwise)."""
+    kp = -(-k_in // group) * group
+
     @T.prim_func(private=True)
     def linear(x_h: T.handle, q_h: T.handle, s_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
@@ -610,7 +618,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         qw = T.match_buffer(q_h, (n_out, kp // 8), "uint32")  # [N, Kp/8]
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        dispatch(x, qw, sc, y, y, n, False)
+        body(x, qw, sc, y, y, n, False)
 
     @T.prim_func(private=True)
     def linear_add(x_h: T.handle, q_h: T.handle, s_h: T.handle, r_h: T.handle, y_h: T.handle):
@@ -621,7 +629,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         r = T.match_buffer(r_h, (n, n_out), "float32")  # [n, N] residual
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        dispatch(x, qw, sc, r, y, n, True)
+        body(x, qw, sc, r, y, n, True)
 
     return linear_add if residual else linear
 
