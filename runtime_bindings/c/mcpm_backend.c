@@ -109,8 +109,8 @@ static int free_workspace(int device_type, int device_id, void* ptr) {
  * valid only for its generation, and fn / cdata stay fixed until the claimed task's `pending` decrement, so a
  * worker waking late never runs a task of another launch. Workers spin on the generation for pool->spin_ns (a
  * decode step is hundreds of short launches: a futex wake-up per launch costs tens of microseconds on a VM or a
- * phone), yielding the core now and then, then sleep on `wake`; the caller waits for `pending` the same way, then
- * sleeps on `done`. Lost wake-ups are excluded by the seq_cst order of (launcher: bump generation, then read
+ * phone), then sleep on `wake`; a worker whose spin was preempted sleeps at once for the next WORKER_QUIET
+ * launches. The caller waits for `pending` the same way (yielding its core now and then), then sleeps on `done`. Lost wake-ups are excluded by the seq_cst order of (launcher: bump generation, then read
  * sleepers) and (worker: sleepers++ under mu, then re-read generation), and mirrored for the caller. */
 
 #define TASKS_PER_THREAD 4 /* tasks per launch and thread: small enough chunks to balance unequal cores */
@@ -162,16 +162,13 @@ static int run_tasks_serial(mcpm_parallel_lambda fn, void* cdata) {
     return fn(0, &env, cdata) ? -1 : 0;
 }
 
-/* Claims and runs tasks of launch `gen` until none is left (or another launch has started); returns how many. */
-static int run_launch(mcpm_pool* pool, uint32_t gen) {
+/* Claims and runs tasks of launch `gen` until none is left (or another launch has started). */
+static void run_launch(mcpm_pool* pool, uint32_t gen) {
     uint64_t v = atomic_load(&pool->ticket);
-    for (int ran = 0;; ran++) {
+    for (;;) {
         uint32_t num_task = (uint32_t)(v >> 16) & 0xFFFF, task = (uint32_t)v & 0xFFFF;
-        if ((uint32_t)(v >> 32) != gen || task >= num_task) return ran;
-        if (!atomic_compare_exchange_weak(&pool->ticket, &v, v + 1)) {
-            ran--;
-            continue;
-        }
+        if ((uint32_t)(v >> 32) != gen || task >= num_task) return;
+        if (!atomic_compare_exchange_weak(&pool->ticket, &v, v + 1)) continue;
         mcpm_parallel_env env = {NULL, (int32_t)num_task};
         if (pool->fn((int)task, &env, pool->cdata)) atomic_store(&pool->failed, 1);
         if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_sleeping)) {
