@@ -64,6 +64,18 @@ def load_bundle_on(bundle_dir: Path, threads: int, device: str) -> tuple[Bundle,
     return bundle, model, tok
 
 
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """--temperature / --top-k / --top-p as one-line errors (a NaN temperature or top-p <= 0 broke the samplers)."""
+    import math
+
+    if not math.isfinite(temperature) or temperature < 0:
+        raise McpmError(f"--temperature {temperature} must be a finite number >= 0", "pass 0 (greedy) or e.g. 0.8")
+    if top_k < 0:
+        raise McpmError(f"--top-k {top_k} must be >= 0", "pass 0 (off) or e.g. 40")
+    if not (0 < top_p <= 1):
+        raise McpmError(f"--top-p {top_p} must be in (0, 1]", "pass 1 (off) or e.g. 0.9")
+
+
 def show_notice(notice: str) -> None:
     """The runtime's notice (device auto fell back to the CPU) as one line on stderr."""
     if notice:
@@ -114,6 +126,7 @@ def generate(
     used_threads = torch.get_num_threads()
     if not _is_utf8(prompt):
         raise McpmError("the prompt is not valid UTF-8 text", "pass -p in UTF-8")
+    check_sampling(temperature, top_k, top_p)
     folder = resolve_model_dir(path)
     if not folder.is_dir():
         raise McpmError(f"{folder} is not a folder", "pass a bundle written by mcpm-export (or a checkpoint folder "
@@ -354,6 +367,7 @@ def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, 
     _, model, tok = load_bundle_on(bundle_dir, threads, device)
     if pictures:
         require_vision(model, bundle_dir)
+    check_sampling(temperature, top_k, top_p)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     session: ChatSession | ImageChatSession
     if model.has_vision:  # the C session (mcpm_session_chat) is what takes images

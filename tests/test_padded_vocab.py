@@ -117,3 +117,19 @@ def test_generate_refuses_a_prompt_that_is_not_utf8(padded: tuple[Path, Path]) -
     res = subprocess.run([sys.executable, "-m", "mcpm.cli", "generate", str(padded[1]) + "-missing", "-p", "x"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "is not a folder" in res.stderr and "checkpoint folder, not" not in res.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--temperature", "nan"], "--temperature nan must be a finite number >= 0"),
+    (["--temperature", "-1"], "--temperature -1.0 must be a finite number >= 0"),
+    (["--top-p", "-1", "--temperature", "1"], "--top-p -1.0 must be in (0, 1]"),
+    (["--top-p", "0"], "--top-p 0.0 must be in (0, 1]"),
+    (["--top-k", "-3"], "--top-k -3 must be >= 0"),
+])
+def test_bad_sampling_options_are_one_line(args: list[str], message: str, padded: tuple[Path, Path]) -> None:
+    """They were tracebacks from deep inside the samplers (torch.multinomial on NaN / empty distributions)."""
+    for command in (["generate", str(padded[1]), "-p", "x"], ["chat", str(padded[1])]):
+        res = subprocess.run([sys.executable, "-m", "mcpm.cli", *command, *args], input=b"", capture_output=True,
+                             timeout=300)
+        err = res.stderr.decode().strip()
+        assert res.returncode == 2 and err.startswith(f"error: {message}") and "\n" not in err, (command, err)
