@@ -49,22 +49,21 @@ class Tokenizer:
 
     # -- vocabulary ----------------------------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
+    def piece_count(self) -> int:
+        """Ids 0 .. piece_count - 1 are the backend's own pieces (added tokens may lie beyond)."""
         if self.kind == "sentencepiece":
-            base = self._backend.get_piece_size()
-        else:
-            base = self._backend.get_vocab_size(with_added_tokens=False)
-        return max([base - 1, *self.added.values()]) + 1
+            return int(self._backend.get_piece_size())
+        return int(self._backend.get_vocab_size(with_added_tokens=False))
+
+    @property
+    def vocab_size(self) -> int:
+        return max([self.piece_count - 1, *self.added.values()]) + 1
 
     def decodable_mask(self, n: int) -> np.ndarray:
         """bool [n]: the ids below n this tokenizer can decode (its pieces and its added tokens). A checkpoint's
         vocabulary is often padded past the tokenizer: those ids have logits but no text, so samplers skip them."""
-        if self.kind == "sentencepiece":
-            base = self._backend.get_piece_size()
-        else:
-            base = self._backend.get_vocab_size(with_added_tokens=False)
         mask = np.zeros(n, dtype=bool)
-        mask[:base] = True
+        mask[:self.piece_count] = True
         mask[[i for i in self.added.values() if 0 <= i < n]] = True
         return mask
 
