@@ -21,14 +21,25 @@ def run_main(command: click.Command, argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `mcpm` alone: its help, as `mcpm --help` prints it
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(0)
+    except click.UsageError as exc:  # click's own 4-line usage block, as one line in mcpm's style
+        where = exc.ctx.command_path if exc.ctx is not None else command.name
+        click.echo(f"error: {one_line(exc.format_message())} (see `{where} --help`)", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         sys.exit(130)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def model_dir_argument(func: Callable[..., Any]) -> Callable[..., Any]:

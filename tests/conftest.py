@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from ci_policy import pytest_configure, pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401
 
 from mcpm.export.families import FAMILIES
 from mcpm.export.make_checkpoint import write_random_checkpoint

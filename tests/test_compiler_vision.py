@@ -185,7 +185,6 @@ def test_exp_and_gelu_expressions() -> None:
     np.testing.assert_allclose(gb.numpy(), gw, rtol=0, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_vision_real_widths_two_blocks() -> None:
     """V2.0 widths (Dv 1152, 16 heads of 72, I 4304, D 2304, 18 resampler heads of 128, G 27, Q 64) with two
     blocks and random weights, one odd 19x23 grid: the kernel paths the tiny config does not reach."""
