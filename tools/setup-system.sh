@@ -3,7 +3,8 @@
 # the SDK/NDK (aapt, zipalign, apksigner, dx, android.jar, clang+lld, jni.h and android/log.h), the aarch64 cross
 # compiler and qemu-user for emulated ARM64 tests, PoCL (OpenCL on the CPU) for GPU-path tests. android.jar (libandroid-23-java) and dx (dalvik-exchange) are
 # not in bookworm: their two .deb files come from bullseye through a private apt configuration (the system's
-# sources are never changed). Prints what it would install and exits 0 when not root.
+# sources are never changed). Not root: prints what is missing and exits 1 (MCPM_SKIP_SYSTEM_PACKAGES=1 makes that a
+# warning, for a machine whose tools come from elsewhere). Exits 1 when a package is still missing after installing.
 set -euo pipefail
 
 BOOKWORM="gcc clang lld llvm openjdk-17-jdk-headless aapt zipalign apksigner dexdump \
@@ -15,7 +16,9 @@ missing=""
 for p in $BOOKWORM $BULLSEYE; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
-  echo "mcpm setup: please install (as root):$missing  (see tools/setup-system.sh)"; exit 0
+  echo "mcpm setup: please install (as root):$missing  (see tools/setup-system.sh)" >&2
+  [ "${MCPM_SKIP_SYSTEM_PACKAGES:-0}" = 1 ] && exit 0
+  exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
 need_bookworm=""; need_bullseye=""
@@ -35,4 +38,7 @@ if [ -n "$need_bullseye" ]; then
   apt-get install -y -qq --no-install-recommends "$tmp"/*.deb >/dev/null
   rm -rf "$tmp"
 fi
+still=""
+for p in $missing; do dpkg -s "$p" >/dev/null 2>&1 || still="$still $p"; done
+if [ -n "$still" ]; then echo "mcpm setup: could not install:$still" >&2; exit 1; fi
 echo "mcpm setup: installed$missing"
