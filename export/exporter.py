@@ -7,6 +7,7 @@ bits/weight. ``debug_dump`` writes the IR after every compiler phase.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -51,6 +52,7 @@ class ExportOptions:
     max_patches: int = 0  # minicpmv: most patches of one image slice (0: ceil(1.125 * (448 // 14)^2) = 1152)
     force: bool = False  # export into a non-empty folder mcpm did not write (its files are kept)
     kv_dtype: str | None = None  # f16 | f32 KV cache (None: f16, or f32 with --device gpu: the GPU kernels' cache)
+    allow_unused_tensors: bool = False  # drop checkpoint tensors the family does not map (else an error)
 
 
 @dataclass
@@ -160,7 +162,16 @@ def run_export(opts: ExportOptions) -> ExportReport:
         raise McpmError(f"unknown vision weight dtype {opts.vision_dtype!r}", "use --vision-dtype f16 or f32")
     if opts.max_patches < 0:
         raise McpmError(f"--max-patches {opts.max_patches} must be positive", "give --max-patches N >= 1")
+    if not opts.context_length > 0:
+        raise McpmError(f"--context-length {opts.context_length} must be >= 1", "e.g. --context-length 2048")
+    if not 0 < opts.prefill_chunk <= opts.context_length:
+        raise McpmError(f"--prefill-chunk {opts.prefill_chunk} must be in 1..{opts.context_length} (the context "
+                        "length)", "pass a smaller --prefill-chunk (default 64) or a longer --context-length")
     family, cfg = load_config(opts.model_dir)
+    max_pos = getattr(getattr(cfg, "llm", cfg), "max_position_embeddings", None)
+    if isinstance(max_pos, int) and opts.context_length > max_pos:
+        raise McpmError(f"--context-length {opts.context_length} exceeds the model's max_position_embeddings "
+                        f"({max_pos})", "choose a shorter context")
     if opts.quant is None and recipe.default.activations == "int8" and getattr(cfg, "num_experts", 0):
         # the target's a8 default: MoE experts keep float activations (moe_kernels), the rest is a8
         recipe = Recipe.parse(recipe.default.name, (*opts.quant_rules, f"{MOE_EXPERTS}=q4g32"))
@@ -180,15 +191,18 @@ def run_export(opts: ExportOptions) -> ExportReport:
     if opts.device == "gpu" and kv_dtype != "float32":
         raise McpmError("--device gpu keeps a float32 KV cache (the GPU kernels read float32 rows)",
                         "drop --kv-dtype f16, or export with --device cpu")
+    _check_context_memory(cfg, opts.context_length, kv_dtype, target.platform)
     if vision and opts.device == "gpu":
         raise McpmError("--device gpu does not support MiniCPM-V bundles (the vision entries have no GPU kernels)",
                         "export it with --device cpu")
     with _Phase("load", report, opts.progress):  # in the checkpoint's own dtype: a 2B model stays 5 GB, not 11
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.extra.get("torch_dtype"), torch.float32)
-        loaded = load_model(opts.model_dir, dtype=dtype, progress=False)
+        loaded = load_model(opts.model_dir, dtype=dtype, progress=False, allow_unused=opts.allow_unused_tensors)
     if opts.context_length > loaded.config.max_position_embeddings:
         raise McpmError(f"--context-length {opts.context_length} exceeds the model's max_position_embeddings "
                         f"({loaded.config.max_position_embeddings})", "choose a shorter context")
+    lm = loaded.model.llm if vision else loaded.model
+    recipe.check_rules_match([name for name, _ in lm.named_parameters()])
     if vision:
         vision_config(loaded)  # the tokenizer has the image markers (else a one-line TokenizerError now)
     spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, recipe=recipe,
@@ -201,7 +215,6 @@ def run_export(opts: ExportOptions) -> ExportReport:
     report.rebase(output.staging, output.final)
     report.weight_bytes = sum(e.nbytes for e in report.written
                               if not e.name.startswith(("rope_", "vision.", "resampler.")))
-    lm = loaded.model.llm if vision else loaded.model  # bits/weight of the LM (the vision weights are float)
     report.weight_count = sum(p.numel() for p in lm.parameters())
     return report
 
@@ -248,6 +261,33 @@ def _write_output(root: Path, loaded: LoadedModel, recipe: Recipe, target: Targe
         with phase("ios"):  # MCPMKernels.xcframework (device + simulator), Swift package, app wired to the bundle
             report.ios = package_ios(out, root, model_name_for(opts.model_dir), device=opts.device)
     report.written = written
+
+
+PHONE_MEMORY = 24 * 2**30  # more than any phone or ARM board a bundle for android/ios/linux-arm64 runs on
+
+
+def _host_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _check_context_memory(cfg: Any, context: int, kv_dtype: str, platform: str) -> None:
+    """Refuse a context whose KV cache (and RoPE tables, which the export itself builds) cannot fit: checked
+    before any weight is loaded (a 16M context once grew the export to 10 GB before failing)."""
+    layers, kv_heads = int(cfg.num_hidden_layers), int(getattr(cfg, "num_kv_heads", cfg.num_attention_heads))
+    head_dim = int(getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads))
+    kv = 2 * layers * context * kv_heads * head_dim * (2 if kv_dtype == "float16" else 4)  # K and V caches
+    rope = 2 * context * head_dim * 4  # cos and sin tables [context, head_dim] float32
+    host = _host_memory()
+    budget = host if platform == "host" else PHONE_MEMORY
+    where = "this machine's" if platform == "host" else "a phone's (at most"
+    if host and (kv + rope > budget or rope > host // 2):
+        gib = 2**30
+        raise McpmError(f"--context-length {context} needs {kv / gib:.1f} GiB of KV cache and {rope / gib:.1f} GiB "
+                        f"of RoPE tables, more than {where} {budget / gib:.0f} GiB of memory"
+                        f"{')' if platform != 'host' else ''}", "choose a shorter --context-length")
 
 
 def _check_debug_dump(path: Path | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -70,6 +71,8 @@ def _convert(name: str, value: Any, annotation: Any) -> Any:
             return int(value)
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise CheckpointError(f"config.json: {name} is {value}, not a finite number", "fix config.json")
             return float(value)
     elif annotation is str:
         if isinstance(value, str):

@@ -43,7 +43,8 @@ def load_tokenizer(model_dir: Path, family: Family, config: Any) -> Tokenizer:
 
 
 def load_model(
-    model_dir: Path, dtype: torch.dtype = torch.float32, progress: bool = False, tokenizer: bool = True
+    model_dir: Path, dtype: torch.dtype = torch.float32, progress: bool = False, tokenizer: bool = True,
+    allow_unused: bool = False,
 ) -> LoadedModel:
     """Config + weights (+ tokenizer) of ``model_dir``; every bad input is a one-line McpmError."""
     model_dir = Path(model_dir)
@@ -54,7 +55,7 @@ def load_model(
     with TensorReader(model_dir) as reader:
         load_weights(model, reader, family.names, dtype, progress)
         tied_extra = ["lm_head.weight"] if config.tie_word_embeddings else []
-        check_no_extra_tensors(reader, family.names, model, ignore=tied_extra)
+        check_no_extra_tensors(reader, family.names, model, ignore=tied_extra, allow_unused=allow_unused)
     model.eval()
     tok = load_tokenizer(model_dir, family, config) if tokenizer else None
     if tok is not None and tok.vocab_size > config.vocab_size:

@@ -60,17 +60,35 @@ def load_weights(model: nn.Module, reader: TensorReader, names: NameMap, dtype: 
     """Copy every parameter of ``model`` from the checkpoint, checking names and shapes."""
     params = dict(model.named_parameters())
     for own_name, param in tqdm(params.items(), desc="loading weights", unit="tensor", disable=not progress):
-        tensor = reader.get(names.to_hf(own_name), tuple(param.shape))
+        hf_name = names.to_hf(own_name)
+        tensor = reader.get(hf_name, tuple(param.shape))
         with torch.no_grad():
             param.copy_(tensor.to(dtype))
+            bad = int((~torch.isfinite(param)).sum())
+        if bad:  # NaN/Inf weights exported "fine" and generated only ⁇
+            raise CheckpointError(f"tensor {hf_name!r} has {bad} values that are not finite (NaN or Inf)",
+                                  "the checkpoint is damaged: download or convert it again")
 
 
-def check_no_extra_tensors(reader: TensorReader, names: NameMap, model: nn.Module, ignore: Sequence[str] = ()) -> None:
-    """Refuse tensors of known shape-class that the model lacks (e.g. more layers than config.json says)."""
+# Buffers some checkpoints carry that the model recomputes (RoPE frequencies and caches): never weights.
+RECOMPUTED = re.compile(r".*\.rotary_emb\.(inv_freq|cos_cached|sin_cached)$")
+
+
+def check_no_extra_tensors(reader: TensorReader, names: NameMap, model: nn.Module, ignore: Sequence[str] = (),
+                           allow_unused: bool = False) -> None:
+    """Refuse tensors of known shape-class that the model lacks (e.g. more layers than config.json says), and
+    tensors the family does not map at all (e.g. a q_proj.bias): dropping them would silently change the model."""
     own = {n for n, _ in model.named_parameters()}
     extra = [n for n in reader.names() if (o := names.to_own(n)) is not None and o not in own and n not in ignore]
     if extra:
         raise CheckpointError(
             f"checkpoint has tensors the config does not account for (e.g. {extra[0]!r})",
             "config.json and the weights do not belong together",
+        )
+    unmapped = [n for n in reader.names() if names.to_own(n) is None and n not in ignore and not RECOMPUTED.match(n)]
+    if unmapped and not allow_unused:
+        more = f" and {len(unmapped) - 1} more" if len(unmapped) > 1 else ""
+        raise CheckpointError(
+            f"checkpoint tensor {unmapped[0]!r}{more} is not part of this model family (mcpm would drop it, "
+            "changing the model)", "check the checkpoint's architecture, or pass --allow-unused-tensors to drop them",
         )

@@ -42,7 +42,7 @@ def android(ctx: click.Context, serial: str | None) -> None:
 
 
 @android.command()
-@click.argument("apk", type=click.Path(path_type=Path))
+@click.argument("apk", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_context
 def install(ctx: click.Context, apk: Path) -> None:
     """Install or replace the demo app APK.
@@ -58,7 +58,7 @@ def install(ctx: click.Context, apk: Path) -> None:
 
 
 @android.command("push-model")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--name", help="Model name on the phone (default: the bundle folder's name).")
 @click.pass_context
 def push_model(ctx: click.Context, bundle: Path, name: str | None) -> None:
@@ -80,14 +80,17 @@ def push_model(ctx: click.Context, bundle: Path, name: str | None) -> None:
 @click.option("--model", metavar="NAME|DIR", required=True,
               help="A model name (pushed with push-model or shipped in the APK) or an absolute bundle folder "
                    "on the phone.")
-@click.option("-p", "--prompt-tokens", default=128, show_default=True, help="Prompt tokens to prefill.")
-@click.option("-n", "--gen-tokens", default=64, show_default=True, help="Tokens to generate.")
-@click.option("-t", "--threads", default=0, show_default=True,
+@click.option("-p", "--prompt-tokens", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Prompt tokens to prefill.")
+@click.option("-n", "--gen-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Tokens to generate.")
+@click.option("-t", "--threads", type=click.IntRange(0, 256), default=0, show_default=True,
               help="CPU threads on the phone (0 = automatic: its big cores).")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True,
               help="Where the app runs the model (gpu: OpenCL, needs a bundle exported with --device gpu; auto: "
                    "the GPU when it works, else the CPU).")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the result.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Seconds to wait for the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the phone's stats JSON instead of a table.")
 @click.option("--kernel-variant", type=click.Choice(["i8mm", "dotprod", "neon"]), default=None,
               help="Benchmark this CPU kernel set (default: the best one the phone supports); run once per set to "

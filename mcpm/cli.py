@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from mcpm.runtime.binding import Model
 
 
+THREADS = click.IntRange(0, 256)  # the C runtime's limit; 0 = its default (the cores actually available)
+
+
 def resolve_model_dir(model_dir: str) -> Path:
     from mcpm.export.loading import DEFAULT_MODEL_DIR
 
@@ -39,12 +42,21 @@ def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
              "auto (the GPU when OpenCL works, else the CPU with a notice).")(func)
 
 
-def load_bundle_on(bundle_dir: Path, threads: int, device: str) -> tuple[Bundle, Model, Tokenizer]:
+def verify_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--verify of the commands that load a bundle."""
+    return click.option(
+        "--verify", is_flag=True, default=None,
+        help="Check every bundle file's SHA-256 and every tensor's CRC-32 before running (done anyway on a "
+             "bundle's first load, remembered in ~/.cache/mcpm/verified).")(func)
+
+
+def load_bundle_on(bundle_dir: Path, threads: int, device: str,
+                   verify: bool | None = None) -> tuple[Bundle, Model, Tokenizer]:
     """load_host_bundle on DEVICE: (bundle, model, tokenizer); a notice on stderr when auto runs on the CPU."""
     from mcpm.runtime.host import load_host_bundle
 
     if device == "cpu":
-        return load_host_bundle(bundle_dir, threads=threads)
+        return load_host_bundle(bundle_dir, threads=threads, verify=verify)
     from mcpm.export.bundle.reader import open_bundle
     from mcpm.export.bundle.target import check_runs_here
     from mcpm.export.tokenizer import Tokenizer
@@ -53,7 +65,7 @@ def load_bundle_on(bundle_dir: Path, threads: int, device: str) -> tuple[Bundle,
     from mcpm.runtime.build import build_library, default_cache_dir
 
     check_device(Path(bundle_dir), device)
-    bundle = open_bundle(Path(bundle_dir))
+    bundle = open_bundle(Path(bundle_dir), verify=verify)
     check_runs_here(bundle.config["target"])
     model = Model.load(bundle.path, threads=threads, library=build_library(bundle.path, bundle.plan.object_file),
                        device=device, cache_dir=default_cache_dir() / "opencl")
@@ -95,20 +107,22 @@ def cli() -> None:
 @cli.command()
 @click.argument("path", metavar="BUNDLE|MODEL_DIR", default="default")
 @click.option("-p", "--prompt", required=True, help="Text to continue (or the user's message with --chat).")
-@click.option("-n", "--max-new-tokens", default=64, show_default=True, help="Tokens to generate at most.")
+@click.option("-n", "--max-new-tokens", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Tokens to generate at most.")
 @click.option("--reference", is_flag=True, help="Run a checkpoint folder with the PyTorch reference model.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0 = off).")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")
 @click.option("--seed", default=0, show_default=True, help="Random seed for sampling.")
-@click.option("--threads", "-t", default=0,
+@click.option("--threads", "-t", type=THREADS, default=0,
               help="CPU threads of the C runtime (0 = one per CPU); with --reference, of PyTorch (0 = its default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on the last line.")
 @device_option
+@verify_option
 def generate(
     path: str, prompt: str, max_new_tokens: int, reference: bool, chat: bool, temperature: float,
-    top_k: int, top_p: float, seed: int, threads: int, as_json: bool, device: str = "cpu",
+    top_k: int, top_p: float, seed: int, threads: int, as_json: bool, device: str = "cpu", verify: bool | None = None,
 ) -> None:
     """Generate text, streaming tokens, then print tokens/s.
 
@@ -129,7 +143,8 @@ def generate(
     check_sampling(temperature, top_k, top_p)
     folder = resolve_model_dir(path)
     if not folder.is_dir():
-        raise McpmError(f"{folder} is not a folder", "pass a bundle written by mcpm-export (or a checkpoint folder "
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise McpmError(f"{folder} {what}", "pass a bundle written by mcpm-export (or a checkpoint folder "
                         "with --reference)")
     is_bundle = (folder / CONFIG_NAME).is_file()
     if device != "cpu" and (reference or not is_bundle):
@@ -139,7 +154,7 @@ def generate(
     if is_bundle and not reference:
         from mcpm.runtime.host import RuntimeStepper
 
-        bundle, runtime_model, tok = load_bundle_on(folder, max(threads, 0), device)
+        bundle, runtime_model, tok = load_bundle_on(folder, max(threads, 0), device, verify)
         model: object = RuntimeStepper(runtime_model)
         used_threads = threads if threads > 0 else (os.cpu_count() or 1)
         on = runtime_model.device
@@ -155,9 +170,12 @@ def generate(
         vocab = loaded.config.vocab_size
     elif is_bundle:
         raise McpmError(f"{folder} is a bundle; --reference runs checkpoint folders", "drop --reference")
-    else:
+    elif (folder / "config.json").is_file():
         raise McpmError(f"{folder} is a checkpoint folder, not a bundle",
                         "export it with mcpm-export, or pass --reference to run the PyTorch reference")
+    else:
+        raise McpmError(f"{folder} has no {CONFIG_NAME}: it is not a bundle written by mcpm-export",
+                        "pass the folder mcpm-export wrote (or a checkpoint folder with --reference)")
     load_ms = (time.perf_counter() - t0) * 1000
     ids = tok.encode_chat([{"role": "user", "content": prompt}]) if chat else tok.encode(prompt, add_bos=True)
     stream = tok.stream_decoder(ids)
@@ -188,10 +206,13 @@ def generate(
 
 @cli.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-p", "--n-prompt", default=128, show_default=True, help="Prompt tokens (random ids, seeded).")
-@click.option("-n", "--n-gen", default=64, show_default=True, help="Tokens to generate (greedy, no stop ids).")
-@click.option("-t", "--threads", default=0, show_default=True, help="CPU threads (0 = one per CPU).")
-@click.option("-r", "--repetitions", default=5, show_default=True, help="Measured runs (after one warm-up).")
+@click.option("-p", "--n-prompt", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Prompt tokens (random ids, seeded).")
+@click.option("-n", "--n-gen", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Tokens to generate (greedy, no stop ids).")
+@click.option("-t", "--threads", type=THREADS, default=0, show_default=True, help="CPU threads (0 = one per CPU).")
+@click.option("-r", "--repetitions", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Measured runs (after one warm-up).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the machine and every run.")
 @device_option
@@ -201,8 +222,10 @@ def generate(
 @click.option("--image", type=click.Path(path_type=Path), metavar="PATH",
               help="Also time the vision encoder on this image file in every run (MiniCPM-V bundles): "
                    "image_encode_ms, image_slices, image_patches, apart from prefill and decode.")
+@verify_option
 def bench(bundle: Path, n_prompt: int, n_gen: int, threads: int, repetitions: int, seed: int, as_json: bool,
-          device: str = "cpu", kernel_times: bool | None = None, image: Path | None = None) -> None:
+          device: str = "cpu", kernel_times: bool | None = None, image: Path | None = None,
+          verify: bool | None = None) -> None:
     """Prefill and decode speed of BUNDLE in the C runtime (mean ± sd over the runs), TTFT, load time, peak RSS.
 
     With --device gpu (a bundle from mcpm-export --device gpu) it runs the OpenCL kernels and adds the GPU's name
@@ -212,7 +235,7 @@ def bench(bundle: Path, n_prompt: int, n_gen: int, threads: int, repetitions: in
     from mcpm.runtime.bench import format_table, run_bench
 
     result = run_bench(bundle, n_prompt, n_gen, threads, repetitions, seed, device=device, kernel_times=kernel_times,
-                       image=image)
+                       image=image, verify=verify)
     show_notice(result["notice"])
     click.echo(json.dumps(result) if as_json else format_table(result))
 
@@ -249,8 +272,9 @@ def info(model_dir: str) -> None:
 @click.option("--quant-rule", "rules", multiple=True, help="PATTERN=SCHEME override applied to every scheme.")
 @click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Held-out text (default: the default model's heldout.txt).")
-@click.option("--max-tokens", default=4096, show_default=True, help="Tokens of text to score.")
-@click.option("--seq-len", default=256, show_default=True, help="Window length.")
+@click.option("--max-tokens", type=click.IntRange(min=2), default=4096, show_default=True,
+              help="Tokens of text to score.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Window length.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_(model_dir: str, schemes: tuple[str, ...], rules: tuple[str, ...], text: Path | None, max_tokens: int,
           seq_len: int, as_json: bool) -> None:
@@ -264,7 +288,12 @@ def eval_(model_dir: str, schemes: tuple[str, ...], rules: tuple[str, ...], text
     loaded = load_model(resolve_model_dir(model_dir), progress=sys.stderr.isatty())
     assert loaded.tokenizer is not None
     source = text or DEFAULT_MODEL_DIR / "heldout.txt"
-    tokens = loaded.tokenizer.encode(source.read_text(encoding="utf-8"), add_bos=True)[:max_tokens]
+    try:
+        held_out = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise McpmError(f"{source} is not UTF-8 text (byte {exc.start})",
+                        "pass a plain text file with --text") from None
+    tokens = loaded.tokenizer.encode(held_out, add_bos=True)[:max_tokens]
     if len(tokens) < 2:
         raise McpmError(f"{source} holds too little text to evaluate", "give a file with at least a few sentences")
     rows = evaluate(loaded.model, recipes, tokens, seq_len=seq_len, progress=sys.stderr.isatty())
@@ -343,17 +372,19 @@ def describe_image(name: str, rgb: np.ndarray, info: dict[str, Any]) -> str:
 
 @cli.command()
 @click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=Path))
-@click.option("-n", "--max-new-tokens", default=256, show_default=True, help="Most tokens per reply.")
+@click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most tokens per reply.")
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-k", default=0, show_default=True)
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--threads", "-t", default=0, help="C runtime threads (0 = one per CPU).")
+@click.option("--threads", "-t", type=THREADS, default=0, help="C runtime threads (0 = one per CPU).")
 @image_option("An image file (JPEG, PNG, ...) for a MiniCPM-V bundle, attached to the first message; repeat the "
               "option for several (in order). Later images: type /image PATH before a message.")
 @device_option
+@verify_option
 def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int,
-         threads: int, images: tuple[Path, ...] = (), device: str = "cpu") -> None:
+         threads: int, images: tuple[Path, ...] = (), device: str = "cpu", verify: bool | None = None) -> None:
     """Interactive multi-turn chat with BUNDLE (the KV cache is kept between turns; /reset, /quit).
 
     With a MiniCPM-V bundle, --image PATH (or /image PATH during the chat) attaches a picture to the next
@@ -363,8 +394,9 @@ def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, 
     from mcpm.runtime.binding import Sampling
     from mcpm.runtime.chat import ChatSession, ImageChatSession
 
+    check_sampling(temperature, top_k, top_p)
     pictures = list(zip([str(p) for p in images], load_images(images), strict=True))  # unreadable: fail first
-    _, model, tok = load_bundle_on(bundle_dir, threads, device)
+    _, model, tok = load_bundle_on(bundle_dir, threads, device, verify)
     if pictures:
         require_vision(model, bundle_dir)
     check_sampling(temperature, top_k, top_p)
@@ -436,7 +468,7 @@ cli.add_command(android)
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_main(cli, argv)
+    run_main(cli, argv, prog_name="mcpm")
 
 
 if __name__ == "__main__":

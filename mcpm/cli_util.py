@@ -11,10 +11,10 @@ import click
 from mcpm.errors import McpmError
 
 
-def run_main(command: click.Command, argv: list[str] | None = None) -> Any:
+def run_main(command: click.Command, argv: list[str] | None = None, prog_name: str | None = None) -> Any:
     """Run a click command; McpmError becomes ``error: ...`` on stderr and exit code 2."""
     try:
-        return command.main(args=argv, standalone_mode=False)
+        return command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except McpmError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -31,8 +31,10 @@ from mcpm.quantize.schemes import ARM_DEFAULT_SCHEME, DEFAULT_SCHEME, SCHEMES
                    "and --device gpu).")
 @click.option("--quant-rule", "quant_rules", multiple=True, metavar="PATTERN=SCHEME",
               help="Per-weight override, first match wins (e.g. lm_head=q8, 'layers.0.*=f16').")
-@click.option("--context-length", default=2048, show_default=True, help="Rows of the static KV cache.")
-@click.option("--prefill-chunk", default=64, show_default=True, help="Most tokens per prefill call.")
+@click.option("--context-length", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Rows of the static KV cache.")
+@click.option("--prefill-chunk", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most tokens per prefill call (at most --context-length).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("dist/bundle"), show_default=True,
               help="Output folder (created). It is written aside and moved into place at the end: an earlier export "
                    "there is replaced, and a failed or interrupted export leaves it as it was.")
@@ -58,10 +60,13 @@ from mcpm.quantize.schemes import ARM_DEFAULT_SCHEME, DEFAULT_SCHEME, SCHEMES
 @click.option("--max-patches", type=click.IntRange(min=1), default=None,
               help="MiniCPM-V: most 14x14 patches of one image slice (default ceil(1.125 * (448/14)^2) = 1152; "
                    "larger slices are refused by the runtime).")
+@click.option("--allow-unused-tensors", is_flag=True,
+              help="Drop checkpoint tensors this model family does not use (default: refuse them, since dropping a "
+                   "weight such as a q_proj.bias changes the model).")
 def export(model_dir: str, target: str, quant: str | None, quant_rules: tuple[str, ...], context_length: int,
            prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
            key_alias: str, device: str = "cpu", vision_dtype: str = "f16", max_patches: int | None = None,
-           force: bool = False, kv_dtype: str | None = None) -> None:
+           force: bool = False, kv_dtype: str | None = None, allow_unused_tensors: bool = False) -> None:
     """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer.
 
     \b
@@ -77,7 +82,8 @@ def export(model_dir: str, target: str, quant: str | None, quant_rules: tuple[st
     opts = ExportOptions(resolve_model_dir(model_dir), out, target, quant, quant_rules, context_length, prefill_chunk,
                          debug_dump, progress=sys.stderr.isatty(), embed_model=embed_model,
                          keystore=_keystore(keystore, key_alias), device=device, vision_dtype=vision_dtype,
-                         max_patches=max_patches or 0, force=force, kv_dtype=kv_dtype)
+                         max_patches=max_patches or 0, force=force, kv_dtype=kv_dtype,
+                         allow_unused_tensors=allow_unused_tensors)
     with _sigterm_as_exit():  # a killed export removes its staging folder like Ctrl-C does
         report = run_export(opts)
     click.echo(report.table())
@@ -116,17 +122,17 @@ def _keystore(path: Path | None, alias: str):  # -> KeystoreOptions | None
     from mcpm.errors import McpmError
     from mcpm.export.android.apk import KeystoreOptions
 
+    if not path.is_file():
+        raise McpmError(f"keystore {path} does not exist", "pass an existing keystore file (keytool -genkeypair)")
     password = os.environ.get("MCPM_KEYSTORE_PASSWORD")
     if not password:
         raise McpmError("--keystore needs its password in $MCPM_KEYSTORE_PASSWORD",
                         "export MCPM_KEYSTORE_PASSWORD=... (and MCPM_KEY_PASSWORD if the key's differs)")
-    if not path.is_file():
-        raise McpmError(f"keystore {path} does not exist", "pass an existing keystore file (keytool -genkeypair)")
     return KeystoreOptions(path, alias, password, os.environ.get("MCPM_KEY_PASSWORD") or None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_main(export, argv)
+    run_main(export, argv, prog_name="mcpm-export")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,15 @@ class Recipe:
                 return rule.scheme
         return self.default
 
+    def check_rules_match(self, names: list[str]) -> None:
+        """A one-line error for a rule whose pattern matches none of ``names`` (the model's weight names): such a
+        rule would be ignored silently, and the export would not be what was asked for."""
+        for rule in self.rules:
+            if not any(rule.matches(n) for n in names):
+                examples = ", ".join(n for n in names if n.endswith(".weight"))[:160]
+                raise McpmError(f"--quant-rule {rule.pattern}={rule.scheme.name} matches no weight of this model "
+                                f"(its weights: {examples}, ...)", "fix the pattern (fnmatch, e.g. 'layers.*.mlp.*')")
+
     @property
     def name(self) -> str:
         return ",".join([self.default.name, *(f"{r.pattern}={r.scheme.name}" for r in self.rules)])

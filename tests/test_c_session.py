@@ -122,11 +122,11 @@ def test_full_context_is_a_clear_error(loaded) -> None:
     with pytest.raises(ContextOverflowError) as py_err:
         ChatSession(model, tok, max_new_tokens=8).turn("word " * 200, lambda _: None)
     session.reset()
-    full = r"^the conversation is full \(0 of 128 tokens used, this message needs \d+\)$"
+    full = r"^the message is longer than the context \(\d+ tokens; the bundle holds 128\): shorten it"
     with pytest.raises(McpmError, match=full) as c_err:
         session.chat("word " * 200, 8)
     assert model.position == 0  # nothing was fed
-    needs = [re.findall(r"needs \d+", str(e.value.args[0])) for e in (c_err, py_err)]
+    needs = [re.findall(r"\(\d+ tokens", str(e.value.args[0])) for e in (c_err, py_err)]
     assert needs[0] == needs[1] and len(needs[0]) == 1
     # after a first turn the used tokens count
     n, _ = session.chat(QUESTIONS[0], 4)
@@ -134,7 +134,7 @@ def test_full_context_is_a_clear_error(loaded) -> None:
     with pytest.raises(McpmError, match=rf"the conversation is full \({used} of 128 tokens used"):
         session.chat("word " * 120, 8)
     assert model.position == used
-    with pytest.raises(McpmError, match="the conversation is full"):
+    with pytest.raises(McpmError, match="the message is longer than the context"):
         session.complete("word " * 200, 8)
 
 

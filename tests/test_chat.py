@@ -47,7 +47,8 @@ def test_full_context_is_a_clear_error(loaded) -> None:
     model, tok = loaded
     model.reset()
     session = ChatSession(model, tok, max_new_tokens=8)
-    with pytest.raises(ContextOverflowError, match=r"conversation is full \(0 of 128 tokens used"):
+    longer = r"message is longer than the context \(\d+ tokens; the bundle holds 128\)"
+    with pytest.raises(ContextOverflowError, match=longer):
         session.turn("word " * 200, lambda _: None)
     assert model.position == 0  # nothing was fed
 
@@ -57,7 +58,7 @@ def test_cli_chat_two_turns_and_overflow(default_q4_bundle: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "mcpm.cli", "chat", str(default_q4_bundle), "-n", "6", "-t", "2"],
                           input=lines, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "conversation is full" in proc.stderr and "/reset" in proc.stderr
+    assert "error: the message is longer than the context" in proc.stderr
     assert "(new conversation)" in proc.stdout
     replies = [line for line in proc.stdout.splitlines() if line and line != "(new conversation)"]
     assert len(replies) == 2

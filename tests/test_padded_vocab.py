@@ -105,7 +105,7 @@ def test_chat_survives_bad_lines(padded: tuple[Path, Path]) -> None:
                          capture_output=True, timeout=300)
     err = res.stderr.decode()
     assert res.returncode == 0, err
-    assert "error: that line is not valid UTF-8 text" in err and "error: the conversation is full" in err
+    assert "error: that line is not valid UTF-8 text" in err and "error: the message is longer than the context" in err
     assert "Traceback" not in err
 
 

@@ -269,6 +269,8 @@ class Plan:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise _err(f"not JSON ({e})") from e
+        except RecursionError:
+            raise _err("nested too deeply to be a plan") from None
         return cls.from_dict(d)
 
     @classmethod

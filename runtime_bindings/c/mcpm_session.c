@@ -102,6 +102,11 @@ static const json_node* get_typed(const json_doc* d, const json_node* obj, const
     return n && n->type == t ? n : NULL;
 }
 
+/* A JSON integer in 0..vocab-1. */
+static int is_token_id(const json_node* n, int vocab) {
+    return n->type == JSON_NUMBER && n->is_int && n->i >= 0 && n->i < vocab;
+}
+
 /* Id of a stop string: an added token, else a piece of the model (not the unk id unless it is "<unk>"); -1. */
 static int32_t token_id(const mcpm_session* s, const char* text) {
     size_t len = strlen(text);
@@ -175,8 +180,11 @@ static int load_config(mcpm_session* s, const char* dir) {
     s->gen_prompt = gen->str;
     const json_node* add_bos = get_typed(d, tmpl, "add_bos", JSON_BOOL);
     s->add_bos = add_bos ? (int)add_bos->i : 0;
-    const json_node* bos = get_typed(d, root, "bos_token_id", JSON_NUMBER);
-    s->bos = bos && bos->is_int && bos->i >= 0 && bos->i < mcpm_vocab_size(s->model) ? (int32_t)bos->i : -1;
+    int vocab = mcpm_vocab_size(s->model);
+    const json_node* bos = json_get(d, root, "bos_token_id");
+    if (bos && bos->type != JSON_NULL && !is_token_id(bos, vocab))
+        return seterr(s, "%s: bos_token_id is not a token id in 0..%d (re-export the bundle)", path, vocab - 1);
+    s->bos = bos && bos->type != JSON_NULL ? (int32_t)bos->i : -1;
 
     const json_node* tk = get_typed(d, root, "tokenizer", JSON_OBJECT);
     const json_node* kind = get_typed(d, tk, "kind", JSON_STRING);
@@ -221,9 +229,14 @@ static int load_config(mcpm_session* s, const char* dir) {
     int cap = (stops ? stops->count : 0) + (stop_text ? stop_text->count : 0);
     s->stop = calloc((size_t)cap + 1, sizeof *s->stop);
     if (!s->stop) return seterr(s, "out of memory");
-    for (const json_node* e = stops ? json_child(d, stops) : NULL; e; e = json_next(d, e))
-        if (e->type == JSON_NUMBER && e->is_int && e->i >= 0 && e->i < mcpm_vocab_size(s->model))
-            s->stop[s->n_stop++] = (int32_t)e->i;
+    if (json_get(d, root, "stop_token_ids") && !stops)
+        return seterr(s, "%s: stop_token_ids is not a list (re-export the bundle)", path);
+    for (const json_node* e = stops ? json_child(d, stops) : NULL; e; e = json_next(d, e)) {
+        if (!is_token_id(e, vocab))
+            return seterr(s, "%s: stop_token_ids holds something that is not a token id in 0..%d (re-export the "
+                          "bundle)", path, vocab - 1);
+        s->stop[s->n_stop++] = (int32_t)e->i;
+    }
     if (!s->n_stop) /* older bundles: the template's stop strings */
         for (const json_node* e = stop_text ? json_child(d, stop_text) : NULL; e; e = json_next(d, e)) {
             int32_t id = e->type == JSON_STRING ? token_id(s, e->str) : -1;
@@ -554,6 +567,9 @@ done:
 
 static int check_fits(mcpm_session* s, int n) {
     int used = mcpm_position(s->model), ctx = mcpm_context_length(s->model);
+    if (n >= ctx)
+        return seterr(s, "the message is longer than the context (%d tokens; the bundle holds %d): shorten it, or "
+                      "re-export with a longer --context-length", n, ctx);
     if (used + n >= ctx)
         return seterr(s, "the conversation is full (%d of %d tokens used, this message needs %d)", used, ctx, n);
     return 0;

@@ -79,10 +79,12 @@ def sum_kernel_times(per_run: list[list[dict[str, Any]]]) -> list[dict[str, Any]
 
 def run_bench(bundle_dir: Path, n_prompt: int = 128, n_gen: int = 64, threads: int = 0, repetitions: int = 5,
               seed: int = 0, warmup: bool = True, device: str = "cpu",
-              kernel_times: bool | None = None, image: Path | None = None) -> dict[str, Any]:
+              kernel_times: bool | None = None, image: Path | None = None,
+              verify: bool | None = None) -> dict[str, Any]:
     """Benchmark one bundle; returns the JSON-ready record (machine, target, per-repetition runs, summary, device,
     gpu_device, notice; kernel_times when profiled). kernel_times None = profile unless device is "cpu".
-    image: an image file to encode in every run (a MiniCPM-V bundle; see the module docstring)."""
+    image: an image file to encode in every run (a MiniCPM-V bundle; see the module docstring). verify: as in
+    open_bundle (None: SHA-256 of every file on the bundle's first load only)."""
     from mcpm.export.bundle.reader import open_bundle
     from mcpm.export.bundle.target import check_runs_here
     from mcpm.runtime.binding import Model, Sampling, Session
@@ -98,7 +100,7 @@ def run_bench(bundle_dir: Path, n_prompt: int = 128, n_gen: int = 64, threads: i
 
         rgb = load_image(image)  # uint8 [h, w, 3]; an unreadable file fails before the model loads
     profile = device != "cpu" if kernel_times is None else kernel_times
-    bundle = open_bundle(Path(bundle_dir))
+    bundle = open_bundle(Path(bundle_dir), verify=verify)
     check_runs_here(bundle.config["target"])
     context = int(bundle.config["context_length"])
     if n_prompt + n_gen > context:

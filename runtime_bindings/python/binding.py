@@ -145,6 +145,15 @@ def _text(raw: bytes | None) -> str:
     return raw.decode("utf-8", "replace") if raw else ""
 
 
+def token_ids(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+    """int32 [n] from integer ids; floats, bools or ids past int32 are a one-line error (they were truncated)."""
+    arr = np.asarray(values)
+    if arr.size and (arr.dtype.kind not in "iu" or arr.min() < np.iinfo(np.int32).min
+                     or arr.max() > np.iinfo(np.int32).max):
+        raise McpmError(f"{what}: token ids must be integers (got {arr.dtype} values)", "pass a list of int ids")
+    return np.ascontiguousarray(arr, dtype=np.int32).reshape(-1)
+
+
 class _Owned:
     """An owned C handle in ``self._h``: close() frees it once (also on ``with`` exit and garbage collection)."""
 
@@ -190,6 +199,9 @@ class Model(_Owned):
         works, else the CPU: see ``notice``). profile: time GPU kernels (``kernel_times``). cache_dir: where the
         compiled OpenCL program is kept (default $MCPM_CACHE_DIR/opencl)."""
         bundle_dir = Path(bundle_dir)
+        if not (bundle_dir / "mcpm-config.json").is_file():  # before building: "kernels.o is missing" misled
+            what = "has no mcpm-config.json" if bundle_dir.is_dir() else "does not exist"
+            raise McpmError(f"bundle folder {bundle_dir} {what}", "pass the folder mcpm-export wrote")
         if threads < 0:
             raise McpmError(f"threads must be >= 0, not {threads}", "pass 0 for one per CPU")
         if device not in ("cpu", "gpu", "auto"):
@@ -222,7 +234,7 @@ class Model(_Owned):
     def prefill(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         """Feed tokens [n >= 1]; returns float32 logits [vocab] of the last position."""
         h = self._handle()
-        toks = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)  # [n]
+        toks = token_ids(tokens, "prefill")  # [n]
         if toks.size == 0:
             raise McpmError("prefill needs at least one token")
         out = np.empty(self.vocab_size, np.float32)  # [vocab]
@@ -234,7 +246,8 @@ class Model(_Owned):
         """One token; returns float32 logits [vocab]."""
         h = self._handle()
         out = np.empty(self.vocab_size, np.float32)  # [vocab]
-        self._check(self._lib.mcpm_decode(h, int(token), out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))))
+        token_id = int(token_ids([token], "decode")[0])
+        self._check(self._lib.mcpm_decode(h, token_id, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))))
         return out
 
     def reset(self) -> None:
@@ -261,8 +274,8 @@ class Model(_Owned):
         """
         h = self._handle()
         params = Sampling.of(sampling).to_c()
-        prompt = np.ascontiguousarray(prompt_ids, dtype=np.int32).reshape(-1)  # [n_prompt]
-        stops = np.ascontiguousarray(list(stop_ids), dtype=np.int32).reshape(-1)  # [n_stop]
+        prompt = token_ids(prompt_ids, "generate")  # [n_prompt]
+        stops = token_ids(list(stop_ids), "generate stop_ids")  # [n_stop]
         tokens: list[int] = []
         failure: list[BaseException] = []
 

@@ -36,6 +36,11 @@ class ChatSession:
         turn_ids = self.tok.encode(text, add_bos=first and self.tok.template.add_bos)
         ids = self.pending + turn_ids
         used, context = self.model.position, self.model.context_length
+        if len(ids) >= context:
+            raise ContextOverflowError(
+                f"the message is longer than the context ({len(ids)} tokens; the bundle holds {context})",
+                "shorten it, or re-export with a longer --context-length",
+            )
         if used + len(ids) >= context:
             raise ContextOverflowError(
                 f"the conversation is full ({used} of {context} tokens used, this message needs {len(ids)})",

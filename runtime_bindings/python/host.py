@@ -26,8 +26,11 @@ class RuntimeStepper:
         return torch.from_numpy(self.model.decode(token))
 
 
-def load_host_bundle(bundle_dir: Path, threads: int = 0, verify: bool = False) -> tuple[Bundle, Model, Tokenizer]:
-    """Open and validate a host bundle, refuse it on a CPU that lacks its features, load it in the C runtime."""
+def load_host_bundle(bundle_dir: Path, threads: int = 0, verify: bool | None = None) -> tuple[Bundle, Model, Tokenizer]:
+    """Open and validate a host bundle, refuse it on a CPU that lacks its features, load it in the C runtime.
+
+    verify: True checks every file's SHA-256 and every tensor's CRC-32; None (default) does so on a bundle's first
+    load only (see open_bundle); False never."""
     bundle = open_bundle(Path(bundle_dir), verify=verify)
     check_runs_here(bundle.config["target"])
     model = Model.load(bundle.path, threads=threads, library=build_library(bundle.path, bundle.plan.object_file))

@@ -46,6 +46,7 @@ class MiniCPMConfig:
         require(self.hidden_size > 0 and self.num_hidden_layers > 0, "hidden_size and num_hidden_layers must be > 0")
         require(self.vocab_size > 0 and self.intermediate_size > 0, "vocab_size and intermediate_size must be > 0")
         require(self.num_attention_heads > 0, "num_attention_heads must be > 0")
+        require(self.rms_norm_eps > 0 and self.rope_theta > 0, "rms_norm_eps and rope_theta must be > 0")
         require(
             self.hidden_size % self.num_attention_heads == 0,
             f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})",

@@ -28,6 +28,7 @@ k' = 255 - k, using PIL's rounded 8-bit multiply. Other dtypes than uint8 are re
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,16 @@ def to_rgb(image: Any, mode: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
+MAX_IMAGE_PIXELS = 1 << 30  # larger files are refused (a PNG of that size decodes to 1-4 GB)
+KEEP_PIXELS = 50_000_000  # larger images are decoded downscaled (by powers of two) to at most this many pixels
+
+
 def load_image(path: Path | str) -> np.ndarray:
-    """Decode an image file to H x W x 3 uint8 (needs Pillow); every failure is a one-line ImageError."""
+    """Decode an image file to H x W x 3 uint8 (needs Pillow); every failure is a one-line ImageError.
+
+    Any size up to MAX_IMAGE_PIXELS: an image over KEEP_PIXELS (50 MP; slicing uses at most ~2 MP of it) is
+    reduced by the smallest power of two that brings it under, JPEG while decoding (Pillow's draft), other formats
+    right after. Images up to 50 MP are decoded exactly (the preprocessing is pixel-exact with the reference)."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -91,12 +100,36 @@ def load_image(path: Path | str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image {path} does not exist")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
+        with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: the size is checked here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow refuses at twice its limit, mcpm below at once
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise ImageError(f"image {path} is {w}x{h} ({w * h / 1e6:.0f} million pixels), more than mcpm "
+                                     f"decodes ({MAX_IMAGE_PIXELS / 1e6:.0f} million)", "downscale it first")
+                factor = _reduction(w, h)
+                if factor > 1 and im.format == "JPEG":
+                    im.draft("RGB", (w // factor, h // factor))
+                im.load()
+                factor = _reduction(*im.size)
+                return to_rgb(im.reduce(factor) if factor > 1 else im)
+    except Image.DecompressionBombError:
+        raise ImageError(f"image {path} has more than {2 * MAX_IMAGE_PIXELS / 1e6:.0f} million pixels, more than "
+                         f"mcpm decodes ({MAX_IMAGE_PIXELS / 1e6:.0f} million)", "downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read image {path} ({exc})", "give a JPEG or PNG file") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
+def _reduction(w: int, h: int) -> int:
+    factor = 1
+    while (w // factor) * (h // factor) > KEEP_PIXELS:
+        factor *= 2
+    return factor
 
 
 # -- resize (PIL BICUBIC, exact) ------------------------------------------------------------------------------------
