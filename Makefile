@@ -5,7 +5,7 @@ MODEL ?= default
 BUNDLE ?= dist/host-bundle
 ANDROID_OUT ?= dist/android
 
-.PHONY: help setup demo test test-all lint bench bench-peer bench-arm train-default
+.PHONY: help setup demo test test-all lint bench bench-peer bench-arm fuzz train-default
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench-peer:  ## mcpm vs llama.cpp on a random MiniCPM-2B-shaped checkpoint (buil
 
 bench-arm:  ## ARM cost model: llvm-mca cycles of mcpm's ARM kernel sets vs llama.cpp's, per core model (minutes)
 	$(PYTHON) -m benchmarks.arm_cost $(ARM_ARGS)
+
+fuzz:  ## libFuzzer over the C bundle loader (plan.json + mcpm-config.json, ASan/UBSan) for FUZZ_SECONDS (300)
+	$(PYTHON) -m tests.fuzz --seconds $(or $(FUZZ_SECONDS),300)
 
 train-default:  ## retrain the shipped default model from its corpus (~35 min on 2 cores; needs npm)
 	$(PYTHON) -m mcpm.export.train_default_model --out export/default_model

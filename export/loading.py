@@ -31,7 +31,13 @@ class LoadedModel:
 def load_config(model_dir: Path) -> tuple[Family, Any]:
     data = read_config_json(model_dir)
     family = family_for(data.get("model_type"))
-    return family, parse_config(family.config_cls, data)
+    try:
+        return family, parse_config(family.config_cls, data)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError, KeyError, AttributeError, IndexError) as exc:
+        # a value of the wrong kind deep in a nested key (rope_scaling, vision_config, ...) that the family's own
+        # checks did not name: still one line, with the original complaint
+        raise CheckpointError(f"config.json of {model_dir} has a malformed value ({type(exc).__name__}: {exc})"[:400],
+                              "fix config.json or take it from the original checkpoint") from None
 
 
 def load_tokenizer(model_dir: Path, family: Family, config: Any) -> Tokenizer:

@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 import torch
-from ci_policy import pytest_configure, pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401
+
+try:  # pytest puts tests/ on sys.path; a subprocess importing tests.conftest from the repository root does not
+    from ci_policy import pytest_configure, pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401
+except ImportError:
+    from tests.ci_policy import pytest_configure, pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401
 
 from mcpm.export.families import FAMILIES
 from mcpm.export.make_checkpoint import write_random_checkpoint

@@ -351,7 +351,7 @@ def test_cli_errors_are_one_line(fake_adb: Path, monkeypatch: pytest.MonkeyPatch
     assert code == 2 and err == ("error: benchmark failed on the phone: model not found: nope (check the model "
                                  "name (mcpm android push-model) and `adb logcat -s mcpm`)\n")
     code, _, err = run_cli(["android", "bench", "--model", "m", "-t", "-1"], capsys)
-    assert code == 2 and err.startswith("error: --threads must be in 0..256")
+    assert code == 2 and err.startswith("error: Invalid value for '-t' / '--threads': -1 is not in the range 0<=x<=256")
 
 
 def test_cli_install_push_pull(fake_adb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

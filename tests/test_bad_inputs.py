@@ -116,6 +116,12 @@ def _mcfg_del(key: str) -> Prep:
     return lambda ctx: ctx.model_config(lambda c: c.pop(key))
 
 
+def _replace_recorded(ctx: Ctx, name: str, data: bytes) -> None:
+    """Replace a bundle file and record its new size and SHA-256, as a bad export would."""
+    (ctx.bundle / name).write_bytes(data)
+    ctx.config(lambda c: c["files"][name].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+
+
 def _nested_json(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -257,6 +263,8 @@ CASES: list[Case] = [
     Case("bundle-no-kernels", GEN, "kernels.o", prep=_rm("bundle/kernels.o")),
     Case("bundle-kernels-garbage", GEN, "kernels.o",
          prep=lambda ctx: (_write("bundle/kernels.o", b"\x7fELF" + b"\x00" * 390396)(ctx))),
+    Case("bundle-kernels-not-an-object", GEN, "not a valid object file", prep=lambda ctx: _replace_recorded(
+        ctx, "kernels.o", b"\x7fELF" + b"\x00" * 4000)),  # its checksum recorded too: found at the link step
     Case("bundle-no-tokenizer", GEN, "tokenizer.model", prep=_rm("bundle/tokenizer.model")),
     Case("bundle-tokenizer-garbled", GEN, "tokenizer",
          prep=lambda ctx: (ctx.bundle / "tokenizer.model").write_bytes(b"\x00" * 66716)),
@@ -440,3 +448,84 @@ def test_the_table_is_big_enough() -> None:
     assert len(CASES) >= 100 and len({c.id for c in CASES}) == len(CASES)
 
 
+
+
+# ---------------------------------------------------------------- the same damaged bundles through the C loader
+# What the C runtime alone (the apps, mcpm_run) does with each bundle case: "refuse" = mcpm_model_load or
+# mcpm_session_new fails with a message; "not read" = the damage is in something the C runtime does not read (the
+# kernels are linked into its library; target, files, family and the context fields are checked by the Python front
+# ends and by mcpm-export); "verify" = refused when loaded with verify = 1.
+C_LOADER: dict[str, str] = {
+    **{c.id: "refuse" for c in CASES if c.id.startswith(("bundle-", "cfg-"))},
+    "bundle-no-kernels": "not read", "bundle-kernels-garbage": "not read", "bundle-kernels-not-an-object": "not read",
+    "bundle-weights-flipped-verify": "verify",
+    "cfg-context-mismatch": "not read", "cfg-chunk-mismatch": "not read", "cfg-features-type": "not read",
+    "cfg-features-missing-cpu": "not read", "cfg-other-target": "not read", "cfg-files-entry-type": "not read",
+    "cfg-files-escape": "not read", "cfg-files-size": "not read", "cfg-family-unknown": "not read",
+}
+
+C_DRIVER = """
+import ctypes, json, sys
+sys.path.insert(0, sys.argv[3])
+from tests.test_c_runtime import bind
+lib = bind(sys.argv[1])
+lib.mcpm_session_new.restype = ctypes.c_void_p
+lib.mcpm_session_new.argtypes = [ctypes.c_void_p]
+lib.mcpm_session_free.argtypes = [ctypes.c_void_p]
+lib.mcpm_session_free.restype = None
+verdicts = {}
+for case_id, folder, verify in json.loads(open(sys.argv[2]).read()):
+    p = lib.mcpm_default_params()
+    p.threads, p.verify = 1, verify
+    m = lib.mcpm_model_load(folder.encode(), ctypes.byref(p))
+    if not m:
+        verdicts[case_id] = ["refused", lib.mcpm_last_error(None).decode(errors="replace")]
+        continue
+    s = lib.mcpm_session_new(m)
+    if s:
+        verdicts[case_id] = ["loaded", ""]
+        lib.mcpm_session_free(s)
+    else:
+        verdicts[case_id] = ["refused", lib.mcpm_last_error(m).decode(errors="replace")]
+    lib.mcpm_model_free(m)
+print("C-VERDICTS " + json.dumps(verdicts))
+"""
+
+
+def test_c_loader_on_the_same_bundle_cases(tiny_ckpt: Path, default_q4_bundle: Path, tmp_path: Path) -> None:
+    """Every bundle/config case of the table, loaded by the C runtime alone under ASan/UBSan: refused with a
+    message where the C runtime reads the damaged part, loaded where it does not (C_LOADER says which)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_c_runtime import ROOT, build
+
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    assert os.path.isabs(libasan), "gcc has no libasan.so"
+    bundle_cases = [c for c in CASES if c.id.startswith(("bundle-", "cfg-"))]
+    assert sorted(C_LOADER) == sorted(c.id for c in bundle_cases)
+    jobs = []
+    for case in bundle_cases:
+        ctx = Ctx(tmp_path / case.id, tmp_path / case.id / "ckpt", tmp_path / case.id / "bundle")
+        ctx.tmp.mkdir()
+        shutil.copytree(default_q4_bundle, ctx.bundle)
+        if case.prep is not None:
+            case.prep(ctx)
+        folder = next((a for a in case.argv[2:3] if a.startswith("{")), B).format(tmp=ctx.tmp, bundle=ctx.bundle)
+        jobs.append([case.id, folder, int(C_LOADER[case.id] == "verify")])
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    (tmp_path / "driver.py").write_text(C_DRIVER)
+    lib = build(default_q4_bundle, tmp_path / "libmcpm_asan.so", sanitize=True)
+    env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    res = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(lib), str(tmp_path / "jobs.json"), ROOT],
+                         capture_output=True, text=True, env=env, timeout=300)
+    report = res.stdout[-2000:] + res.stderr[-6000:]
+    assert res.returncode == 0 and "ERROR: AddressSanitizer" not in res.stderr, report
+    assert "runtime error:" not in res.stderr, report
+    verdicts = json.loads(next(x for x in res.stdout.splitlines() if x.startswith("C-VERDICTS "))[11:])
+    wrong = {cid: verdicts[cid] for cid, want in C_LOADER.items()
+             if (verdicts[cid][0] == "refused") != (want in ("refuse", "verify")) or
+             (verdicts[cid][0] == "refused" and not verdicts[cid][1].strip())}
+    assert not wrong, wrong

@@ -74,7 +74,8 @@ def test_missing_tensor_name(weights_path: Path) -> None:
 
 def minimal_config(tmp_path: Path, weights_path: Path) -> dict:
     return {
-        "format_version": FORMAT_VERSION, "exporter_version": "0", "family": "minicpm", "model_config": {},
+        "format_version": FORMAT_VERSION, "exporter_version": "0", "family": "minicpm",
+        "model_config": {"vocab_size": 4096},
         "quantization": "q4g32", "context_length": 64, "prefill_chunk": 16, "chat_template": {},
         "bos_token_id": 1, "stop_token_ids": [2], "tokenizer": {"kind": "sentencepiece", "file": "weights.bin"},
         "target": {},

@@ -1,7 +1,8 @@
 """The plain-C runtime against damaged bundles (seeded mutation fuzzing under ASan/UBSan) and several models at once.
 
-1. Mutants of plan.json / weights.bin (and mcpm-config.json, which the C runtime does not read) are loaded by a
-   sanitizer build in a subprocess; a mutant either fails with a message or loads and runs without memory errors.
+1. Mutants of plan.json / weights.bin / mcpm-config.json are loaded by a sanitizer build in a subprocess (the model,
+   then a C session, which parses mcpm-config.json and loads the tokenizer); a mutant either fails with a message
+   or loads and runs without memory errors. (tests/native/fuzz_bundle.c is the libFuzzer version: `make fuzz`.)
    Data bytes of weights.bin are not checked on a plain load (only the tensor table is): with verify=1 they are.
 2. Two handles of one bundle plus a second bundle, interleaved and from two Python threads, give exactly the
    logits of each model run alone (no shared mutable state).
@@ -151,6 +152,10 @@ def mutate(rng: random.Random, name: str, data: bytes) -> bytes:
 def fuzz_main(lib_path: str, bundle_dir: str, work_dir: str, seed: int, iters: int) -> dict:
     """Runs in the ASan/UBSan subprocess: only ctypes, numpy and stdlib are used here."""
     lib = bind(Path(lib_path))
+    lib.mcpm_session_new.restype = ctypes.c_void_p
+    lib.mcpm_session_new.argtypes = [ctypes.c_void_p]
+    lib.mcpm_session_free.argtypes = [ctypes.c_void_p]
+    lib.mcpm_session_free.restype = None
     bundle, work = Path(bundle_dir), Path(work_dir)
     rng = random.Random(seed)
     originals = {n: (bundle / n).read_bytes() for n in MUTATED_FILES}
@@ -172,6 +177,11 @@ def fuzz_main(lib_path: str, bundle_dir: str, work_dir: str, seed: int, iters: i
         return lib.mcpm_model_load(str(d).encode(), ctypes.byref(p))
 
     def run(h: int) -> None:
+        session = lib.mcpm_session_new(h)  # parses mcpm-config.json; a refusal needs a message
+        if session:
+            lib.mcpm_session_free(session)
+        elif not lib.mcpm_last_error(h):
+            stats["empty_messages"] += 1
         vocab = lib.mcpm_vocab_size(h)
         out = np.empty(vocab, np.float32) if 0 < vocab <= 1 << 20 else None  # [vocab]
         ptr = out.ctypes.data if out is not None else None
@@ -181,7 +191,7 @@ def fuzz_main(lib_path: str, bundle_dir: str, work_dir: str, seed: int, iters: i
         lib.mcpm_model_free(h)
 
     for it in range(iters):
-        name = rng.choices(MUTATED_FILES, weights=[5, 5, 1])[0]
+        name = rng.choices(MUTATED_FILES, weights=[4, 4, 3])[0]
         mutant = mutate(rng, name, originals[name])
         d = make_dir(f"m{it}", {name: mutant})
         h = load(d, verify=int(rng.random() < 0.25), threads=rng.choice([1, 2]))

@@ -132,7 +132,7 @@ def test_full_context_is_a_clear_error(loaded) -> None:
     n, _ = session.chat(QUESTIONS[0], 4)
     used = model.position
     with pytest.raises(McpmError, match=rf"the conversation is full \({used} of 128 tokens used"):
-        session.chat("word " * 120, 8)
+        session.chat("word " * 55, 8)  # ~112 tokens: fits an empty context, not this one
     assert model.position == used
     with pytest.raises(McpmError, match="the message is longer than the context"):
         session.complete("word " * 200, 8)

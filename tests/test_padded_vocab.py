@@ -116,7 +116,7 @@ def test_generate_refuses_a_prompt_that_is_not_utf8(padded: tuple[Path, Path]) -
         "error: the prompt is not valid UTF-8 text (pass -p in UTF-8)"
     res = subprocess.run([sys.executable, "-m", "mcpm.cli", "generate", str(padded[1]) + "-missing", "-p", "x"],
                          capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2 and "is not a folder" in res.stderr and "checkpoint folder, not" not in res.stderr
+    assert res.returncode == 2 and "does not exist" in res.stderr and "checkpoint folder, not" not in res.stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -75,13 +75,13 @@ def read_config(bundle_dir: Path) -> dict[str, Any]:
         )
     if not 0 < config["prefill_chunk"] <= config["context_length"]:
         raise BundleError(f"{path}: prefill_chunk must be in 1..context_length", "re-export the bundle")
-    _check_fields(path, config)
     tok_file = config["tokenizer"].get("file")
     if not isinstance(tok_file, str) or not plain_file_name(tok_file) or tok_file not in config["files"]:
         raise BundleError(f"{path}: tokenizer file {tok_file!r} is not a file of the bundle", "re-export the bundle")
     for name in config["files"]:
         if not plain_file_name(name):
             raise BundleError(f"{path}: bundle file name {name!r} leaves the bundle folder", "re-export the bundle")
+    _check_fields(path, config)
     return config
 
 

@@ -299,9 +299,12 @@ class Plan:
                 kernel_variants=[KernelVariant.from_dict(v) for v in d.get("kernel_variants", [])],
                 vision=dict(d["vision"]) if d.get("vision") is not None else None,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise _err(f"missing or malformed field ({type(e).__name__}: {e})") from e
-        validate(plan)
+        try:
+            validate(plan)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:  # wrong types
+            raise _err(f"malformed field ({type(e).__name__}: {e})") from e
         return plan
 
 

@@ -169,6 +169,9 @@ static int load_config(mcpm_session* s, const char* dir) {
     const json_doc* d = &s->cfg;
     const json_node* root = &d->nodes[0];
     if (root->type != JSON_OBJECT) return seterr(s, "%s: not a JSON object", path);
+    const json_node* version = json_get(d, root, "format_version");
+    if (!version || version->type != JSON_NUMBER || !version->is_int || version->i != 1)
+        return seterr(s, "%s: format_version is not 1 (re-export the bundle with this mcpm)", path);
     const json_node* tmpl = get_typed(d, root, "chat_template", JSON_OBJECT);
     const json_node* roles = get_typed(d, tmpl, "roles", JSON_OBJECT);
     const json_node* user = get_typed(d, roles, "user", JSON_STRING);
@@ -567,6 +570,9 @@ done:
 
 static int check_fits(mcpm_session* s, int n) {
     int used = mcpm_position(s->model), ctx = mcpm_context_length(s->model);
+    if (n >= ctx && s->n_images > 0)
+        return seterr(s, "the message and its %d image(s) are longer than the context (%d tokens; the bundle holds "
+                      "%d): attach fewer images, or re-export with a longer --context-length", s->n_images, n, ctx);
     if (n >= ctx)
         return seterr(s, "the message is longer than the context (%d tokens; the bundle holds %d): shorten it, or "
                       "re-export with a longer --context-length", n, ctx);

@@ -199,9 +199,8 @@ class Model(_Owned):
         works, else the CPU: see ``notice``). profile: time GPU kernels (``kernel_times``). cache_dir: where the
         compiled OpenCL program is kept (default $MCPM_CACHE_DIR/opencl)."""
         bundle_dir = Path(bundle_dir)
-        if not (bundle_dir / "mcpm-config.json").is_file():  # before building: "kernels.o is missing" misled
-            what = "has no mcpm-config.json" if bundle_dir.is_dir() else "does not exist"
-            raise McpmError(f"bundle folder {bundle_dir} {what}", "pass the folder mcpm-export wrote")
+        if not bundle_dir.is_dir():  # before building: "kernels.o is missing" misled
+            raise McpmError(f"bundle folder {bundle_dir} does not exist", "pass the folder mcpm-export wrote")
         if threads < 0:
             raise McpmError(f"threads must be >= 0, not {threads}", "pass 0 for one per CPU")
         if device not in ("cpu", "gpu", "auto"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -50,11 +51,30 @@ def library_digest(kernels_o: Path, compiler: str | None = None) -> str:
     return h.hexdigest()
 
 
+ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
+
+
+def check_object_file(path: Path) -> None:
+    """A one-line error unless ``path`` is a 64-bit ELF relocatable object for this machine (a damaged kernels.o
+    used to surface as "collect2: ld returned 1")."""
+    with path.open("rb") as f:
+        head = f.read(20)
+    want = ELF_MACHINES.get(platform.machine().lower())
+    ok = len(head) == 20 and head[:4] == b"\x7fELF" and head[4] == 2 and head[5] == 1
+    ok = ok and int.from_bytes(head[16:18], "little") == 1  # ET_REL
+    machine = int.from_bytes(head[18:20], "little") if ok else None
+    if not ok or (want is not None and machine != want):
+        what = "an object file for another CPU" if ok else "not a valid object file"
+        raise McpmError(f"{path} is {what} (a damaged or foreign bundle)",
+                        "re-copy the whole bundle folder, or re-export it for this machine")
+
+
 def build_library(bundle_dir: Path, object_file: str = "kernels.o", cache_dir: Path | None = None) -> Path:
     """Path of the runtime library linked with <bundle_dir>/<object_file>, compiled on the first call only."""
     kernels_o = Path(bundle_dir) / object_file
     if not kernels_o.is_file():
         raise McpmError(f"{kernels_o} is missing: the bundle has no kernels", "re-export the bundle")
+    check_object_file(kernels_o)
     missing = [s for s in (*SOURCES, *HEADERS) if not (C_DIR / s).is_file()]
     if missing:
         raise McpmError(f"the C runtime sources are missing from {C_DIR}: {', '.join(missing)}",
