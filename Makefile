@@ -5,7 +5,7 @@ MODEL ?= default
 BUNDLE ?= dist/host-bundle
 ANDROID_OUT ?= dist/android
 
-.PHONY: help setup demo test test-all lint bench bench-peer bench-arm fuzz train-default
+.PHONY: help setup demo test test-all lint bench bench-peer bench-arm bench-contention fuzz train-default
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench-peer:  ## mcpm vs llama.cpp on a random MiniCPM-2B-shaped checkpoint (buil
 
 bench-arm:  ## ARM cost model: llvm-mca cycles of mcpm's ARM kernel sets vs llama.cpp's, per core model (minutes)
 	$(PYTHON) -m benchmarks.arm_cost $(ARM_ARGS)
+
+bench-contention:  ## decode tok/s at -t 1 and -t 2 with another process busy on a core (target: t2 >= 0.8 x t1)
+	$(PYTHON) -m benchmarks.contention
 
 fuzz:  ## libFuzzer over the C bundle loader (plan.json + mcpm-config.json, ASan/UBSan) for FUZZ_SECONDS (300)
 	$(PYTHON) -m tests.fuzz --seconds $(or $(FUZZ_SECONDS),300)
