@@ -14,7 +14,7 @@ import pytest
 from mcpm.errors import McpmError
 from tests.test_c_fuzz import mutate
 
-ITERS = 600  # per file; ~40 s in all
+ITERS = 300  # per file; ~10 s in all
 
 
 def _fuzz(files: dict[str, bytes], folder: Path, load, seed: int) -> dict[str, int]:  # type: ignore[no-untyped-def]

@@ -106,6 +106,11 @@ def test_compiler_failure_is_a_clear_error(bundle: Path, tmp_path: Path, monkeyp
     broken = Path(shutil.copytree(bundle, tmp_path / "broken"))
     (broken / "kernels.o").write_bytes(b"not an object file")
     monkeypatch.delenv("CC")
+    with pytest.raises(McpmError, match="kernels.o is not a valid object file"):  # checked before gcc runs
+        build.build_library(broken, cache_dir=tmp_path)
+    # a real object that does not link (it defines a symbol of the runtime again): gcc's last line, one line
+    (tmp_path / "dup.c").write_text("int mcpm_vocab_size(void) { return 0; }\n")
+    subprocess.run(["gcc", "-c", "-fPIC", "-o", str(broken / "kernels.o"), str(tmp_path / "dup.c")], check=True)
     with pytest.raises(McpmError, match="building the C runtime failed: .+") as err:
         build.build_library(broken, cache_dir=tmp_path)
     assert "\n" not in str(err.value)
