@@ -64,8 +64,9 @@ def load_weights(model: nn.Module, reader: TensorReader, names: NameMap, dtype: 
         tensor = reader.get(hf_name, tuple(param.shape))
         with torch.no_grad():
             param.copy_(tensor.to(dtype))
+            finite = bool(torch.isfinite(param).all())
+        if not finite:  # NaN/Inf weights exported "fine" and generated only ⁇
             bad = int((~torch.isfinite(param)).sum())
-        if bad:  # NaN/Inf weights exported "fine" and generated only ⁇
             raise CheckpointError(f"tensor {hf_name!r} has {bad} values that are not finite (NaN or Inf)",
                                   "the checkpoint is damaged: download or convert it again")
 

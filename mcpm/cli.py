@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -126,18 +125,13 @@ def generate(
 ) -> None:
     """Generate text, streaming tokens, then print tokens/s.
 
-    BUNDLE is a folder written by mcpm-export (run by the C runtime on this host); with --reference,
-    MODEL_DIR is a checkpoint folder run by the PyTorch reference (`default` = the shipped model).
+    BUNDLE is a folder written by mcpm-export, run by the C runtime on this host: its session tokenizes,
+    applies the template (--chat) and samples, as `mcpm chat`, `mcpm bench` and the apps do (one --seed, one
+    text). With --reference, MODEL_DIR is a checkpoint folder run by the PyTorch reference (`default` = the
+    shipped model) with the Python sampler.
     """
-    import torch
-
     from mcpm.export.bundle.reader import CONFIG_NAME
-    from mcpm.export.reference_generate import SamplingParams
-    from mcpm.export.reference_generate import generate as run_generate
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    used_threads = torch.get_num_threads()
     if not _is_utf8(prompt):
         raise McpmError("the prompt is not valid UTF-8 text", "pass -p in UTF-8")
     check_sampling(temperature, top_k, top_p)
@@ -150,24 +144,13 @@ def generate(
     if device != "cpu" and (reference or not is_bundle):
         raise McpmError(f"--device {device} runs bundles in the C runtime; the PyTorch reference runs on the CPU",
                         "drop --device, or pass a bundle written by mcpm-export --device gpu")
-    t0 = time.perf_counter()
     if is_bundle and not reference:
-        from mcpm.runtime.host import RuntimeStepper
+        from mcpm.runtime.binding import Sampling
 
-        bundle, runtime_model, tok = load_bundle_on(folder, max(threads, 0), device, verify)
-        model: object = RuntimeStepper(runtime_model)
-        used_threads = threads if threads > 0 else (os.cpu_count() or 1)
-        on = runtime_model.device
-        context, vocab = bundle.config["context_length"], runtime_model.vocab_size
-        engine = f"bundle ({bundle.config['quantization']}, C runtime{', GPU' if on == 'gpu' else ''})"
+        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        stats = generate_in_runtime(folder, prompt, max_new_tokens, chat, sampling, threads, device, verify)
     elif reference and not is_bundle:
-        from mcpm.export.loading import load_model
-
-        loaded = load_model(folder, progress=sys.stderr.isatty())
-        assert loaded.tokenizer is not None
-        model, tok = loaded.model, loaded.tokenizer
-        context, engine = loaded.config.max_position_embeddings, "PyTorch reference"
-        vocab = loaded.config.vocab_size
+        stats = generate_in_reference(folder, prompt, max_new_tokens, chat, temperature, top_k, top_p, seed, threads)
     elif is_bundle:
         raise McpmError(f"{folder} is a bundle; --reference runs checkpoint folders", "drop --reference")
     elif (folder / "config.json").is_file():
@@ -176,6 +159,61 @@ def generate(
     else:
         raise McpmError(f"{folder} has no {CONFIG_NAME}: it is not a bundle written by mcpm-export",
                         "pass the folder mcpm-export wrote (or a checkpoint folder with --reference)")
+    click.echo(
+        f"[{stats['prompt_tokens']} prompt tokens, {stats['prefill_tok_s']:.1f} tok/s prefill; "
+        f"{stats['generated_tokens']} generated, {stats['decode_tok_s']:.1f} tok/s decode; {stats['engine']}]",
+        err=True,
+    )
+    if as_json:
+        click.echo(json.dumps(stats))
+
+
+def generate_in_runtime(folder: Path, prompt: str, max_new_tokens: int, chat: bool, sampling: Any, threads: int,
+                        device: str, verify: bool | None) -> dict[str, Any]:
+    """`mcpm generate BUNDLE`: the C session continues (with chat: answers) the prompt, streaming its text as it
+    comes; returns the stats, from the C runtime's clocks as in `mcpm bench`."""
+    import codecs
+
+    from mcpm.runtime.binding import Session
+
+    t0 = time.perf_counter()
+    bundle, model, _ = load_bundle_on(folder, threads, device, verify)
+    load_ms = (time.perf_counter() - t0) * 1000
+    engine = f"bundle ({bundle.config['quantization']}, C runtime{', GPU' if model.device == 'gpu' else ''})"
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    with model:
+        session = Session(model)
+        if not chat:
+            click.echo(prompt, nl=False)
+        run = session.chat if chat else session.complete
+        n, _ = run(prompt, max_new_tokens, sampling, lambda piece: click.echo(decoder.decode(piece), nl=False))
+        click.echo(decoder.decode(b"", final=True))
+        c = model.stats()
+        session.close()
+    stats: dict[str, Any] = {"load_ms": round(load_ms, 1), "prompt_tokens": c["prefill_tokens"],
+                             "generated_tokens": n}
+    stats.update({k: round(c[k], 2) for k in ("prefill_tok_s", "decode_tok_s", "ttft_ms")})
+    stats.update(threads=c["threads"], engine=engine)
+    if device != "cpu":
+        stats["device"] = c["device"]
+    return stats
+
+
+def generate_in_reference(folder: Path, prompt: str, max_new_tokens: int, chat: bool, temperature: float, top_k: int,
+                          top_p: float, seed: int, threads: int) -> dict[str, Any]:
+    """`mcpm generate MODEL_DIR --reference`: the PyTorch reference model with the Python sampler."""
+    import torch
+
+    from mcpm.export.loading import load_model
+    from mcpm.export.reference_generate import SamplingParams
+    from mcpm.export.reference_generate import generate as run_generate
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    loaded = load_model(folder, progress=sys.stderr.isatty())
+    assert loaded.tokenizer is not None
+    tok = loaded.tokenizer
     load_ms = (time.perf_counter() - t0) * 1000
     ids = tok.encode_chat([{"role": "user", "content": prompt}]) if chat else tok.encode(prompt, add_bos=True)
     stream = tok.stream_decoder(ids)
@@ -187,21 +225,12 @@ def generate(
             click.echo(stream.push(token), nl=False)
 
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    allowed = torch.from_numpy(tok.decodable_mask(vocab))  # padded vocabularies: ids with no text are never drawn
-    result = run_generate(model, ids, max_new_tokens, context, tok.stop_ids, params, on_token,  # type: ignore[arg-type]
-                          allowed=allowed)
+    allowed = torch.from_numpy(tok.decodable_mask(loaded.config.vocab_size))  # ids with no text are never drawn
+    result = run_generate(loaded.model, ids, max_new_tokens, loaded.config.max_position_embeddings, tok.stop_ids,
+                          params, on_token, allowed=allowed)
     click.echo()
-    stats = {"load_ms": round(load_ms, 1), **{k: round(v, 2) for k, v in result.stats().items()},
-             "threads": used_threads, "engine": engine}
-    if device != "cpu":
-        stats["device"] = runtime_model.device
-    click.echo(
-        f"[{stats['prompt_tokens']} prompt tokens, {stats['prefill_tok_s']:.1f} tok/s prefill; "
-        f"{stats['generated_tokens']} generated, {stats['decode_tok_s']:.1f} tok/s decode; {engine}]",
-        err=True,
-    )
-    if as_json:
-        click.echo(json.dumps(stats))
+    return {"load_ms": round(load_ms, 1), **{k: round(v, 2) for k, v in result.stats().items()},
+            "threads": torch.get_num_threads(), "engine": "PyTorch reference"}
 
 
 @cli.command()
@@ -392,25 +421,18 @@ def chat(bundle_dir: Path, max_new_tokens: int, temperature: float, top_k: int, 
     --image photo.jpg
     """
     from mcpm.runtime.binding import Sampling
-    from mcpm.runtime.chat import ChatSession, ImageChatSession
+    from mcpm.runtime.chat import SessionChat
 
     check_sampling(temperature, top_k, top_p)
     pictures = list(zip([str(p) for p in images], load_images(images), strict=True))  # unreadable: fail first
-    _, model, tok = load_bundle_on(bundle_dir, threads, device, verify)
+    _, model, _ = load_bundle_on(bundle_dir, threads, device, verify)
     if pictures:
         require_vision(model, bundle_dir)
-    check_sampling(temperature, top_k, top_p)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    session: ChatSession | ImageChatSession
-    if model.has_vision:  # the C session (mcpm_session_chat) is what takes images
-        session = ImageChatSession(model, sampling, max_new_tokens)
-    else:
-        session = ChatSession(model, tok, sampling, max_new_tokens)
+    session = SessionChat(model, sampling, max_new_tokens)  # the C session, as `mcpm generate` and the apps
 
     def attach(name: str, rgb: np.ndarray) -> None:
-        if not isinstance(session, ImageChatSession):
-            require_vision(model, bundle_dir, "/image")
-            return
+        require_vision(model, bundle_dir, "/image")
         click.echo(describe_image(name, rgb, session.attach(rgb)), err=True)
 
     for name, rgb in pictures:

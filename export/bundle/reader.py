@@ -173,8 +173,11 @@ def open_bundle(bundle_dir: Path, verify: bool | None = False) -> Bundle:
                               "re-export the bundle (its files come from two exports)")
     weights = WeightsFile(bundle_dir / "weights.bin", verify=bool(verify))
     if stamp is not None and verify:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(str(bundle_dir.resolve()) + "\n")
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(str(bundle_dir.resolve()) + "\n")
+        except OSError:  # a read-only cache: verify again next time
+            pass
     return Bundle(bundle_dir, config, plan, weights)
 
 

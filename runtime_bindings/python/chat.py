@@ -1,6 +1,6 @@
 """Multi-turn chat over a C-runtime model: the KV cache is kept between turns, only new tokens are fed.
 
-ChatSession tokenizes in Python and samples with mcpm_generate; ImageChatSession runs whole turns in the C session
+ChatSession tokenizes in Python and samples with mcpm_generate; SessionChat runs whole turns in the C session
 (mcpm_session_chat), which also takes images for MiniCPM-V bundles."""
 
 from __future__ import annotations
@@ -62,10 +62,11 @@ class ChatSession:
         return "".join(pieces)
 
 
-class ImageChatSession:
-    """Multi-turn chat through the C session (mcpm_session_chat: the bundle's tokenizer and template in C), which
-    is what takes images: ``attach`` runs the vision encoder and the image goes into the next turn's prompt
-    (docs/minicpmv.md). Same ``turn``/``reset`` interface as ChatSession."""
+class SessionChat:
+    """Multi-turn chat through the C session (mcpm_session_chat: the bundle's tokenizer, template and sampler in C,
+    as in the apps): what `mcpm chat` runs. It also takes images (MiniCPM-V bundles): ``attach`` runs the vision
+    encoder and the image goes into the next turn's prompt (docs/minicpmv.md). Same ``turn``/``reset`` interface
+    as ChatSession (the same chat with the Python tokenizer, kept to check the C session against)."""
 
     def __init__(self, model: Model, sampling: Sampling | None = None, max_new_tokens: int = 256):
         from mcpm.runtime.binding import Session
