@@ -2,7 +2,9 @@
  *
  * The bundle's kernels.o is linked INTO the same shared library as this runtime, e.g.
  *   gcc -std=c11 -O2 -fPIC -shared -fvisibility=hidden -o libmcpm_bundle.so \
- *       mcpm_json.c mcpm_runtime.c mcpm_backend.c <bundle>/kernels.o -lm -lpthread -ldl
+ *       mcpm_json.c mcpm_runtime.c mcpm_backend.c mcpm_sampler.c mcpm_tokenizer.c mcpm_session.c \
+ *       mcpm_gpu_plan.c mcpm_opencl.c mcpm_image.c mcpm_vision.c <bundle>/kernels.o -lm -lpthread -ldl
+ * (every source of this folder but tools/; the list lives in runtime_bindings/python/build.py SOURCES)
  * mcpm_model_load() then finds every kernel of plan.json as the symbol <symbol_prefix><name> in that library; with
  * kernel variants (ARM64: one kernel object per CPU feature set, all linked in) it picks the variant first.
  *
