@@ -1,29 +1,14 @@
-"""Host bundles through the C runtime: open + validate a bundle, load it, and a Stepper for generation."""
+"""Host bundles through the C runtime: open + validate a bundle and load it (with its tokenizer)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
 
 from mcpm.export.bundle.reader import Bundle, open_bundle
 from mcpm.export.bundle.target import check_runs_here
 from mcpm.export.tokenizer import Tokenizer
 from mcpm.runtime.binding import Model
 from mcpm.runtime.build import build_library
-
-
-class RuntimeStepper:
-    """A Stepper (see mcpm.export.reference_generate) over a C-runtime Model: logits [vocab] float32."""
-
-    def __init__(self, model: Model) -> None:
-        self.model = model
-
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        return torch.from_numpy(self.model.prefill(ids))
-
-    def decode(self, token: int) -> torch.Tensor:
-        return torch.from_numpy(self.model.decode(token))
 
 
 def load_host_bundle(bundle_dir: Path, threads: int = 0, verify: bool | None = None) -> tuple[Bundle, Model, Tokenizer]:
