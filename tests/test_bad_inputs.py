@@ -469,10 +469,6 @@ import ctypes, json, sys
 sys.path.insert(0, sys.argv[3])
 from tests.test_c_runtime import bind
 lib = bind(sys.argv[1])
-lib.mcpm_session_new.restype = ctypes.c_void_p
-lib.mcpm_session_new.argtypes = [ctypes.c_void_p]
-lib.mcpm_session_free.argtypes = [ctypes.c_void_p]
-lib.mcpm_session_free.restype = None
 verdicts = {}
 for case_id, folder, verify in json.loads(open(sys.argv[2]).read()):
     p = lib.mcpm_default_params()

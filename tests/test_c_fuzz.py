@@ -152,10 +152,6 @@ def mutate(rng: random.Random, name: str, data: bytes) -> bytes:
 def fuzz_main(lib_path: str, bundle_dir: str, work_dir: str, seed: int, iters: int) -> dict:
     """Runs in the ASan/UBSan subprocess: only ctypes, numpy and stdlib are used here."""
     lib = bind(Path(lib_path))
-    lib.mcpm_session_new.restype = ctypes.c_void_p
-    lib.mcpm_session_new.argtypes = [ctypes.c_void_p]
-    lib.mcpm_session_free.argtypes = [ctypes.c_void_p]
-    lib.mcpm_session_free.restype = None
     bundle, work = Path(bundle_dir), Path(work_dir)
     rng = random.Random(seed)
     originals = {n: (bundle / n).read_bytes() for n in MUTATED_FILES}

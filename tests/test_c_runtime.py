@@ -58,6 +58,10 @@ def bind(path: Path) -> ctypes.CDLL:
         getattr(lib, f).restype = None
     for f in ("mcpm_vocab_size", "mcpm_position", "mcpm_context_length"):
         getattr(lib, f).argtypes = [ctypes.c_void_p]
+    lib.mcpm_session_new.restype = ctypes.c_void_p
+    lib.mcpm_session_new.argtypes = [ctypes.c_void_p]
+    lib.mcpm_session_free.argtypes = [ctypes.c_void_p]
+    lib.mcpm_session_free.restype = None
     return lib
 
 
