@@ -5,7 +5,7 @@ MODEL ?= default
 BUNDLE ?= dist/host-bundle
 ANDROID_OUT ?= dist/android
 
-.PHONY: help setup demo test test-all lint bench bench-peer bench-arm bench-contention fuzz train-default
+.PHONY: help setup demo c-example test test-all lint bench bench-peer bench-arm bench-contention fuzz train-default
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,6 +19,12 @@ demo:  ## main job on the shipped default model: signed Android APK, then a host
 	mcpm-export $(MODEL) --target android -o $(ANDROID_OUT)
 	mcpm-export $(MODEL) --target host -o $(BUNDLE)
 	mcpm generate $(BUNDLE) -p "$(PROMPT)" -n 48
+
+c-example:  ## the C runtime's own build (CMake: libmcpm for the host bundle) and examples/c/chat.c on one message
+	mcpm-export $(MODEL) --target host -o $(BUNDLE)
+	cmake -S runtime_bindings/c -B build/c -DMCPM_BUNDLE=$(BUNDLE)
+	cmake --build build/c -j
+	echo "$(PROMPT)" | ./build/c/mcpm-chat $(BUNDLE) 48
 
 test:  ## run the test suite (pytest's "no tests collected" counts as a failure)
 	$(PYTHON) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc

@@ -236,3 +236,24 @@ def test_tiny_a8_logits_match_host(tiny: dict[str, Any]) -> None:
         diff = np.abs(np.fromfile(out, dtype="<f4") - host_logits).max() / scale
         assert diff < LOGITS_TOL, (cpu, diff)
         assert got["tokens"] == got_host["tokens"] and len(got["tokens"]) == 6
+
+
+def test_cmake_cross_build_chats_like_the_host(default_arm: tuple[Path, Path], default_q4_bundle: Path,
+                                               tmp_path: Path) -> None:
+    """runtime_bindings/c/CMakeLists.txt with cmake/aarch64-linux-gnu.cmake over the linux-arm64 bundle (three kernel
+    sets in libmcpm.a, found through the generated kernel table): examples/c/chat.c under qemu (i8mm kernels)
+    replies like the Python chat session over the host bundle."""
+    from mcpm.runtime.build import C_DIR
+    from tests.test_cmake_build import MESSAGES, chat, python_replies, run
+
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not found (make setup installs it)")
+    bundle, _ = default_arm
+    build = tmp_path / "build"
+    run(["cmake", "-S", C_DIR, "-B", build, f"-DMCPM_BUNDLE={bundle}",
+         f"-DCMAKE_TOOLCHAIN_FILE={C_DIR / 'cmake' / 'aarch64-linux-gnu.cmake'}"])
+    run(["cmake", "--build", build, "-j", "2", "--target", "mcpm-chat"])
+    assert "AArch64" in run(["readelf", "-h", build / "mcpm-chat"]).stdout
+    replies, stats = chat(build / "mcpm-chat", bundle, runner=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"))
+    assert stats["kernel_variant"] == "i8mm"
+    assert replies == python_replies(default_q4_bundle) and len(replies) == len(MESSAGES)

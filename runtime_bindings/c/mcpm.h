@@ -1,10 +1,14 @@
 /* mcpm on-device runtime: plain C11 API over a bundle (plan.json + weights.bin + kernels linked in).
+ * docs/c-api.md walks an app developer through it; examples/c/chat.c is a complete program.
  *
- * The bundle's kernels.o is linked INTO the same shared library as this runtime, e.g.
+ * Build: the bundle's kernel objects (plan.json "object_file" and "kernel_variants") go INTO the library with this
+ * runtime. With CMake (libmcpm.a and libmcpm.so, install rules, mcpm.pc, find_package(mcpm)):
+ *   cmake -S runtime_bindings/c -B build -DMCPM_BUNDLE=<bundle> && cmake --build build
+ * or by hand, e.g.
  *   gcc -std=c11 -O2 -fPIC -shared -fvisibility=hidden -o libmcpm_bundle.so \
  *       mcpm_json.c mcpm_runtime.c mcpm_backend.c mcpm_sampler.c mcpm_tokenizer.c mcpm_session.c \
  *       mcpm_gpu_plan.c mcpm_opencl.c mcpm_image.c mcpm_vision.c <bundle>/kernels.o -lm -lpthread -ldl
- * (every source of this folder but tools/; the list lives in runtime_bindings/python/build.py SOURCES)
+ * (the sources are listed once, in sources.txt, which CMake and mcpm's Python builds read)
  * mcpm_model_load() then finds every kernel of plan.json as the symbol <symbol_prefix><name> in that library; with
  * kernel variants (ARM64: one kernel object per CPU feature set, all linked in) it picks the variant first.
  *

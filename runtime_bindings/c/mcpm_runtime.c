@@ -303,6 +303,7 @@ static int plan_err(plan_ctx* pc, const char* fmt, ...) {
 
 static int get_int(plan_ctx* pc, const json_node* obj, const char* key, int64_t lo, int64_t hi, int64_t* out,
                    const char* where) {
+    *out = 0; /* defined on failure too (gcc -O3 cannot see that callers stop there) */
     const json_node* v = json_get(pc->doc, obj, key);
     if (!v || v->type != JSON_NUMBER || !v->is_int) return PLAN_ERR(pc, "%s: missing or malformed field '%s'", where, key);
     if (v->i < lo || v->i > hi) return PLAN_ERR(pc, "%s: field '%s' = %lld out of range %lld..%lld", where, key,
@@ -769,7 +770,10 @@ typedef struct mcpm_static_kernel {
 } mcpm_static_kernel;
 
 MCPM_HIDDEN const mcpm_static_kernel* mcpm_static_kernels(void);
+#ifndef MCPM_KERNEL_TABLE /* defined by builds that always link a table (the CMake static library): a weak default
+                             in the same archive member would stop the linker from fetching the table from it */
 __attribute__((weak)) const mcpm_static_kernel* mcpm_static_kernels(void) { return NULL; }
+#endif
 
 static int load_plan(mcpm_model* m, const char* dir, const char* path, const wentry* wes, uint32_t wcount,
                      const unsigned char* wdata) {

@@ -18,10 +18,22 @@ from pathlib import Path
 from mcpm.errors import McpmError
 
 C_DIR = Path(__file__).resolve().parents[1] / "c"
-SOURCES = ("mcpm_json.c", "mcpm_runtime.c", "mcpm_backend.c", "mcpm_sampler.c", "mcpm_tokenizer.c", "mcpm_session.c",
-           "mcpm_gpu_plan.c", "mcpm_opencl.c", "mcpm_image.c", "mcpm_vision.c")
-HEADERS = ("mcpm.h", "mcpm_internal.h", "mcpm_json.h", "mcpm_tokenizer.h", "mcpm_opencl.h", "mcpm_gpu_plan.h",
-           "mcpm_cl.h", "mcpm_image.h", "mcpm_vision.h")
+SOURCES_LIST = C_DIR / "sources.txt"  # the one list of the runtime's files, read by CMakeLists.txt too
+
+
+def _source_list() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sources, headers) named in runtime_bindings/c/sources.txt (empty when the file is missing: the builds then
+    name the missing runtime files)."""
+    try:
+        lines = SOURCES_LIST.read_text().splitlines()
+    except OSError:
+        return (), ()
+    names = [line.split("#", 1)[0].strip() for line in lines]
+    names = [n for n in names if n]
+    return tuple(n for n in names if n.endswith(".c")), tuple(n for n in names if n.endswith(".h"))
+
+
+SOURCES, HEADERS = _source_list()
 CFLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-fvisibility=hidden", "-O2", "-shared")
 LIBS = ("-lm", "-lpthread", "-ldl")
 LIB_NAME = "libmcpm_bundle.so"
@@ -75,7 +87,7 @@ def build_library(bundle_dir: Path, object_file: str = "kernels.o", cache_dir: P
     if not kernels_o.is_file():
         raise McpmError(f"{kernels_o} is missing: the bundle has no kernels", "re-export the bundle")
     check_object_file(kernels_o)
-    missing = [s for s in (*SOURCES, *HEADERS) if not (C_DIR / s).is_file()]
+    missing = [s for s in (*SOURCES, *HEADERS) if not (C_DIR / s).is_file()] if SOURCES else [SOURCES_LIST.name]
     if missing:
         raise McpmError(f"the C runtime sources are missing from {C_DIR}: {', '.join(missing)}",
                         "reinstall mcpm from its source tree (pip install -e .)")
