@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mcpm.runtime.build import SOURCES
+
 ROOT = str(Path(__file__).resolve().parents[1])
 C_DIR = Path(ROOT) / "runtime_bindings" / "c"
-SOURCES = ["mcpm_json.c", "mcpm_runtime.c", "mcpm_backend.c", "mcpm_sampler.c", "mcpm_tokenizer.c",
-           "mcpm_session.c", "mcpm_gpu_plan.c", "mcpm_opencl.c", "mcpm_image.c", "mcpm_vision.c"]
 CFLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-fvisibility=hidden"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
 

@@ -42,12 +42,12 @@ def test_apple_cpu_feature_branch_compiles(tmp_path: Path) -> None:
         "#include <stddef.h>\nint sysctlbyname(const char*, void*, size_t*, void*, size_t);\n")
     flags = ["clang", "--target=aarch64-linux-gnu", "-U__linux__", "-U__linux", "-Ulinux", "-D__APPLE__",
              "-isystem", str(tmp_path), "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{C_DIR}"]
-    res = subprocess.run([*flags, "-fsyntax-only", str(C_DIR / "mcpm_runtime.c")], capture_output=True, text=True)
+    res = subprocess.run([*flags, "-fsyntax-only", str(C_DIR / "mcpm_cpu.c")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    pre = subprocess.run([*flags, "-E", str(C_DIR / "mcpm_runtime.c")], capture_output=True, text=True).stdout
+    pre = subprocess.run([*flags, "-E", str(C_DIR / "mcpm_cpu.c")], capture_output=True, text=True).stdout
     for key in ("hw.optional.arm.FEAT_DotProd", "hw.optional.arm.FEAT_I8MM"):
         assert key in pre
-    assert "getauxval" not in pre.split("static int cpu_has", 1)[1].split("static int", 1)[0]
+    assert "getauxval" not in pre.split("int mcpm_cpu_has(", 1)[1].split("int mcpm_pick_variant", 1)[0]
 
 
 # ---------------------------------------------------------------- the static kernel table on the host

@@ -133,7 +133,7 @@ def test_swift_sets_only_existing_c_struct_fields_and_types() -> None:
 
 def test_stats_keys_match_the_runtime() -> None:
     """MCPMStats decodes every key mcpm_stats_json writes."""
-    runtime = (ROOT / "runtime_bindings" / "c" / "mcpm_runtime.c").read_text()
+    runtime = (ROOT / "runtime_bindings" / "c" / "mcpm_generate.c").read_text()
     fmt = runtime[runtime.index("int mcpm_stats_json"):]
     keys = set(re.findall(r'\\"(\w+)\\": ', fmt[:fmt.index("m->load_ms")]))
     stats = (PKG / "Sources" / "MCPM" / "MCPMStats.swift").read_text()

@@ -471,7 +471,7 @@ def test_compiles_warning_free_with_clang(tmp_path: Path) -> None:
     """gcc -Wall -Wextra -Werror builds it in every other test (build_library, the sanitizer build); clang here."""
     if shutil.which("clang") is None:
         pytest.skip("clang not found")
-    for src in ("mcpm_opencl.c", "mcpm_runtime.c"):
+    for src in ("mcpm_opencl.c", "mcpm_gpu_setup.c", "mcpm_runtime.c"):
         res = subprocess.run(["clang", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-fvisibility=hidden", "-O2",
                               "-c", str(C_DIR / src), "-o", str(tmp_path / "x.o")], capture_output=True, text=True)
         assert res.returncode == 0, (src, res.stderr)

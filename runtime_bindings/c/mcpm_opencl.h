@@ -1,5 +1,5 @@
 /* GPU dispatcher of the mcpm C runtime (private; mcpm_opencl.c): runs a plan's entries on an OpenCL device from the
- * launch records of plan.json's "gpu" section (docs/gpu-plan.md). mcpm_runtime.c parses and validates the CPU plan
+ * launch records of plan.json's "gpu" section (docs/gpu-plan.md). mcpm_plan.c parses and validates the CPU plan
  * as always and hands this module a flat description of it (mcpm_gpu_desc); this module parses the "gpu" section,
  * loads libOpenCL with dlopen, builds the program from the bundle's OpenCL source, allocates every storage, cache
  * and weight as a device buffer and replays the calls. */
@@ -11,7 +11,7 @@
 
 #include "mcpm_json.h"
 
-/* arg kinds: the values of mcpm_runtime.c's ARG_* (checked there) */
+/* arg kinds: the values of mcpm_model.h's ARG_* (checked in mcpm_plan.c) */
 enum { MCPM_GPU_ARG_INPUT, MCPM_GPU_ARG_SCALAR, MCPM_GPU_ARG_WEIGHT, MCPM_GPU_ARG_CACHE, MCPM_GPU_ARG_TENSOR };
 
 typedef struct {

@@ -1,7 +1,7 @@
 /* mcpm Metal dispatcher (Objective-C, ARC): runs a plan's entries on the Apple GPU from plan.json's "gpu" launch
  * records (docs/gpu-plan.md). It implements mcpm_opencl.h, the interface of the OpenCL dispatcher mcpm_opencl.c,
  * and mirrors that file section by section; iOS packages with GPU kernels build this file INSTEAD of mcpm_opencl.c
- * (export/ios/package.py), so mcpm_runtime.c is the same on every platform.
+ * (export/ios/package.py), so every other runtime file is the same on every platform.
  *
  * Load: parse + validate the launch records (mcpm_gpu_plan.c, shared with OpenCL byte for byte), take the system
  * default MTLDevice, compile the bundle's kernels.metal with newLibraryWithSource (the OS caches compiled shaders),
