@@ -115,7 +115,7 @@ def test_jni_exports_equal_the_contract(android_lib: Path) -> None:
     r = native.check_android_library(android_lib)
     contract = _contract_methods()
     assert contract == {"load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free", "hasVision",
-                        "encodeImage", "clearImages"}
+                        "maxImagePixels", "encodeImage", "clearImages", "stop"}
     assert set(r.jni_methods) == contract
     java = (JAVA_SRC / "McpmNative.java").read_text()
     assert set(re.findall(r"static native \w+ (\w+)\(", java)) == contract
@@ -141,6 +141,8 @@ def test_jni_signatures_match_java_and_readme() -> None:
     assert java["load"] == ("long", ("String", "int", "String", "String", "String", "boolean"))
     assert java["kernelTimes"] == ("String", ("long",))
     assert java["hasVision"] == ("boolean", ("long",))
+    assert java["maxImagePixels"] == ("long", ("long",))
+    assert java["stop"] == ("void", ("long",))
     assert java["encodeImage"] == ("int", ("long", "int[]", "int", "int"))
     assert java["clearImages"] == ("void", ("long",))
     c = {}
@@ -364,6 +366,14 @@ public final class JniSmoke {
         int nb = McpmNative.complete(h, "Hello h\u00e9llo \ud83d\ude00", 12, 0f, 0, 1f, 0L, b);
         int ns = McpmNative.complete(h, "Hello", 12, 0f, 0, 1f, 0L, stop);
         int nn = McpmNative.complete(h, "Hello", 12, 0.8f, 40, 0.9f, 7L, null);
+        int nPlain = McpmNative.complete(h, "Hello", 12, 0f, 0, 1f, 0L, null);
+        final long hs = h;
+        final int[] stopPieces = {0};
+        int nStopped = McpmNative.complete(h, "Hello", 12, 0f, 0, 1f, 0L, new McpmNative.TextSink() {
+            public boolean onText(String piece) { stopPieces[0]++; McpmNative.stop(hs); return true; }
+        });
+        int nAfterStop = McpmNative.complete(h, "Hello", 12, 0f, 0, 1f, 0L, null);
+        McpmNative.stop(0L);
         McpmNative.reset(h);
         Collect c = new Collect(1 << 30);
         int nc = McpmNative.chat(h, "Hi there", 6, 0f, 0, 1f, 0L, c);
@@ -391,6 +401,7 @@ public final class JniSmoke {
         String stats = McpmNative.stats(h);
         String cpuTimes = McpmNative.kernelTimes(h);
         boolean vision = McpmNative.hasVision(h);
+        long maxPixels = McpmNative.maxImagePixels(h);
         String notVision = null, shortPixels = null, nullPixels = null, emptyImage = null, noHandle = null;
         try {
             McpmNative.encodeImage(h, new int[6], 3, 2);
@@ -437,12 +448,16 @@ public final class JniSmoke {
         out.append("\"na\": ").append(na).append(", \"nb\": ").append(nb).append(", \"ns\": ").append(ns)
            .append(", \"nn\": ").append(nn).append(", \"nc\": ").append(nc)
            .append(", \"a\": ").append(q(a.text.toString())).append(", \"b\": ").append(q(b.text.toString()))
-           .append(", \"stop_pieces\": ").append(stop.pieces).append(", \"chat_pieces\": ").append(c.pieces)
+           .append(", \"stop_pieces\": ").append(stop.pieces).append(", \"n_stopped\": ").append(nStopped)
+           .append(", \"stopped_pieces\": ").append(stopPieces[0]).append(", \"n_after_stop\": ").append(nAfterStop)
+           .append(", \"n_plain\": ").append(nPlain).append(", \"chat_pieces\": ").append(c.pieces)
            .append(", \"thrown\": ").append(thrown == null ? "null" : q(thrown))
            .append(", \"bad_sampling\": ").append(badSampling == null ? "null" : q(badSampling))
            .append(", \"too_long\": ").append(tooLong == null ? "null" : q(tooLong))
            .append(", \"bench\": ").append(bench).append(", \"stats\": ").append(stats)
            .append(", \"vision\": ").append(vision).append(", \"vision_0\": ").append(McpmNative.hasVision(0L))
+           .append(", \"max_pixels\": ").append(maxPixels)
+           .append(", \"max_pixels_0\": ").append(McpmNative.maxImagePixels(0L))
            .append(", \"not_vision\": ").append(notVision == null ? "null" : q(notVision))
            .append(", \"short_pixels\": ").append(shortPixels == null ? "null" : q(shortPixels))
            .append(", \"null_pixels\": ").append(nullPixels == null ? "null" : q(nullPixels))
@@ -497,6 +512,9 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert "does-not-exist" in r["load_error"]
     assert 1 <= r["na"] <= 12 and r["na"] == r["nb"] and r["a"] == r["b"]  # greedy: deterministic
     assert r["stop_pieces"] == 1 and 1 <= r["ns"] <= 12  # the sink said stop after its first piece
+    # stop() from inside the sink: the next cancel point (before the next token) ends the reply, without an error;
+    # the next call starts with the flag cleared and generates as many tokens as without any stop
+    assert r["stopped_pieces"] == 1 and 1 <= r["n_stopped"] <= 2 < r["n_plain"] == r["n_after_stop"]
     assert 1 <= r["nn"] <= 12 and 1 <= r["nc"] <= 6
     assert r["thrown"] == "from the sink"
     assert r["bad_sampling"] and "top_p" in r["bad_sampling"]
@@ -506,7 +524,7 @@ def test_jni_layer_on_a_jvm(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert r["bad_device"] and "unknown device 'npu'" in r["bad_device"]
     assert r["cpu_kernel_times"] == [] and r["kernel_times_0"] is None
     # image input on a plain LM bundle: the runtime's one-line refusal; argument checks in the JNI layer
-    assert r["vision"] is False and r["vision_0"] is False
+    assert r["vision"] is False and r["vision_0"] is False and r["max_pixels"] == r["max_pixels_0"] == 0
     assert "no vision encoder" in r["not_vision"] and "\n" not in r["not_vision"], r["not_vision"]
     assert "has 5 ints" in r["short_pixels"] and "3x2" in r["short_pixels"]
     assert "null" in r["null_pixels"] and "empty" in r["empty_image"] and "handle 0" in r["no_handle"]
@@ -547,6 +565,7 @@ public final class JniVision {
         }
         long m = McpmNative.load(args[0], 2, "cpu", null, null, false);
         boolean vision = McpmNative.hasVision(m);
+        long maxPixels = McpmNative.maxImagePixels(m);
         int runs = McpmNative.encodeImage(m, argb, w, h);
         String imageStats = McpmNative.stats(m);
         final StringBuilder text = new StringBuilder();
@@ -554,7 +573,8 @@ public final class JniVision {
             public boolean onText(String piece) { text.append(piece); return true; }
         });
         McpmNative.free(m);
-        System.out.println("{\"vision\": " + vision + ", \"runs\": " + runs + ", \"stats\": " + imageStats
+        System.out.println("{\"vision\": " + vision + ", \"max_pixels\": " + maxPixels + ", \"runs\": " + runs
+                + ", \"stats\": " + imageStats
                 + ", \"n\": " + n + ", \"text\": " + q(text.toString()) + "}");
     }
 }
@@ -585,6 +605,7 @@ def test_jni_image_on_a_minicpmv_bundle(tmp_path_factory: pytest.TempPathFactory
     assert "WARNING" not in res.stdout + res.stderr, res.stderr
     r = json.loads(res.stdout.strip().splitlines()[-1])
     assert r["vision"] is True and r["runs"] >= 2 and 1 <= r["n"] <= 6
+    assert r["max_pixels"] == json.loads((bundle / "mcpm-config.json").read_text())["vision"]["max_pixels"] > 0
     assert r["stats"]["image_slices"] == r["runs"] and r["stats"]["image_encode_ms"] > 0
     i = np.arange(w * h, dtype=np.int64)
     rgb = np.stack([(i * 7) & 0xFF, (i * 13) & 0xFF, (i * 29) & 0xFF], axis=1).astype(np.uint8).reshape(h, w, 3)

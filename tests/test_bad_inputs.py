@@ -453,13 +453,13 @@ def test_the_table_is_big_enough() -> None:
 # ---------------------------------------------------------------- the same damaged bundles through the C loader
 # What the C runtime alone (the apps, mcpm_run) does with each bundle case: "refuse" = mcpm_model_load or
 # mcpm_session_new fails with a message; "not read" = the damage is in something the C runtime does not read (the
-# kernels are linked into its library; target, files, family and the context fields are checked by the Python front
-# ends and by mcpm-export); "verify" = refused when loaded with verify = 1.
+# kernels are linked into its library; target, files, family and prefill_chunk are checked by the Python front ends
+# and by mcpm-export); "verify" = refused when loaded with verify = 1.
 C_LOADER: dict[str, str] = {
     **{c.id: "refuse" for c in CASES if c.id.startswith(("bundle-", "cfg-"))},
     "bundle-no-kernels": "not read", "bundle-kernels-garbage": "not read", "bundle-kernels-not-an-object": "not read",
     "bundle-weights-flipped-verify": "verify",
-    "cfg-context-mismatch": "not read", "cfg-chunk-mismatch": "not read", "cfg-features-type": "not read",
+    "cfg-chunk-mismatch": "not read", "cfg-features-type": "not read",
     "cfg-features-missing-cpu": "not read", "cfg-other-target": "not read", "cfg-files-entry-type": "not read",
     "cfg-files-escape": "not read", "cfg-files-size": "not read", "cfg-family-unknown": "not read",
 }

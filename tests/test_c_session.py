@@ -173,3 +173,62 @@ def test_tokenizer_file_stays_inside_the_bundle(name: str, default_q4_bundle: Pa
         Session(model)
     with pytest.raises(McpmError, match="is not a file of the bundle"):
         open_bundle(bundle)
+
+
+# ---------------------------------------------------------------- Stop: the cancel points of mcpm_set_abort_callback
+
+
+def test_stop_during_prefill_forgets_the_prompt(loaded) -> None:
+    """The abort callback is asked before every prefill chunk; a stop before the third chunk of a 4-chunk prompt
+    returns "cancelled" with the position back where the call started, and the rows the cancelled chunks wrote do
+    not matter: the same prompt then gives exactly the logits of a model that never saw them."""
+    import numpy as np
+
+    model, _, _ = loaded
+    prompt = list(range(5, 55))  # 50 tokens: chunks 16 + 16 + 16 + 2
+    model.reset()
+    model.prefill([1, 2, 3])
+    calls: list[int] = []
+    model.set_abort(lambda: calls.append(1) or len(calls) == 3)
+    try:
+        with pytest.raises(McpmError, match=r"^cancelled: the prompt was not fed"):
+            model.prefill(prompt)
+    finally:
+        model.set_abort(None)
+    assert len(calls) == 3 and model.position == 3
+    got = model.prefill(prompt)
+    model.reset()
+    model.prefill([1, 2, 3])
+    np.testing.assert_array_equal(got, model.prefill(prompt))
+
+
+def test_stop_during_a_chat_turn_keeps_the_conversation(loaded) -> None:
+    """A turn stopped during its prompt is not part of the conversation (the previous reply's pending last token is
+    kept): the next turn replies exactly as if the stopped one had never been sent."""
+    model, _, session = loaded
+    session.reset()
+    first = session.chat(QUESTIONS[0], 8)
+    position = model.position
+    model.set_abort(lambda: True)
+    try:
+        with pytest.raises(McpmError, match=r"^cancelled"):
+            session.chat("Tell me everything about the Union " * 4, 8)
+    finally:
+        model.set_abort(None)
+    assert model.position == position
+    second = session.chat(QUESTIONS[1], 8)
+    session.reset()
+    assert session.chat(QUESTIONS[0], 8) == first and session.chat(QUESTIONS[1], 8) == second
+
+
+def test_stop_during_generation_keeps_the_tokens_made(loaded) -> None:
+    """Between tokens a stop ends the generation without an error: the tokens made so far are returned."""
+    model, _, _ = loaded
+    model.reset()
+    made: list[int] = []
+    model.set_abort(lambda: len(made) >= 3)
+    try:
+        tokens = model.generate([1, 5, 6, 7], 20, on_token=made.append)
+    finally:
+        model.set_abort(None)
+    assert tokens == made and len(tokens) == 3

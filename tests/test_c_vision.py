@@ -536,6 +536,9 @@ def test_large_image_is_downscaled_with_notice(vbundle: Path, vlib_full, tmp_pat
     ref = python_image_chat(small, [rgb], "Describe.", 6)
     c = CVision(vlib_full, small)
     try:
+        c.lib.mcpm_session_max_pixels.restype = ctypes.c_int64
+        c.lib.mcpm_session_max_pixels.argtypes = [ctypes.c_void_p]
+        assert c.lib.mcpm_session_max_pixels(c.s) == 2000  # what the apps decode pictures to: from the bundle
         assert c.encode(rgb) == ref.runs[0]
         assert c.lib.mcpm_model_notice(c.m).decode() == "image 100x80 downscaled to 50x40"
         assert c.stats()["notice"] == "image 100x80 downscaled to 50x40"
@@ -544,6 +547,27 @@ def test_large_image_is_downscaled_with_notice(vbundle: Path, vlib_full, tmp_pat
         assert c.chat("Describe.", 6) == (len(ref.out), ref.text)
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("value", [None, 0, -5, "4096"])
+def test_max_pixels_is_required(value, vbundle: Path, vlib_full, tmp_path: Path) -> None:
+    """vision.max_pixels is read from the bundle by the runtime and, through mcpm_session_max_pixels, by the apps:
+    no literal default anywhere, so a bundle without a valid one is refused."""
+    bad = tmp_path / "bad-max-pixels"
+    shutil.copytree(vbundle, bad)
+    cfg = json.loads((bad / "mcpm-config.json").read_text())
+    if value is None:
+        del cfg["vision"]["max_pixels"]
+    else:
+        cfg["vision"]["max_pixels"] = value
+    (bad / "mcpm-config.json").write_text(json.dumps(cfg))
+    lib = vlib_full
+    m = lib.mcpm_model_load(str(bad).encode(), None)
+    try:
+        assert m and not lib.mcpm_session_new(m)
+        assert "vision.max_pixels is missing or out of range" in lib.mcpm_last_error(m).decode()
+    finally:
+        lib.mcpm_model_free(m)
 
 
 def test_gpu_device_is_refused_for_vision_bundles(vbundle: Path, vlib_full) -> None:

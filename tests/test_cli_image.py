@@ -185,3 +185,27 @@ def test_cli_bench_with_an_image(v_bundle: Path, picture: Path) -> None:
     assert table.exit_code == 0, table.output
     row = [line for line in table.output.splitlines() if line.startswith("image ")]
     assert len(row) == 1 and " ms " in row[0] and "112x56" in row[0], table.output
+
+
+def test_stop_during_an_image_encode_attaches_nothing(v_bundle: Path) -> None:
+    """A 10-run image (overview + 9 slices) stopped at its second cancel point: exactly one vision run was done (the
+    callback is asked before each run, so the call returns within one run's time), the error says "cancelled", and
+    the next turn is a text-only turn (nothing was attached)."""
+    from mcpm.runtime.binding import Model, Session
+
+    rgb = np.random.default_rng(3).integers(0, 256, (168, 168, 3), dtype=np.uint8)
+    with Model.load(v_bundle, threads=2) as model, Session(model) as session:
+        assert session.encode_image(rgb) == 10  # the image's vision runs without a stop
+        session.clear_images()
+        calls: list[int] = []
+        model.set_abort(lambda: calls.append(1) or len(calls) == 2)
+        try:
+            with pytest.raises(McpmError, match=r"^cancelled: the image was not attached \(stopped after 1 of 10"):
+                session.encode_image(rgb)
+        finally:
+            model.set_abort(None)
+        assert len(calls) == 2
+        reply = session.chat("Describe.", 6)
+        session.reset()
+    with Model.load(v_bundle, threads=2) as model, Session(model) as session:
+        assert session.chat("Describe.", 6) == reply

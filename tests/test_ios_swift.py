@@ -202,6 +202,10 @@ def test_image_input_is_wired_to_the_runtime() -> None:
     assert re.search(r"rgb\[3 \* i \+ 2\] = rgba\[4 \* i \+ 2\]", image)  # RGBA8 -> RGB8
     assert "public func encodeImage(_ image: CGImage) async throws -> MCPMImageEncoding" in image
     assert "public func encodeImage(_ image: UIImage) async throws -> MCPMImageEncoding" in image
+    # the image size limit is the bundle's vision.max_pixels, asked from the runtime: no literal in Swift
+    session = _strip_swift((PKG / "Sources" / "MCPM" / "MCPMSession.swift").read_text())
+    assert re.search(r"maxImagePixels = Int\(model\.queue\.sync \{ mcpm_session_max_pixels\(session\) \}\)", session)
+    assert "MCPMImagePixels(image, maxPixels: maxImagePixels)" in image and "4096" not in image
     stats = (PKG / "Sources" / "MCPM" / "MCPMStats.swift").read_text()
     for key in ("image_encode_ms", "image_slices", "image_patches"):
         assert f'"{key}"' in stats

@@ -64,6 +64,16 @@ MCPM_API int mcpm_prefill(mcpm_model* model, const int32_t* tokens, int n, float
 /* One token; logits_out: float[vocab] (may be NULL). */
 MCPM_API int mcpm_decode(mcpm_model* model, int32_t token, float* logits_out);
 
+/* Stop (the apps' Stop button): long work asks abort(user) at its cancel points, on the thread that runs the model:
+ * before every prefill chunk (mcpm_prefill, mcpm_generate, mcpm_session_chat/complete), before every vision-encoder
+ * run of an image (mcpm_encode_image: overview and each slice) and before every generated token after the first.
+ * Nonzero stops: a prompt that was being fed is forgotten (the position goes back to where the call started) and
+ * the call returns -1 with an error starting "cancelled"; an image being encoded is not attached (-1,
+ * "cancelled"); generation stops after the tokens already made (their count is returned, no error). abort
+ * typically reads a flag the UI thread sets; NULL (the default) never stops. */
+typedef int (*mcpm_abort_callback)(void* user);
+MCPM_API void mcpm_set_abort_callback(mcpm_model* model, mcpm_abort_callback abort, void* user);
+
 /* Forget the context (position 0). The KV cache rows are overwritten by later calls. */
 MCPM_API void mcpm_reset(mcpm_model* model);
 
@@ -170,6 +180,10 @@ MCPM_API int mcpm_model_has_vision(const mcpm_model* model);
  * "notice"). Returns the number of vision-encoder runs (overview + slices), or -1 (mcpm_session_last_error):
  * no vision encoder in the bundle, empty image, NULL rgb, a slice needing more than max_patches patches. */
 MCPM_API int mcpm_encode_image(mcpm_session* session, const uint8_t* rgb, int w, int h);
+/* The most pixels (w * h) mcpm_encode_image takes as they are: larger images are downscaled first. It is the
+ * bundle's mcpm-config.json vision.max_pixels; apps decode pictures to at most this size (a phone need not hold a
+ * full-size photo). 0 when the bundle has no vision encoder. */
+MCPM_API int64_t mcpm_session_max_pixels(const mcpm_session* session);
 /* Drops the images attached with mcpm_encode_image that no chat turn has used yet. */
 MCPM_API void mcpm_session_clear_images(mcpm_session* session);
 

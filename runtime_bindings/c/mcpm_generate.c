@@ -91,6 +91,7 @@ int mcpm_generate_image(mcpm_model* m, const int32_t* prompt, int n_prompt, cons
     int n_gen = 0;
     while (n_gen < max_new_tokens) {
         double t1 = mcpm_now_ms();
+        if (n_gen > 0 && mcpm_model_aborted(m)) break; /* Stop: the tokens made so far are the reply */
         if (n_gen > 0 && mcpm_decode(m, m->history[n_hist - 1], m->logits)) return -1;
         int32_t tok = mcpm_sampler_sample(&m->sampler, m->logits, m->history, n_hist, s);
         double t2 = mcpm_now_ms();

@@ -177,6 +177,8 @@ MCPM_HIDDEN int mcpm_generate_image(struct mcpm_model* model, const int32_t* pro
 MCPM_HIDDEN void mcpm_model_set_image_stats(struct mcpm_model* model, double ms, int slices, int patches);
 /* Replaces mcpm_model_notice (e.g. an image was downscaled). */
 MCPM_HIDDEN void mcpm_model_set_notice(struct mcpm_model* model, const char* notice);
+/* 1 when the model's abort callback (mcpm_set_abort_callback) asks to stop now; sets no error. */
+MCPM_HIDDEN int mcpm_model_aborted(struct mcpm_model* model);
 /* Monotonic clock in milliseconds. */
 MCPM_HIDDEN double mcpm_now_ms(void);
 

@@ -122,6 +122,8 @@ struct mcpm_model {
     int want_profile;           /* mcpm_params.profile during mcpm_model_load only */
     const char* want_cache_dir; /* mcpm_params.cache_dir during mcpm_model_load only */
     char notice[MCPM_ERR_LEN];  /* why device "auto" runs on the CPU ("" if it does not) */
+    mcpm_abort_callback abort_cb; /* mcpm_set_abort_callback (NULL = never stop) */
+    void* abort_user;
 };
 
 /* printf into err char[MCPM_ERR_LEN]; returns -1 (for `return mcpm_seterr(...)`). */

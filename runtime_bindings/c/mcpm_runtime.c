@@ -269,12 +269,30 @@ int mcpm_check_tokens(mcpm_model* m, const int32_t* tokens, int n) {
     return 0;
 }
 
+void mcpm_set_abort_callback(mcpm_model* m, mcpm_abort_callback abort, void* user) {
+    if (!m) return;
+    m->abort_cb = abort;
+    m->abort_user = user;
+}
+
+int mcpm_model_aborted(mcpm_model* m) { return m->abort_cb && m->abort_cb(m->abort_user) ? 1 : 0; }
+
+/* The cancel point before a prefill chunk: on a stop, the prompt fed since position pos0 is forgotten. */
+static int prefill_cancelled(mcpm_model* m, int pos0) {
+    if (!mcpm_model_aborted(m)) return 0;
+    m->pos = pos0;
+    mcpm_seterr(m->err, "cancelled: the prompt was not fed (stopped during the prefill)");
+    return 1;
+}
+
 int mcpm_prefill(mcpm_model* m, const int32_t* tokens, int n, float* logits_out) {
     if (!m) return -1;
     if (n < 1 || !tokens) return mcpm_seterr(m->err, "prefill needs at least one token");
     if (mcpm_check_tokens(m, tokens, n)) return -1;
+    int pos0 = m->pos;
     for (int start = 0; start < n; start += m->chunk) {
         int len = n - start < m->chunk ? n - start : m->chunk;
+        if (prefill_cancelled(m, pos0)) return -1;
         if (run_entry(m, &m->prefill, tokens + start, len, start + len == n ? logits_out : NULL)) return -1;
     }
     return 0;
@@ -332,8 +350,10 @@ int mcpm_model_prefill_embeds(mcpm_model* m, const float* embeds, int n, float* 
     if (m->pos + (int64_t)n > m->max_ctx)
         return mcpm_seterr(m->err, "context full: %d + %d tokens > max_ctx %d", m->pos, n, m->max_ctx);
     size_t d = (size_t)m->vinfo.hidden;
+    int pos0 = m->pos;
     for (int start = 0; start < n; start += m->chunk) {
         int len = n - start < m->chunk ? n - start : m->chunk;
+        if (prefill_cancelled(m, pos0)) return -1;
         memcpy(m->prefill_embeds.input[IN_EMBEDS], embeds + (size_t)start * d, sizeof(float) * (size_t)len * d);
         if (run_prefill_embeds(m, len, start + len == n ? logits_out : NULL)) return -1;
     }
@@ -382,10 +402,11 @@ static int prefill_image_chunk(mcpm_model* m, const int32_t* tokens, int start, 
 }
 
 int mcpm_prefill_image(mcpm_model* m, const int32_t* tokens, int n, const mcpm_image_prompt* img, float* logits_out) {
-    int row = 0; /* next feature row */
+    int row = 0, pos0 = m->pos; /* next feature row; the position before the prompt */
     for (int start = 0; start < n; start += m->chunk) {
         int len = n - start < m->chunk ? n - start : m->chunk;
         float* lo = start + len == n ? logits_out : NULL;
+        if (prefill_cancelled(m, pos0)) return -1;
         int any = 0;
         for (int i = start; i < start + len && !any; i++) any = img->image[i] != 0;
         if (any ? prefill_image_chunk(m, tokens, start, len, img, &row, lo)

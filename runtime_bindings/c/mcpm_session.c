@@ -29,7 +29,7 @@ struct mcpm_session {
     /* MiniCPM-V: mcpm-config.json "vision" (has_vision = 0 when absent) */
     int has_vision;
     int max_slices, scale_resolution, slice_mode, patch, query_num;
-    int64_t max_pixels;       /* images with more pixels are downscaled first; 0 = never */
+    int64_t max_pixels;       /* images with more pixels are downscaled first (>= 1) */
     mcpm_image_tokens_t image_tokens;
     /* images attached with mcpm_encode_image for the next chat turn */
     int n_images, images_cap;
@@ -132,9 +132,9 @@ static int load_vision_config(mcpm_session* s, const char* path, const json_node
     if (!v) return 0;
     if (v->type != JSON_OBJECT) return seterr(s, "%s: \"vision\" is not an object", path);
     static const char* keys[5] = {"max_slices", "scale_resolution", "patch", "query_num", "max_pixels"};
-    int64_t x[5] = {MCPM_IMAGE_MAX_SLICES, MCPM_IMAGE_SCALE_RESOLUTION, MCPM_IMAGE_PATCH, 0, 16777216};
-    for (int k = 0; k < 5; k++)
-        if ((json_get(d, v, keys[k]) || k == 3) && cfg_int(d, v, keys[k], k == 4 ? 0 : 1, k == 4 ? INT64_MAX : 1 << 20, &x[k]))
+    int64_t x[5] = {MCPM_IMAGE_MAX_SLICES, MCPM_IMAGE_SCALE_RESOLUTION, MCPM_IMAGE_PATCH, 0, 0};
+    for (int k = 0; k < 5; k++) /* query_num and max_pixels (the apps' image size limit too) are required */
+        if ((json_get(d, v, keys[k]) || k >= 3) && cfg_int(d, v, keys[k], 1, k == 4 ? INT64_MAX : 1 << 20, &x[k]))
             return seterr(s, "%s: vision.%s is missing or out of range", path, keys[k]);
     s->max_slices = (int)x[0];
     s->scale_resolution = (int)x[1];
@@ -184,6 +184,10 @@ static int load_config(mcpm_session* s, const char* dir) {
     const json_node* add_bos = get_typed(d, tmpl, "add_bos", JSON_BOOL);
     s->add_bos = add_bos ? (int)add_bos->i : 0;
     int vocab = mcpm_vocab_size(s->model);
+    const json_node* ctx = json_get(d, root, "context_length"); /* a copy of plan.json's max_ctx: must agree */
+    if (ctx && (ctx->type != JSON_NUMBER || !ctx->is_int || ctx->i != mcpm_context_length(s->model)))
+        return seterr(s, "%s: context_length does not match plan.json's max_ctx %d: the bundle's files come from "
+                      "different exports (re-export the bundle)", path, mcpm_context_length(s->model));
     const json_node* bos = json_get(d, root, "bos_token_id");
     if (bos && bos->type != JSON_NULL && !is_token_id(bos, vocab))
         return seterr(s, "%s: bos_token_id is not a token id in 0..%d (re-export the bundle)", path, vocab - 1);
@@ -307,6 +311,8 @@ void mcpm_session_reset(mcpm_session* s) {
     mcpm_session_clear_images(s);
 }
 
+int64_t mcpm_session_max_pixels(const mcpm_session* s) { return s && s->query_num > 0 ? s->max_pixels : 0; }
+
 const char* mcpm_session_last_error(const mcpm_session* s) { return s ? mcpm_last_error(s->model) : ""; }
 
 /* ---- images (MiniCPM-V) */
@@ -415,6 +421,10 @@ int mcpm_encode_image(mcpm_session* s, const uint8_t* rgb, int w, int h) {
             goto done;
         }
         float* out = s->feats + (s->feat_rows + (size_t)i * (size_t)q) * (size_t)dim; /* float32[Q, D] */
+        if (mcpm_model_aborted(m)) { /* the cancel point of each vision run: nothing is attached */
+            seterr(s, "cancelled: the image was not attached (stopped after %d of %d vision runs)", i, plan.num_images);
+            goto done;
+        }
         if (mcpm_model_vision_run(m, patches, pos, key, n, out)) goto done;
         total_patches += n;
     }

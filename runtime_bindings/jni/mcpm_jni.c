@@ -39,9 +39,16 @@ typedef struct mcpm_jni_handle {
     mcpm_model* model;     /* owned */
     mcpm_session* session; /* owned */
     int32_t bos;           /* bos_token_id of mcpm-config.json, -1 if none (used by bench) */
+    _Atomic int stop;      /* set by stop() from any thread; cleared when chat, complete, encodeImage or bench starts */
 } mcpm_jni_handle;
 
 static mcpm_jni_handle* handle_of(jlong h) { return (mcpm_jni_handle*)(intptr_t)h; }
+
+/* The model's abort callback (mcpm_set_abort_callback): stop() asks for it. */
+static int jni_abort(void* user) { return atomic_load(&((mcpm_jni_handle*)user)->stop) != 0; }
+
+/* A long call starts: a stop() before it belongs to the previous one. */
+static void clear_stop(mcpm_jni_handle* h) { atomic_store(&h->stop, 0); }
 
 /* Throws McpmException(message); if the class cannot be found, FindClass's own error stays pending. */
 static void throw_mcpm(JNIEnv* env, const char* message) {
@@ -192,6 +199,7 @@ static jint run_text(JNIEnv* env, jlong handle, jstring text, jint max_tokens, j
     }
     char* utf8 = utf8_from_jstring(env, text, NULL);
     if (!utf8) return -1;
+    clear_stop(h);
     mcpm_sampling s = mcpm_default_sampling();
     s.temperature = temperature; /* <= 0: greedy */
     s.top_k = top_k;
@@ -305,6 +313,7 @@ JNIEXPORT jlong JNICALL Java_org_mcpm_demo_McpmNative_load(JNIEnv* env, jclass c
         return 0;
     }
     h->bos = read_bos(dir, mcpm_vocab_size(h->model));
+    mcpm_set_abort_callback(h->model, jni_abort, h);
     const char* notice = mcpm_model_notice(h->model);
     MCPM_LOG_INFO("loaded %s: vocab %d, context %d, threads %d, device %s%s%s", dir, mcpm_vocab_size(h->model),
                   mcpm_context_length(h->model), (int)threads, mcpm_model_device(h->model), *notice ? "; " : "",
@@ -345,12 +354,33 @@ JNIEXPORT void JNICALL Java_org_mcpm_demo_McpmNative_reset(JNIEnv* env, jclass c
 
 /* ---------------------------------------------------------------- images (MiniCPM-V bundles) */
 
+/* static native void stop(long handle): the Stop button, from any thread while the handle is alive: a running
+ * chat, complete, encodeImage or bench stops at its next cancel point (each prefill chunk, each vision run, each
+ * token). A prompt or image being fed is dropped and the call throws McpmException("cancelled: ..."); a reply
+ * being generated ends with the tokens made. No-op for handle 0. */
+JNIEXPORT void JNICALL Java_org_mcpm_demo_McpmNative_stop(JNIEnv* env, jclass cls, jlong handle) {
+    (void)env;
+    (void)cls;
+    mcpm_jni_handle* h = handle_of(handle);
+    if (h) atomic_store(&h->stop, 1);
+}
+
 /* static native boolean hasVision(long handle): true when the bundle has a vision encoder; false for handle 0 */
 JNIEXPORT jboolean JNICALL Java_org_mcpm_demo_McpmNative_hasVision(JNIEnv* env, jclass cls, jlong handle) {
     (void)env;
     (void)cls;
     mcpm_jni_handle* h = handle_of(handle);
     return h && mcpm_model_has_vision(h->model) == 1 ? JNI_TRUE : JNI_FALSE;
+}
+
+/* static native long maxImagePixels(long handle): the most pixels an image is encoded at (the bundle's
+ * vision.max_pixels, mcpm_session_max_pixels): the app decodes pictures to at most this; 0 without a vision
+ * encoder or for handle 0 */
+JNIEXPORT jlong JNICALL Java_org_mcpm_demo_McpmNative_maxImagePixels(JNIEnv* env, jclass cls, jlong handle) {
+    (void)env;
+    (void)cls;
+    mcpm_jni_handle* h = handle_of(handle);
+    return h ? (jlong)mcpm_session_max_pixels(h->session) : 0;
 }
 
 /* ARGB_8888 ints (Bitmap.getPixels: 0xAARRGGBB, row-major, stride = width) in JNI_ARGB_CHUNK pieces. */
@@ -368,6 +398,7 @@ JNIEXPORT jint JNICALL Java_org_mcpm_demo_McpmNative_encodeImage(JNIEnv* env, jc
         throw_mcpm(env, "the model is not loaded (handle 0)");
         return -1;
     }
+    clear_stop(h);
     if (!argb) {
         throw_mcpm(env, "the image pixels are null");
         return -1;
@@ -464,6 +495,7 @@ JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_bench(JNIEnv* env, jclas
         throw_mcpm(env, "the model is not loaded (handle 0)");
         return NULL;
     }
+    clear_stop(h);
     if (prompt_tokens < 1 || gen_tokens < 0) {
         char msg[128];
         snprintf(msg, sizeof msg, "bench needs prompt_tokens >= 1 and gen_tokens >= 0 (got %d and %d)",

@@ -81,6 +81,7 @@ class Sampling:
 
 TOKEN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_void_p)  # mcpm_token_callback
 # mcpm_text_callback: (const char* text, size_t len, void* user); a c_void_p text so that NUL bytes survive
+ABORT_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)  # mcpm_abort_callback
 TEXT_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 _I32P = ctypes.POINTER(ctypes.c_int32)
 _F32P = ctypes.POINTER(ctypes.c_float)
@@ -91,6 +92,7 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_prefill": ([_P, ctypes.POINTER(ctypes.c_int32), ctypes.c_int, ctypes.POINTER(ctypes.c_float)], ctypes.c_int),
     "mcpm_decode": ([_P, ctypes.c_int32, ctypes.POINTER(ctypes.c_float)], ctypes.c_int),
     "mcpm_reset": ([_P], None),
+    "mcpm_set_abort_callback": ([_P, ABORT_CALLBACK, ctypes.c_void_p], None),
     "mcpm_vocab_size": ([_P], ctypes.c_int),
     "mcpm_set_sampleable": ([_P, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int], ctypes.c_int),
     "mcpm_context_length": ([_P], ctypes.c_int),
@@ -117,6 +119,7 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_model_has_vision": ([_P], ctypes.c_int),
     "mcpm_encode_image": ([_P, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int, ctypes.c_int], ctypes.c_int),
     "mcpm_session_clear_images": ([_P], None),
+    "mcpm_session_max_pixels": ([_P], ctypes.c_int64),
 }
 _LIBS: dict[str, ctypes.CDLL] = {}
 _LIBS_LOCK = threading.Lock()
@@ -188,6 +191,7 @@ class Model(_Owned):
         self.bundle_dir = bundle_dir
         self.vocab_size: int = lib.mcpm_vocab_size(handle)
         self.context_length: int = lib.mcpm_context_length(handle)
+        self._abort: Any = None  # the ctypes callback of set_abort, kept alive while the runtime holds it
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int = 0, verify: bool = False, workspace_bytes: int = 0,
@@ -252,6 +256,13 @@ class Model(_Owned):
     def reset(self) -> None:
         """Forget the context (position 0)."""
         self._lib.mcpm_reset(self._handle())
+
+    def set_abort(self, should_stop: Callable[[], bool] | None) -> None:
+        """Stop long work when should_stop() is true, asked at the runtime's cancel points (each prefill chunk, each
+        vision run of an image, each generated token: mcpm_set_abort_callback); None: never stop."""
+        h = self._handle()
+        self._abort = ABORT_CALLBACK(lambda _user: 1 if should_stop() else 0) if should_stop is not None else None
+        self._lib.mcpm_set_abort_callback(h, self._abort or ABORT_CALLBACK(), None)
 
     def set_sampleable(self, allowed: np.ndarray | None) -> None:
         """Ids ``generate`` may draw: bool [vocab] (e.g. Tokenizer.decodable_mask), or None for every id."""
@@ -431,6 +442,12 @@ class Session(_Owned):
         if n < 0:
             raise McpmError(_text(self._lib.mcpm_session_last_error(h)) or "the C runtime could not encode the image")
         return int(n)
+
+    @property
+    def max_pixels(self) -> int:
+        """The most pixels an image is encoded at; larger ones are downscaled first (the bundle's vision.max_pixels;
+        0 without a vision encoder)."""
+        return int(self._lib.mcpm_session_max_pixels(self._handle()))
 
     def clear_images(self) -> None:
         """Drop the images attached to the next turn (no-op when none is)."""

@@ -23,7 +23,7 @@ public struct MCPMImageEncoding: Sendable, Equatable {
     /// The size given to the runtime (after `reducedFrom`, if any).
     public var width: Int
     public var height: Int
-    /// The original size when this package downscaled the image to MCPMImagePixels.maxPixels, else nil.
+    /// The original size when this package downscaled the image to the session's maxImagePixels, else nil.
     public var reducedFrom: (width: Int, height: Int)? {
         get { reducedWidth > 0 ? (reducedWidth, reducedHeight) : nil }
         set {
@@ -57,10 +57,6 @@ public struct MCPMImageEncoding: Sendable, Equatable {
 #if canImport(CoreGraphics)
 /// RGB8 pixels (uint8[height][width][3], row-major, top row first) of a CGImage.
 public struct MCPMImagePixels: Sendable {
-    /// 4096 x 4096: the runtime's default max_pixels. Larger images are drawn smaller here (memory on a phone);
-    /// the runtime would downscale them anyway.
-    public static let maxPixels = 4096 * 4096
-
     public let rgb: [UInt8]
     public let width: Int
     public let height: Int
@@ -68,11 +64,13 @@ public struct MCPMImagePixels: Sendable {
     public let reducedFrom: (width: Int, height: Int)?
 
     /// Draws image into an RGBA8 bitmap (sRGB, alpha skipped: transparent pixels come out over black) and keeps
-    /// R, G, B.
-    public init(_ image: CGImage, maxPixels: Int = MCPMImagePixels.maxPixels) throws {
+    /// R, G, B; at most maxPixels pixels (MCPMSession.maxImagePixels: larger images are drawn smaller here, for a
+    /// phone's memory; the runtime would downscale them anyway).
+    public init(_ image: CGImage, maxPixels: Int) throws {
         var w = image.width
         var h = image.height
         guard w > 0, h > 0 else { throw MCPMError.imageFailed("the image is empty (\(w)x\(h) pixels)") }
+        guard maxPixels > 0 else { throw MCPMError.imageFailed("the model takes no images (a MiniCPM-V bundle does)") }
         var reduced: (width: Int, height: Int)?
         if w * h > maxPixels {
             let scale = (Double(maxPixels) / Double(w * h)).squareRoot()
@@ -109,15 +107,18 @@ extension MCPMSession {
     /// (`generate(prompt:mode: .chat)`); several images attach in order. Throws MCPMError.imageFailed with the
     /// runtime's message (no vision encoder in the bundle, a too elongated image, ...).
     public func encodeImage(_ image: CGImage) async throws -> MCPMImageEncoding {
-        try await encode(try MCPMImagePixels(image))
+        try await encode(try MCPMImagePixels(image, maxPixels: maxImagePixels))
     }
 
     /// Encodes RGB8 pixels prepared with MCPMImagePixels (see encodeImage(_:)).
     public func encode(_ pixels: MCPMImagePixels) async throws -> MCPMImageEncoding {
         let session = handle
         let model = self.model
+        let flag = beginCancellable()  // cancel() stops the encode between vision runs (nothing is attached)
         return try await withCheckedThrowingContinuation { continuation in
             model.queue.async {
+                mcpm_set_abort_callback(model.handle, mcpmAbortFlag, Unmanaged.passUnretained(flag).toOpaque())
+                defer { mcpm_set_abort_callback(model.handle, nil, nil) }
                 let runs: Int32 = pixels.rgb.withUnsafeBufferPointer { p in
                     mcpm_encode_image(session, p.baseAddress, Int32(clamping: pixels.width),
                                       Int32(clamping: pixels.height))
@@ -153,7 +154,7 @@ extension MCPMSession {
 #if canImport(UIKit)
 extension MCPMSession {
     /// encodeImage(_:) of a UIImage: turned upright by its imageOrientation (camera photos) and drawn at most
-    /// MCPMImagePixels.maxPixels pixels.
+    /// maxImagePixels pixels.
     public func encodeImage(_ image: UIImage) async throws -> MCPMImageEncoding {
         let pixelWidth = Int((image.size.width * image.scale).rounded())
         let pixelHeight = Int((image.size.height * image.scale).rounded())
@@ -166,8 +167,8 @@ extension MCPMSession {
         // Redraw upright (and not larger than maxPixels): UIImage.draw applies the orientation.
         var w = pixelWidth
         var h = pixelHeight
-        if w * h > MCPMImagePixels.maxPixels {
-            let scale = (Double(MCPMImagePixels.maxPixels) / Double(w * h)).squareRoot()
+        if maxImagePixels > 0, w * h > maxImagePixels {
+            let scale = (Double(maxImagePixels) / Double(w * h)).squareRoot()
             w = max(1, Int(Double(w) * scale))
             h = max(1, Int(Double(h) * scale))
         }
@@ -178,7 +179,7 @@ extension MCPMSession {
             image.draw(in: CGRect(x: 0, y: 0, width: w, height: h))
         }
         guard let cg = upright.cgImage else { throw MCPMError.imageFailed("the image has no bitmap (CGImage)") }
-        var result = try await encode(try MCPMImagePixels(cg))
+        var result = try await encode(try MCPMImagePixels(cg, maxPixels: maxImagePixels))
         if w != pixelWidth || h != pixelHeight { result.reducedFrom = (pixelWidth, pixelHeight) }
         return result
     }

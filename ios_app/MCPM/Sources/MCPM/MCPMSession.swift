@@ -19,6 +19,9 @@ public final class MCPMSession: @unchecked Sendable {
     /// Sampling and length used by `generate` when it is not given them.
     public var sampling = MCPMSampling()
     public var maxNewTokens = 256
+    /// The most pixels an image is encoded at (the bundle's vision.max_pixels, mcpm_session_max_pixels): images
+    /// are drawn at most this large before encoding. 0 for a bundle without a vision encoder.
+    public let maxImagePixels: Int
 
     public init(model: MCPMModel) throws {
         self.model = model
@@ -27,6 +30,7 @@ public final class MCPMSession: @unchecked Sendable {
             throw MCPMError.sessionFailed(model.queue.sync { model.lastErrorOnQueue() })
         }
         handle = session
+        maxImagePixels = Int(model.queue.sync { mcpm_session_max_pixels(session) })
     }
 
     deinit {
@@ -62,6 +66,9 @@ public final class MCPMSession: @unchecked Sendable {
                     continuation.finish()
                     return
                 }
+                // Stop also during a long prompt: the runtime asks the flag before every prefill chunk
+                mcpm_set_abort_callback(model.handle, mcpmAbortFlag, Unmanaged.passUnretained(flag).toOpaque())
+                defer { mcpm_set_abort_callback(model.handle, nil, nil) }
                 let n: Int32 = prompt.withCString { cPrompt in
                     switch mode {
                     case .chat:
@@ -70,16 +77,27 @@ public final class MCPMSession: @unchecked Sendable {
                         return mcpm_session_complete(session, cPrompt, limit, &cSampling, mcpmTextSink, user)
                     }
                 }
-                if n < 0 {
+                if n < 0 && !flag.isCancelled {
                     continuation.finish(throwing: MCPMError.generationFailed(String(cString: mcpm_session_last_error(session))))
-                } else {
+                } else {  // a reply, or a Stop during the prompt (the message was not sent: nothing streamed)
                     continuation.finish()
                 }
             }
         }
     }
 
-    /// Stops the generation in progress after the current token (its text so far stays in the conversation).
+    /// A new cancellable call (an image encode) becomes the one `cancel()` stops.
+    func beginCancellable() -> CancelFlag {
+        let flag = CancelFlag()
+        lock.lock()
+        current = flag
+        lock.unlock()
+        return flag
+    }
+
+    /// Stop: the generation in progress ends after the current token (its text so far stays in the conversation);
+    /// a prompt or an image still being fed is dropped (the runtime's cancel points: each prefill chunk, each
+    /// vision run).
     public func cancel() {
         lock.lock()
         current?.cancel()
@@ -164,6 +182,12 @@ final class TextSink {
         self.continuation = continuation
         self.flag = flag
     }
+}
+
+/// mcpm_abort_callback: nonzero once the call's CancelFlag is set (user: an unretained CancelFlag).
+let mcpmAbortFlag: mcpm_abort_callback = { user in
+    guard let user = user else { return 0 }
+    return Unmanaged<CancelFlag>.fromOpaque(user).takeUnretainedValue().isCancelled ? 1 : 0
 }
 
 /// mcpm_text_callback: yields each piece; a nonzero return cancels the generation.

@@ -77,11 +77,8 @@ public class BenchmarkActivity extends Activity {
                 throw new McpmException("device must be cpu, gpu or auto (got '" + device + "')");
             }
             McpmNative.ensureLoaded();
-            ImageLoader.Picture picture = null;
-            if (image != null) { // decoded first: a bad file fails before the model loads
-                show("Reading the image " + image + "...");
-                File file = new File(image);
-                picture = ImageLoader.decodeFile(file, file.getName());
+            if (image != null && !new File(image).isFile()) { // a wrong path fails before the model loads
+                throw new McpmException("image " + image + " does not exist");
             }
             ModelStore.Model model = ModelStore.find(this, modelDir);
             File dir = ModelStore.prepare(this, model, new ModelStore.Progress() {
@@ -98,7 +95,11 @@ public class BenchmarkActivity extends Activity {
             String kernelTimes;
             JSONObject imageStats = null;
             try {
-                if (picture != null) {
+                if (image != null) { // decoded at the model's size limit (the bundle's vision.max_pixels)
+                    show("Reading the image " + image + "...");
+                    File file = new File(image);
+                    ImageLoader.Picture picture = ImageLoader.decodeFile(file, file.getName(),
+                            McpmNative.maxImagePixels(handle));
                     imageStats = encodeImage(handle, model, picture, image);
                 }
                 show("Benchmarking " + model.name + ": " + promptTokens + " prompt + " + genTokens + " tokens...");

@@ -16,13 +16,11 @@ import java.util.Locale;
 
 /**
  * Images for MiniCPM-V models: decodes a file with BitmapFactory (ARGB_8888) using inSampleSize so that the bitmap
- * has at most {@link #MAX_PIXELS} pixels, turns it upright by its EXIF orientation, and gives the ARGB ints that
+ * has at most the model's {@link McpmNative#maxImagePixels} pixels (the bundle's vision.max_pixels), turns it upright by its EXIF orientation, and gives the ARGB ints that
  * {@link McpmNative#encodeImage} takes. Every failure is an McpmException with a one-line message.
  * Picked content (a content:// Uri) is first copied to the cache dir: API 23's ExifInterface reads files only.
  */
 final class ImageLoader {
-    /** 4096 x 4096: the runtime's max_pixels; bigger images would be downscaled there anyway. */
-    static final int MAX_PIXELS = 4096 * 4096;
     static final int THUMBNAIL_SIDE = 256;
 
     /** A decoded, upright ARGB_8888 image with a small thumbnail for the UI. */
@@ -32,8 +30,10 @@ final class ImageLoader {
         final int sourceWidth;   // as stored in the file (0 when unknown)
         final int sourceHeight;
         final String source;     // file name or "camera"
+        final long maxPixels;    // the model's limit it was decoded for (McpmNative.maxImagePixels)
 
-        Picture(Bitmap bitmap, Bitmap thumbnail, int sourceWidth, int sourceHeight, String source) {
+        Picture(Bitmap bitmap, Bitmap thumbnail, int sourceWidth, int sourceHeight, String source, long maxPixels) {
+            this.maxPixels = maxPixels;
             this.bitmap = bitmap;
             this.thumbnail = thumbnail;
             this.sourceWidth = sourceWidth;
@@ -49,7 +49,7 @@ final class ImageLoader {
             return bitmap.getHeight();
         }
 
-        /** True when decoding reduced the image (inSampleSize) to stay within MAX_PIXELS. */
+        /** True when decoding reduced the image (inSampleSize) to stay within maxPixels. */
         boolean reduced() {
             return (long) sourceWidth * sourceHeight > (long) width() * height();
         }
@@ -60,7 +60,7 @@ final class ImageLoader {
                 return "";
             }
             return String.format(Locale.US, "image %dx%d reduced to %dx%d (at most %d pixels)", sourceWidth,
-                    sourceHeight, width(), height(), MAX_PIXELS);
+                    sourceHeight, width(), height(), maxPixels);
         }
 
         /** One line for the UI: source, size, and the reduction when there was one. */
@@ -75,7 +75,7 @@ final class ImageLoader {
     }
 
     /** The smallest power of two s with ceil(w / s) * ceil(h / s) <= maxPixels (what inSampleSize takes). */
-    static int sampleSizeFor(int width, int height, int maxPixels) {
+    static int sampleSizeFor(int width, int height, long maxPixels) {
         int s = 1;
         while ((long) ((width + s - 1) / s) * ((height + s - 1) / s) > maxPixels && s < (1 << 16)) {
             s *= 2;
@@ -83,8 +83,9 @@ final class ImageLoader {
         return s;
     }
 
-    /** Decodes an image file (JPEG, PNG, WebP, ...) upright, at most MAX_PIXELS pixels. */
-    static Picture decodeFile(File file, String source) throws McpmException {
+    /** Decodes an image file (JPEG, PNG, WebP, ...) upright, at most maxPixels pixels (McpmNative.maxImagePixels). */
+    static Picture decodeFile(File file, String source, long maxPixels) throws McpmException {
+        checkMaxPixels(maxPixels);
         if (!file.isFile()) {
             throw new McpmException("image " + file + " does not exist");
         }
@@ -97,7 +98,7 @@ final class ImageLoader {
         }
         BitmapFactory.Options opts = new BitmapFactory.Options();
         opts.inPreferredConfig = Bitmap.Config.ARGB_8888;
-        opts.inSampleSize = sampleSizeFor(bounds.outWidth, bounds.outHeight, MAX_PIXELS);
+        opts.inSampleSize = sampleSizeFor(bounds.outWidth, bounds.outHeight, maxPixels);
         Bitmap decoded;
         try {
             decoded = BitmapFactory.decodeFile(file.getAbsolutePath(), opts);
@@ -109,19 +110,28 @@ final class ImageLoader {
             throw new McpmException("cannot decode image " + source + " (damaged or unsupported file)");
         }
         Bitmap upright = applyExif(argb8888(decoded), readOrientation(file));
-        return new Picture(upright, thumbnail(upright, THUMBNAIL_SIDE), bounds.outWidth, bounds.outHeight, source);
+        return new Picture(upright, thumbnail(upright, THUMBNAIL_SIDE), bounds.outWidth, bounds.outHeight, source,
+                maxPixels);
     }
 
     /** A Bitmap from elsewhere (the camera's preview in the result's "data" extra). */
-    static Picture fromBitmap(Bitmap bitmap, String source) throws McpmException {
+    static Picture fromBitmap(Bitmap bitmap, String source, long maxPixels) throws McpmException {
+        checkMaxPixels(maxPixels);
         if (bitmap == null || bitmap.getWidth() < 1 || bitmap.getHeight() < 1) {
             throw new McpmException("the " + source + " returned no image");
         }
         Bitmap b = argb8888(bitmap);
-        return new Picture(b, thumbnail(b, THUMBNAIL_SIDE), b.getWidth(), b.getHeight(), source);
+        return new Picture(b, thumbnail(b, THUMBNAIL_SIDE), b.getWidth(), b.getHeight(), source, maxPixels);
     }
 
     /** Copies picked content (content:// or file://) to <cache dir>/picked-image; returns that file. */
+    /** maxPixels 0 (McpmNative.maxImagePixels of a model without a vision encoder, or none loaded): no images. */
+    private static void checkMaxPixels(long maxPixels) throws McpmException {
+        if (maxPixels < 1) {
+            throw new McpmException("the loaded model takes no images (choose a MiniCPM-V model)");
+        }
+    }
+
     static File copyToCache(Context context, Uri uri) throws McpmException {
         File out = new File(context.getCacheDir(), "picked-image");
         InputStream in = null;

@@ -66,6 +66,13 @@ public class MainActivity extends Activity {
     private volatile boolean stopRequested;
     private boolean busy; // UI thread only
     private ImageLoader.Picture pendingImage; // UI thread only: attached to the next message
+    // The loaded model's image size limit (McpmNative.maxImagePixels; 0 = no images): set by the worker, read by
+    // the image decoder thread.
+    private volatile long maxImagePixels;
+    // The loaded model's handle for Stop from the UI thread (McpmNative.stop): set after a load, cleared before the
+    // model is freed, both under handleLock, so stop() never sees a freed handle.
+    private final Object handleLock = new Object();
+    private long liveHandle; // guarded by handleLock
 
     // Worker thread only.
     private long handle;
@@ -117,7 +124,7 @@ public class MainActivity extends Activity {
         stopButton.setOnClickListener(new View.OnClickListener() {
             @Override
             public void onClick(View v) {
-                stopRequested = true;
+                requestStop();
                 setStatus("Stopping...", false);
             }
         });
@@ -161,7 +168,7 @@ public class MainActivity extends Activity {
 
     @Override
     protected void onDestroy() {
-        stopRequested = true;
+        requestStop();
         try {
             worker.execute(new Runnable() {
                 @Override
@@ -250,12 +257,16 @@ public class MainActivity extends Activity {
             }
             throw e;
         }
+        synchronized (handleLock) {
+            liveHandle = handle;
+        }
         loadedKey = model.key();
         loadedThreads = threads;
         loadedDevice = device;
         boolean vision = false;
         try {
             vision = McpmNative.hasVision(handle);
+            maxImagePixels = vision ? McpmNative.maxImagePixels(handle) : 0;
         } catch (Throwable t) {
             // An old libmcpm.so without image input: no Image button.
         }
@@ -283,11 +294,30 @@ public class MainActivity extends Activity {
         setStatus(line, false);
     }
 
+    /** Any thread: the reply stops (the sink says so) and so does a prompt or image being fed (McpmNative.stop). */
+    private void requestStop() {
+        stopRequested = true;
+        synchronized (handleLock) {
+            if (liveHandle != 0) {
+                McpmNative.stop(liveHandle);
+            }
+        }
+    }
+
+    /** A McpmException of a call that Stop interrupted ("cancelled: ..."). */
+    private boolean stoppedByUser(Throwable t) {
+        return stopRequested && t instanceof McpmException && String.valueOf(t.getMessage()).startsWith("cancelled");
+    }
+
     /** Worker thread. */
     private void freeModel() {
         if (handle != 0) {
             showImageButton(false);
+            maxImagePixels = 0;
             long h = handle;
+            synchronized (handleLock) {
+                liveHandle = 0;
+            }
             handle = 0;
             loadedKey = null;
             loadedDevice = null;
@@ -335,8 +365,12 @@ public class MainActivity extends Activity {
                         try {
                             imageLine = encodeImage(model, picture);
                         } catch (Throwable t) {
-                            appendChat("[image not sent]");
-                            reportError("Image encoding failed", t);
+                            appendChat(stoppedByUser(t) ? "[stopped: image not sent]" : "[image not sent]");
+                            if (stoppedByUser(t)) {
+                                setStatus("Stopped", false);
+                            } else {
+                                reportError("Image encoding failed", t);
+                            }
                             return;
                         }
                     }
@@ -357,8 +391,13 @@ public class MainActivity extends Activity {
                     setStatus(String.format(Locale.US, "%d tokens in %.1f s (%.1f tokens/s, %s)%s%s", n, seconds,
                             n / seconds, runsOn, stopRequested ? ", stopped" : "", imageLine), false);
                 } catch (Throwable t) {
-                    appendChat("\n[error]");
-                    reportError("Generation failed", t);
+                    if (stoppedByUser(t)) { // stopped while the message was being read: it was not sent
+                        appendChat("\n[stopped]");
+                        setStatus("Stopped", false);
+                    } else {
+                        appendChat("\n[error]");
+                        reportError("Generation failed", t);
+                    }
                 }
             }
         }, true);
@@ -467,13 +506,13 @@ public class MainActivity extends Activity {
                         final ImageLoader.Picture picture;
                         if (camera) {
                             picture = ImageLoader.fromBitmap(extra instanceof Bitmap ? (Bitmap) extra : null,
-                                    "camera");
+                                    "camera", maxImagePixels);
                         } else if (uri == null) {
                             throw new McpmException("the gallery returned no image");
                         } else {
                             String name = uri.getLastPathSegment();
                             picture = ImageLoader.decodeFile(ImageLoader.copyToCache(MainActivity.this, uri),
-                                    name != null ? name : "image");
+                                    name != null ? name : "image", maxImagePixels);
                         }
                         ui.post(new Runnable() {
                             @Override
@@ -523,7 +562,7 @@ public class MainActivity extends Activity {
     }
 
     private void newChat() {
-        stopRequested = true;
+        requestStop();
         chatText.setText("");
         removeImage();
         runTask(new Runnable() {

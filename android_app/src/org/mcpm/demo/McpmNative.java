@@ -54,14 +54,29 @@ public final class McpmNative {
     /** Forgets the conversation (and the images attached to the next turn). */
     static native void reset(long handle);
 
+    /**
+     * The Stop button: callable from any thread while the handle is alive (not after {@link #free}). A running
+     * chat, complete, encodeImage or bench stops at its next cancel point (each prefill chunk, each vision run of
+     * an image, each token): a prompt or image being fed is dropped and the call throws McpmException("cancelled:
+     * ..."); a reply being generated ends with the tokens made so far. No-op for handle 0.
+     */
+    static native void stop(long handle);
+
     /** True when the bundle has a vision encoder (MiniCPM-V): encodeImage works. False for handle 0. */
     static native boolean hasVision(long handle);
+
+    /**
+     * The most pixels (width * height) an image is encoded at: the bundle's vision.max_pixels. Larger images are
+     * downscaled by the runtime, so the app decodes pictures to at most this size. 0 without a vision encoder and
+     * for handle 0.
+     */
+    static native long maxImagePixels(long handle);
 
     /**
      * Runs the vision encoder on an image and attaches it to the next {@link #chat} turn. argb: width * height
      * pixels as {@code Bitmap.getPixels(argb, 0, width, 0, 0, width, height)} gives them (ARGB_8888; alpha is
      * ignored). Returns the vision runs (overview + slices); the time is the stats' "image_encode_ms". Images larger
-     * than 4096 x 4096 pixels are downscaled by the runtime (the stats' "notice" says so).
+     * than {@link #maxImagePixels} are downscaled by the runtime (the stats' "notice" says so).
      */
     static native int encodeImage(long handle, int[] argb, int width, int height) throws McpmException;
 
