@@ -217,3 +217,14 @@ def test_cpu_package_keeps_the_opencl_dispatcher(ios_out: tuple[Path, str]) -> N
     cdir = out / "MCPM" / "Sources" / "CMCPM"
     assert (cdir / "mcpm_opencl.c").is_file() and not (cdir / "mcpm_metal.m").exists()
     assert "Metal" not in (out / "MCPM" / "Package.swift").read_text().split("linkerSettings", 1)[1].split("]", 1)[0]
+
+
+def test_exported_swift_parses(ios_gpu_out: Path) -> None:
+    """The Swift of a GPU package (Package.swift and MCPMSettings.swift edited by the exporter) and of its app is
+    still valid Swift (tree-sitter's grammar; test_swift_syntax.py checks the sources)."""
+    from tests.test_swift_syntax import syntax_errors
+
+    files = sorted(ios_gpu_out.rglob("*.swift"))
+    assert len(files) >= 10
+    assert {str(p.relative_to(ios_gpu_out)): syntax_errors(p.read_bytes()) for p in files
+            if syntax_errors(p.read_bytes())} == {}

@@ -304,3 +304,24 @@ def test_gpu_package_manifest_edits_apply_to_the_template() -> None:
                      r'\[\.define\("MCPM_METAL"\)\]', text)
     for o, c in ("{}", "()", "[]"):
         assert _strip_swift(text).count(o) == _strip_swift(text).count(c)
+
+
+def test_chat_view_model_survives_new_chat_and_model_switches() -> None:
+    """Issue-19 crashes of the chat screen, by construction: a streaming reply finds its message by id (New chat
+    may empty the list meanwhile; the button is also disabled while a reply streams), and a model load that
+    finishes after a newer one started drops its model, so the chat runs what the picker shows."""
+    vm = _strip_swift((IOS / "App" / "ChatViewModel.swift").read_text())
+    assert "messages[index]" not in vm
+    assert re.search(r"messages\.firstIndex\(where: \{ \$0\.id == reply\.id \}\)", vm)
+    assert re.search(r"loadSerial \+= 1\s+let serial = loadSerial", vm)
+    load = vm[vm.index("func load("):vm.index("func attachImage(")]
+    assert load.count("guard serial == loadSerial else { return }") == 2  # after the load, success or error
+    after_await = load[load.index("try await MCPMModel.load("):]
+    assert after_await.index("guard serial == loadSerial") < after_await.index("session = try MCPMSession")
+    view = (IOS / "App" / "ChatView.swift").read_text()
+    assert re.search(r'Button\("New chat"\).*\.disabled\([^)]*chat\.isGenerating', view)
+    # no queue.sync from the main actor for stats: the app asks the async variant
+    assert ".stats()" not in vm and vm.count("await") >= 3 and "currentStats()" in vm
+    model = _strip_swift((PKG / "Sources" / "MCPM" / "MCPMModel.swift").read_text())
+    assert re.search(r"func currentStats\(\) async throws -> MCPMStats \{\s*try await withCheckedThrowingContinuation"
+                     r" \{ continuation in\s*queue\.async \{", model)

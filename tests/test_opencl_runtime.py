@@ -443,6 +443,46 @@ def test_no_platform_errors_and_auto_falls_back(synth: Path, synth_lib: Path, tm
     assert "AUTO: cpu device auto: running on the CPU: no OpenCL platform" in res.stdout, res.stdout
 
 
+NO_LIBRARY_SHIM = textwrap.dedent(
+    """
+    /* LD_PRELOAD shim: dlopen of libOpenCL* fails with a reason per name (interposes dlopen and dlerror). */
+    #define _GNU_SOURCE
+    #include <dlfcn.h>
+    #include <string.h>
+    static const char* pending;
+    void* dlopen(const char* name, int flags) {
+        void* (*real)(const char*, int) = (void* (*)(const char*, int))dlsym(RTLD_NEXT, "dlopen");
+        if (name && strstr(name, "libOpenCL")) {
+            pending = strcmp(name, "libOpenCL.so") ? "reason-A (not installed)" : "reason-B (namespace denied)";
+            return NULL;
+        }
+        return real(name, flags);
+    }
+    char* dlerror(void) {
+        char* (*real)(void) = (char* (*)(void))dlsym(RTLD_NEXT, "dlerror");
+        if (pending) { const char* m = pending; pending = NULL; return (char*)m; }
+        return real();
+    }
+    """
+)
+
+
+def test_no_library_error_names_every_reason(synth: Path, synth_lib: Path, tmp_path: Path) -> None:
+    """Without a loadable libOpenCL the error gives each name's own reason (it used to give only the first name's,
+    libOpenCL.so.1's "not found", hiding why libOpenCL.so, the name on phones, failed)."""
+    (tmp_path / "shim.c").write_text(NO_LIBRARY_SHIM)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "shim.so"), str(tmp_path / "shim.c"), "-ldl"],
+                   check=True)
+    (tmp_path / "driver.py").write_text(NO_PLATFORM_DRIVER)
+    env = dict(os.environ, LD_PRELOAD=str(tmp_path / "shim.so"))
+    res = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(synth), str(synth_lib), str(ROOT)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert ("no OpenCL library (libOpenCL.so.1: reason-A (not installed); libOpenCL.so: reason-B (namespace "
+            "denied)): install an OpenCL driver") in res.stdout, res.stdout
+    assert "AUTO: cpu device auto: running on the CPU: no OpenCL library" in res.stdout, res.stdout
+
+
 def test_cl_header_values_match_khronos(tmp_path: Path) -> None:
     """mcpm_cl.h declares the OpenCL constants itself (the runtime never includes CL/cl.h): check them."""
     header = Path("/usr/include/CL/cl.h")

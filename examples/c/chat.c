@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
         }
         printf("\n");
     }
-    static char stats[65536]; /* JSON: char[64 KiB], room for a long notice */
+    static char stats[MCPM_STATS_JSON_MAX]; /* JSON: always fits this (mcpm.h) */
     if (rc == 0 && mcpm_stats_json(model, stats, sizeof stats) == 0) printf("%s\n", stats);
     mcpm_session_free(chat);
     mcpm_model_free(model);

@@ -43,7 +43,7 @@ struct ChatView: View {
             .navigationTitle("mcpm")
             .navigationBarTitleDisplayMode(.inline)
             .toolbar {
-                Button("New chat") { chat.newConversation() }.disabled(chat.session == nil)
+                Button("New chat") { chat.newConversation() }.disabled(chat.session == nil || chat.isGenerating)
             }
             .fileImporter(isPresented: $showImporter, allowedContentTypes: [.folder]) { result in
                 if case .success(let url) = result { store.importFolder(url) }

@@ -25,11 +25,16 @@ final class ChatViewModel: ObservableObject {
     private(set) var session: MCPMSession?
     private var loadedKey: String?
     private var task: Task<Void, Never>?
+    /// Bumped by every load: a load that finishes after a newer one started drops its model (the picker's choice
+    /// is the one that runs).
+    private var loadSerial = 0
 
     /// Loads entry with settings unless it is already loaded with them.
     func load(_ entry: ModelEntry, settings: MCPMModelSettings) async {
         let key = "\(entry.id)|\(settings.threads)|\(settings.device.rawValue)"
         if key == loadedKey, session != nil { return }
+        loadSerial += 1
+        let serial = loadSerial
         stop()
         session = nil
         model = nil
@@ -40,13 +45,15 @@ final class ChatViewModel: ObservableObject {
         status = "Loading \(entry.name)…"
         do {
             let m = try await MCPMModel.load(bundleURL: entry.url, settings: settings)
+            guard serial == loadSerial else { return }  // another model was picked meanwhile: that load wins
             session = try MCPMSession(model: m)
             model = m
             loadedKey = key
-            let stats = try? m.stats()
+            let stats = try? await m.currentStats()
             status = "\(entry.name): \(stats?.kernelVariant ?? "?") kernels, \(stats?.threads ?? 0) threads"
                 + (m.hasVision ? ", takes images" : "")
         } catch {
+            guard serial == loadSerial else { return }
             status = error.localizedDescription
             messages.append(ChatMessage(role: .error, text: error.localizedDescription))
         }
@@ -80,8 +87,8 @@ final class ChatViewModel: ObservableObject {
         let image = pendingImage
         pendingImage = nil
         messages.append(ChatMessage(role: .user, text: image == nil ? text : "[image] " + text))
-        messages.append(ChatMessage(role: .assistant, text: ""))
-        let index = messages.count - 1
+        let reply = ChatMessage(role: .assistant, text: "")
+        messages.append(reply)
         isGenerating = true
         task = Task { [weak self] in
             if let image = image {
@@ -100,13 +107,15 @@ final class ChatViewModel: ObservableObject {
                                           sampling: settings.sampling)
             do {
                 for try await piece in stream {
-                    self?.messages[index].text += piece
+                    // by id, not index: "New chat" may have emptied the list while the reply streams
+                    guard let self = self, let i = self.messages.firstIndex(where: { $0.id == reply.id }) else { continue }
+                    self.messages[i].text += piece
                 }
             } catch {
                 self?.messages.append(ChatMessage(role: .error, text: error.localizedDescription))
             }
             self?.isGenerating = false
-            self?.lastStats = try? self?.model?.stats()
+            self?.lastStats = try? await self?.model?.currentStats()
         }
     }
 

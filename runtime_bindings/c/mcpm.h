@@ -125,7 +125,9 @@ MCPM_API int mcpm_generate(mcpm_model* model, const int32_t* prompt, int n_promp
  * source or "cached"), notice (mcpm_model_notice), image_encode_ms / image_slices / image_patches (wall time,
  * vision-encoder runs and patches of the last mcpm_encode_image; 0 before one), kv_dtype ("float16"/"float32"),
  * kv_bytes (every layer's K and V cache at full context; pages cost memory once written) and kv_bytes_per_token.
- * -1 if len is too small. */
+ * -1 if len is too small (the message says how many bytes it needs). The object is bounded: a buffer of
+ * MCPM_STATS_JSON_MAX bytes always suffices (the one rule for every binding). */
+#define MCPM_STATS_JSON_MAX 16384
 MCPM_API int mcpm_stats_json(mcpm_model* model, char* out, size_t len);
 
 /* Where prefill/decode run: "cpu" or "gpu". */

@@ -120,11 +120,17 @@ static void json_escape(const char* s, char* out, size_t cap) {
     out[k] = '\0';
 }
 
+/* What mcpm_stats_json writes at most: the keys and numbers (< 1024 bytes), the notice and the GPU device name as
+ * escaped JSON string bodies, the program origin and the kernel variant. */
+_Static_assert(1024 + 2 * MCPM_ERR_LEN + 2 * 256 + 16 + 32 < MCPM_STATS_JSON_MAX, "MCPM_STATS_JSON_MAX too small");
+
 int mcpm_stats_json(mcpm_model* m, char* out, size_t len) {
     if (!m) return -1;
     if (!out || len == 0) return mcpm_seterr(m->err, "mcpm_stats_json: no output buffer");
     char notice[2 * MCPM_ERR_LEN]; /* m->notice as a JSON string body */
     json_escape(m->notice, notice, sizeof notice);
+    char gpu_name[2 * 256]; /* the OpenCL device name (char[256]) as a JSON string body */
+    json_escape(m->gpu ? mcpm_gpu_device_name(m->gpu) : "", gpu_name, sizeof gpu_name);
     struct rusage ru;
     long peak_kb = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0; /* Linux/Android: kilobytes */
 #if defined(__APPLE__)
@@ -140,7 +146,7 @@ int mcpm_stats_json(mcpm_model* m, char* out, size_t len) {
                      "\"kv_dtype\": \"%s\", \"kv_bytes\": %lld, \"kv_bytes_per_token\": %lld}",
                      m->load_ms, m->prefill_tokens, pre, m->decode_tokens, dec, m->ttft_ms, peak_kb,
                      m->pool_ready ? m->pool.threads : 0, m->variant[0] ? m->variant : "default",
-                     m->gpu ? "gpu" : "cpu", m->gpu ? mcpm_gpu_device_name(m->gpu) : "",
+                     m->gpu ? "gpu" : "cpu", gpu_name,
                      m->gpu ? mcpm_gpu_program_origin(m->gpu) : "", notice, m->image_encode_ms,
                      m->image_slices, m->image_patches, MCPM_DTYPES[m->cache_dtype].name,
                      (long long)(2 * (size_t)m->num_layers * m->cache_bytes),

@@ -66,20 +66,24 @@ static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
 static void cl_load(void) {
     /* Never dlclose'd: ICDs register exit handlers. Android: /system/vendor/lib64/libOpenCL.so is found by name
      * through the linker namespace of apps that declare it (uses-native-library). */
+#if defined(__ANDROID__)
+    const char* names[] = {"libOpenCL.so", "libOpenCL.so.1"}; /* the vendor's name on phones first */
+#else
     const char* names[] = {"libOpenCL.so.1", "libOpenCL.so"};
+#endif
     void* h = NULL;
-    char first[256] = "";
+    char why[2][200] = {"", ""}; /* each name's dlerror: the real reason may be the second one's */
     for (int i = 0; i < 2 && !h; i++) {
         h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-        if (!h && !first[0]) {
+        if (!h) {
             const char* e = dlerror();
-            snprintf(first, sizeof first, "%s", e ? e : "not found");
+            snprintf(why[i], sizeof why[i], "%s", e ? e : "not found");
         }
     }
     if (!h) {
         snprintf(cl_load_error, sizeof cl_load_error,
-                 "no OpenCL library (libOpenCL.so.1 / libOpenCL.so: %s): install an OpenCL driver (ICD) or use "
-                 "device \"cpu\"", first);
+                 "no OpenCL library (%s: %s; %s: %s): install an OpenCL driver (ICD) or use device \"cpu\"", names[0],
+                 why[0], names[1], why[1]);
         return;
     }
     struct {

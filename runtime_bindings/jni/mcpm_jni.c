@@ -462,17 +462,15 @@ JNIEXPORT void JNICALL Java_org_mcpm_demo_McpmNative_clearImages(JNIEnv* env, jc
 
 /* mcpm_stats_json of h as a Java string (NULL with an exception pending on failure). */
 static jstring stats_string(JNIEnv* env, mcpm_jni_handle* h) {
-    char small[1024];
-    if (mcpm_stats_json(h->model, small, sizeof small) == 0) return jstring_from_utf8(env, small, strlen(small));
-    char* big = malloc(65536); /* char[65536]: far more than the stats object needs */
-    if (!big) {
+    char* buf = malloc(MCPM_STATS_JSON_MAX); /* char[MCPM_STATS_JSON_MAX]: always enough (mcpm.h) */
+    if (!buf) {
         throw_mcpm(env, "out of memory");
         return NULL;
     }
     jstring s = NULL;
-    if (mcpm_stats_json(h->model, big, 65536) == 0) s = jstring_from_utf8(env, big, strlen(big));
+    if (mcpm_stats_json(h->model, buf, MCPM_STATS_JSON_MAX) == 0) s = jstring_from_utf8(env, buf, strlen(buf));
     else throw_mcpm(env, mcpm_last_error(h->model));
-    free(big);
+    free(buf);
     return s;
 }
 

@@ -81,6 +81,7 @@ class Sampling:
 
 TOKEN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_void_p)  # mcpm_token_callback
 # mcpm_text_callback: (const char* text, size_t len, void* user); a c_void_p text so that NUL bytes survive
+STATS_JSON_MAX = 16384  # MCPM_STATS_JSON_MAX of mcpm.h: a stats buffer this large always suffices
 ABORT_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)  # mcpm_abort_callback
 TEXT_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 _I32P = ctypes.POINTER(ctypes.c_int32)
@@ -313,7 +314,7 @@ class Model(_Owned):
     def stats(self) -> dict[str, Any]:
         """Timing of the load and of the last generate (mcpm_stats_json): load_ms, prefill_tokens, prefill_tok_s,
         decode_tokens, decode_tok_s, ttft_ms, peak_rss_kb, threads."""
-        buf = ctypes.create_string_buffer(8192)
+        buf = ctypes.create_string_buffer(STATS_JSON_MAX)
         self._check(self._lib.mcpm_stats_json(self._handle(), buf, len(buf)))
         result: dict[str, Any] = json.loads(buf.value.decode())
         return result

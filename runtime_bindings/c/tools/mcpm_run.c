@@ -236,15 +236,8 @@ int main(int argc, char** argv) {
         fputc('\n', stdout); /* ends the streamed text: the JSON line comes on its own line */
     }
 
-    size_t cap = 1024;
-    for (;;) {
-        char* s = realloc(stats, cap);
-        if (!s) { fail("out of memory"); goto done; }
-        stats = s;
-        if (mcpm_stats_json(model, stats, cap) == 0) break;
-        if (cap >= (1u << 20)) { fail("%s", mcpm_last_error(model)); goto done; }
-        cap *= 2;
-    }
+    if (!(stats = malloc(MCPM_STATS_JSON_MAX))) { fail("out of memory"); goto done; } /* always enough (mcpm.h) */
+    if (mcpm_stats_json(model, stats, MCPM_STATS_JSON_MAX)) { fail("%s", mcpm_last_error(model)); goto done; }
 
     fputs("{\"tokens\": [", stdout);
     for (int i = 0; i < gen.n; i++) printf(i ? ", %d" : "%d", (int)gen.ids[i]);

@@ -84,13 +84,23 @@ public final class MCPMModel: @unchecked Sendable {
         try MCPMStats.decode(statsJSON())
     }
 
+    /// stats() for the main actor: waits on the model's queue without blocking the caller (a prefill still
+    /// running after Stop would freeze the UI in a queue.sync).
+    public func currentStats() async throws -> MCPMStats {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async {
+                continuation.resume(with: Result { try MCPMStats.decode(try self.statsJSONOnQueue()) })
+            }
+        }
+    }
+
     /// mcpm_stats_json as it comes.
     public func statsJSON() throws -> String {
         try queue.sync { try statsJSONOnQueue() }
     }
 
     func statsJSONOnQueue() throws -> String {
-        var buffer = [CChar](repeating: 0, count: 1024)
+        var buffer = [CChar](repeating: 0, count: Int(MCPM_STATS_JSON_MAX))  // always enough (mcpm.h)
         let rc = buffer.withUnsafeMutableBufferPointer { buf in
             mcpm_stats_json(handle, buf.baseAddress, buf.count)
         }
