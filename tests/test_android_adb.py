@@ -266,7 +266,7 @@ def test_bench_commands_and_result(fake_adb: Path) -> None:
     assert got[:4] == [
         ["devices"],
         ["-s", "SER1", "shell", "rm", "-f", RESULT_PATH],
-        ["-s", "SER1", "shell", "am", "start", "-W", "-n", BENCH_ACTIVITY, "--es", "model_dir", "minicpm-1b",
+        ["-s", "SER1", "shell", "am", "start", "-S", "-W", "-n", BENCH_ACTIVITY, "--es", "model_dir", "minicpm-1b",
          "--ei", "prompt_tokens", "256", "--ei", "gen_tokens", "32", "--ei", "threads", "8", "--es", "device", "gpu"],
         ["-s", "SER1", "shell", "cat", RESULT_PATH],
     ]

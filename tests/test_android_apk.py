@@ -7,6 +7,7 @@ controls (a flipped byte, a wrong keystore password, missing tools, a non-arm64 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import zipfile
@@ -123,6 +124,13 @@ def test_manifest_contract(report: ApkReport) -> None:
     # BenchmarkActivity is exported (adb starts it); exported=true is written as 0xffffffff.
     bench = tree[tree.index('BenchmarkActivity" (Raw') :].split("E: ", 1)[0]  # aapt keeps ".BenchmarkActivity"
     assert "android:exported(0x01010010)=(type 0x12)0xffffffff" in bench
+    # ... but only for the shell: other apps cannot hold DUMP, so they cannot make mcpm read paths they choose
+    assert 'android:permission(0x01010006)="android.permission.DUMP"' in bench
+    # the chat screen handles dark mode, font size and locale changes itself (ChatEngine makes any recreation
+    # harmless as well): uiMode 0x200, fontScale 0x40000000, locale 0x4, layoutDirection 0x2000
+    main = tree[tree.index('MainActivity" (Raw') :].split("E: activity", 1)[0]
+    flags = int(re.search(r"android:configChanges\(0x0101001f\)=\(type 0x11\)0x([0-9a-f]+)", main).group(1), 16)
+    assert flags & 0x40002204 == 0x40002204, hex(flags)
 
 
 def test_bundle_assets(built: tuple[Path, Path, Path, Path], report: ApkReport) -> None:
@@ -160,7 +168,7 @@ def test_dex_classes(built: tuple[Path, Path, Path, Path]) -> None:
         pytest.skip("dexdump not installed")
     out = subprocess.run([dexdump, str(built[0])], capture_output=True, text=True).stdout
     for cls in ("MainActivity", "SettingsActivity", "BenchmarkActivity", "McpmNative", "McpmException", "ModelStore",
-                "ImageLoader"):
+                "ImageLoader", "ChatEngine", "ImageIntake", "DecimalInput"):
         assert f"'Lorg/mcpm/demo/{cls};'" in out
     assert "'Lorg/mcpm/demo/McpmNative$TextSink;'" in out
 

@@ -227,7 +227,7 @@ class Adb:
             raise McpmError("no model given", "pass a model name (see push-model) or an absolute folder on the phone")
         remote_image = self.push_image(Path(image)) if image is not None else None
         self.shell("rm", "-f", RESULT_PATH)
-        start = ["am", "start", "-W", "-n", BENCH_ACTIVITY, "--es", "model_dir", model,
+        start = ["am", "start", "-S", "-W", "-n", BENCH_ACTIVITY, "--es", "model_dir", model,
                  "--ei", "prompt_tokens", str(prompt_tokens), "--ei", "gen_tokens", str(gen_tokens),
                  "--ei", "threads", str(threads), "--es", "device", device]
         if remote_image is not None:

@@ -1,8 +1,12 @@
 package org.mcpm.demo;
 
 import android.app.Activity;
+import android.content.Context;
+import android.os.Build;
 import android.os.Bundle;
+import android.os.PowerManager;
 import android.util.Log;
+import android.view.WindowManager;
 import android.widget.TextView;
 
 import org.json.JSONArray;
@@ -23,6 +27,11 @@ import java.util.Locale;
  * finishes. With {@code --es image <file>} (a MiniCPM-V model) the image is decoded like in the chat screen and
  * encoded once before the text benchmark: the JSON gains {@code image_encode_ms}, {@code image_slices},
  * {@code image_patches}, {@code image_width}, {@code image_height}, {@code image_path} (and {@code image_notice}).
+ * A benchmark runs alone: the chat's model is freed first (ChatEngine.pauseForBenchmark; `mcpm android bench` also
+ * force-stops the app with {@code am start -S}), the screen is kept on, and the JSON records
+ * {@code thermal_status_before} / {@code thermal_status_after} (PowerManager, Android 10+; "unknown" below) and
+ * {@code chat_model_freed}.
+ * Only the shell (adb) can start it: the manifest protects it with android.permission.DUMP, which apps cannot get.
  */
 public class BenchmarkActivity extends Activity {
     public static final String TAG = "mcpm";
@@ -44,6 +53,7 @@ public class BenchmarkActivity extends Activity {
         text.setPadding(32, 32, 32, 32);
         text.setText("mcpm benchmark starting...");
         setContentView(text);
+        getWindow().addFlags(WindowManager.LayoutParams.FLAG_KEEP_SCREEN_ON); // no dimming or sleep mid-run
 
         final String modelDir = getIntent().getStringExtra(EXTRA_MODEL_DIR);
         final int promptTokens = getIntent().getIntExtra(EXTRA_PROMPT_TOKENS, 128);
@@ -68,6 +78,8 @@ public class BenchmarkActivity extends Activity {
                               String kernelVariant, String image) {
         String result = null;
         String error = null;
+        String thermalBefore;
+        JSONObject runFacts;
         try {
             if (promptTokens < 1 || genTokens < 1 || threads < 0) {
                 throw new McpmException("prompt_tokens and gen_tokens must be at least 1, threads at least 0 (got "
@@ -81,6 +93,9 @@ public class BenchmarkActivity extends Activity {
                 throw new McpmException("image " + image + " does not exist");
             }
             ModelStore.Model model = ModelStore.find(this, modelDir);
+            show("Freeing the chat's model (a benchmark runs alone)...");
+            boolean chatFreed = ChatEngine.shared().pauseForBenchmark(60000);
+            thermalBefore = thermalStatus(this);
             File dir = ModelStore.prepare(this, model, new ModelStore.Progress() {
                 @Override
                 public void onProgress(String message) {
@@ -108,10 +123,13 @@ public class BenchmarkActivity extends Activity {
             } finally {
                 McpmNative.free(handle);
             }
+            runFacts = new JSONObject().put("thermal_status_before", thermalBefore)
+                    .put("thermal_status_after", thermalStatus(this)).put("chat_model_freed", chatFreed)
+                    .put("screen_kept_on", true);
             if (result == null) {
                 throw new McpmException("the runtime returned no statistics");
             }
-            result = withKernelTimes(result, device, kernelTimes, imageStats);
+            result = withKernelTimes(result, device, kernelTimes, imageStats, runFacts);
         } catch (McpmException e) {
             error = e.getMessage();
         } catch (OutOfMemoryError e) {
@@ -120,6 +138,8 @@ public class BenchmarkActivity extends Activity {
             error = "native library problem: " + e.getMessage();
         } catch (Throwable t) {
             error = t.toString();
+        } finally {
+            ChatEngine.shared().resume();
         }
         finishWith(error, error != null ? errorJson(error) : result);
     }
@@ -214,22 +234,40 @@ public class BenchmarkActivity extends Activity {
      * The stats JSON with "requested_device", "kernel_times" (the runtime's array; [] when it has none) and the
      * image keys (imageStats, may be null).
      */
-    private static String withKernelTimes(String stats, String device, String kernelTimes, JSONObject imageStats)
-            throws McpmException {
+    private static String withKernelTimes(String stats, String device, String kernelTimes, JSONObject imageStats,
+                                          JSONObject runFacts) throws McpmException {
         try {
             JSONObject o = new JSONObject(stats);
             o.put("requested_device", device);
             o.put("kernel_times", kernelTimes != null ? new JSONArray(kernelTimes) : new JSONArray());
-            if (imageStats != null) {
-                JSONArray names = imageStats.names();
+            for (JSONObject extra : new JSONObject[] {imageStats, runFacts}) {
+                JSONArray names = extra != null ? extra.names() : null;
                 for (int i = 0; names != null && i < names.length(); i++) {
                     String key = names.getString(i);
-                    o.put(key, imageStats.get(key));
+                    o.put(key, extra.get(key));
                 }
             }
             return o.toString();
         } catch (JSONException e) {
             throw new McpmException("the runtime's statistics are not valid JSON: " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * PowerManager's thermal status (Android 10+, called by reflection: the app compiles against API 23):
+     * none, light, moderate, severe, critical, emergency, shutdown; "unknown" where the OS does not say.
+     */
+    static String thermalStatus(Context context) {
+        String[] names = {"none", "light", "moderate", "severe", "critical", "emergency", "shutdown"};
+        if (Build.VERSION.SDK_INT < 29) {
+            return "unknown";
+        }
+        try {
+            PowerManager pm = (PowerManager) context.getSystemService(Context.POWER_SERVICE);
+            int status = (Integer) PowerManager.class.getMethod("getCurrentThermalStatus").invoke(pm);
+            return status >= 0 && status < names.length ? names[status] : "unknown";
+        } catch (Exception e) { // ReflectiveOperationException, NullPointerException, ClassCastException
+            return "unknown";
         }
     }
 

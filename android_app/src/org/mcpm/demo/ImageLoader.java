@@ -24,7 +24,7 @@ final class ImageLoader {
     static final int THUMBNAIL_SIDE = 256;
 
     /** A decoded, upright ARGB_8888 image with a small thumbnail for the UI. */
-    static final class Picture {
+    static final class Picture implements ChatEngine.ImageSource {
         final Bitmap bitmap;
         final Bitmap thumbnail;
         final int sourceWidth;   // as stored in the file (0 when unknown)
@@ -41,12 +41,19 @@ final class ImageLoader {
             this.source = source;
         }
 
-        int width() {
+        @Override
+        public int width() {
             return bitmap.getWidth();
         }
 
-        int height() {
+        @Override
+        public int height() {
             return bitmap.getHeight();
+        }
+
+        @Override
+        public int[] argb() throws McpmException {
+            return ImageLoader.argb(bitmap);
         }
 
         /** True when decoding reduced the image (inSampleSize) to stay within maxPixels. */

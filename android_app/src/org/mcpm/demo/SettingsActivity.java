@@ -8,6 +8,8 @@ import android.widget.EditText;
 import android.widget.RadioGroup;
 import android.widget.Toast;
 
+import java.util.Locale;
+
 /** Threads, max new tokens, temperature, top-k, top-p, seed and the device (CPU / GPU / Auto), stored in
  * SharedPreferences "mcpm". */
 public class SettingsActivity extends Activity {
@@ -34,9 +36,9 @@ public class SettingsActivity extends Activity {
         Prefs p = Prefs.load(this);
         threads.setText(String.valueOf(p.threads));
         maxTokens.setText(String.valueOf(p.maxNewTokens));
-        temperature.setText(String.valueOf(p.temperature));
+        temperature.setText(DecimalInput.format(p.temperature, Locale.getDefault()));
         topK.setText(String.valueOf(p.topK));
-        topP.setText(String.valueOf(p.topP));
+        topP.setText(DecimalInput.format(p.topP, Locale.getDefault()));
         seed.setText(String.valueOf(p.seed));
         device.check(Prefs.DEVICE_GPU.equals(p.device) ? R.id.device_gpu
                 : Prefs.DEVICE_AUTO.equals(p.device) ? R.id.device_auto : R.id.device_cpu);
@@ -94,16 +96,14 @@ public class SettingsActivity extends Activity {
         return null;
     }
 
+    /** A decimal in [lo, hi], typed with ',' or '.' (the layout accepts both keys: android:digits). */
     private static Float floatIn(EditText field, float lo, float hi) {
-        try {
-            float v = Float.parseFloat(field.getText().toString().trim());
-            if (v >= lo && v <= hi) {
-                return v;
-            }
-        } catch (NumberFormatException e) {
-            // Reported below.
+        Float v = DecimalInput.parse(field.getText().toString());
+        if (v != null && v >= lo && v <= hi) {
+            return v;
         }
-        field.setError("a number from " + lo + " to " + hi);
+        Locale l = Locale.getDefault();
+        field.setError("a number from " + DecimalInput.format(lo, l) + " to " + DecimalInput.format(hi, l));
         return null;
     }
 
