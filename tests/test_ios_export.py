@@ -26,6 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("clang", "llvm-objdump", "llvm-nm", "llvm-libtool-darwin")
 
 
+# what the kernels may take from libSystem (nearbyintf: rounding without SSE4.1, x86 simulator)
+LIBSYSTEM = {"_expf", "_memcpy", "_memset", "dyld_stub_binder", "_sqrtf", "_powf", "_tanhf", "_logf", "_exp", "_sqrt",
+             "_fmaxf", "_fminf", "_nearbyintf", "_bzero"}
+
+
 def _have(name: str) -> bool:
     return any(shutil.which(c) for c in (name, *(f"{name}-{v}" for v in range(20, 13, -1))))
 
@@ -126,14 +131,49 @@ def test_kernel_table_links_against_each_slice(ios_out: tuple[Path, str], tmp_pa
     undefined = set(run_tool([tool("llvm-nm"), "-u", str(dylib)], "nm").split())
     assert not [u for u in undefined if "tvm_ffi" in u], undefined
     # left for the runtime and libSystem: the error hook and libc/libm functions, nothing else
-    assert undefined <= {"_TVMFFIErrorSetRaisedFromCStrParts", "_expf", "_memcpy", "_memset", "dyld_stub_binder",
-                         "_sqrtf", "_powf", "_tanhf", "_logf", "_exp", "_sqrt", "_fmaxf", "_fminf",
-                         "_nearbyintf", "_bzero"}, undefined  # nearbyintf: rounding without SSE4.1 (x86 simulator)
+    assert undefined <= {"_TVMFFIErrorSetRaisedFromCStrParts", *LIBSYSTEM}, undefined
     defined = defined_symbols(dylib)[arch]
     assert kernel_symbols(_plan(out), arch) <= defined
     # the table accessor is there, hidden (the runtime's weak default is replaced at link time, never exported)
     assert "_mcpm_static_kernels" in run_tool([tool("llvm-nm"), "--defined-only", str(dylib)], "nm").split()
     assert "_mcpm_static_kernels" not in defined and "_mcpm_kernel_table_count" in defined
+
+
+def _nm_m(path: Path, arch: str) -> list[tuple[str, str]]:
+    """(kind, symbol) per line of `llvm-nm -m`: kind is e.g. "(undefined) external", "(__DATA,__data) weak external",
+    "(__TEXT,__text) private external"."""
+    rows = []
+    for line in run_tool([tool("llvm-nm"), "-m", f"--arch={arch}", str(path)], "nm").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and not line.endswith(":"):
+            rows.append((" ".join(parts[1 if parts[0] != "(undefined)" else 0:-1]), parts[-1]))
+    return rows
+
+
+@pytest.mark.parametrize("triple,ident,arch", [
+    ("arm64-apple-ios14.0", "ios-arm64", "arm64"),
+    ("x86_64-apple-ios14.0-simulator", "ios-arm64_x86_64-simulator", "x86_64"),
+])
+def test_kernel_abi_survives_xcodes_prelink(ios_out: tuple[Path, str], tmp_path: Path, triple: str, ident: str,
+                                            arch: str) -> None:
+    """Xcode prelinks the package's C target with `ld -r`, which turns private-extern (hidden) symbols into local
+    ones; the kernels, linked later from the xcframework, must still find what they take from the runtime. So every
+    symbol the kernels reference (undefined) or define weakly in __DATA (the backend slots), apart from libSystem's,
+    must be a plain external definition of mcpm_kernel_abi.c compiled for Apple — and the same file compiled as
+    for ELF makes them private (hidden there), which this check would refuse."""
+    out, _ = ios_out
+    src = out / "MCPM" / "Sources" / "CMCPM" / "mcpm_kernel_abi.c"
+    lib = out / "MCPM" / "MCPMKernels.xcframework" / ident / "libmcpm_kernels.a"
+    kernels = _nm_m(lib, arch)
+    needed = {s for k, s in kernels if k == "(undefined) external" and s not in LIBSYSTEM}
+    needed |= {s for k, s in kernels if k == "(__DATA,__data) weak external"}
+    assert {"_TVMFFIErrorSetRaisedFromCStrParts", "___TVMBackendParallelLaunch", "___TVMBackendAllocWorkspace",
+            "___TVMBackendFreeWorkspace"} <= needed, sorted(needed)
+    abi = _nm_m(compile_c(src, triple, tmp_path / "abi.o", [f"-I{src.parent}"]), arch)
+    exported = {s for k, s in abi if k.endswith(") external")}
+    assert needed <= exported, sorted(needed - exported)
+    as_elf = _nm_m(compile_c(src, triple, tmp_path / "abi-elf.o", [f"-I{src.parent}", "-U__APPLE__"]), arch)
+    assert needed <= {s for k, s in as_elf if k.endswith("private external")}
 
 
 def test_runtime_sources_are_copies_not_forks(ios_out: tuple[Path, str]) -> None:

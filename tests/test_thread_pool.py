@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not fou
 def pool_balance(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exe = tmp_path_factory.mktemp("pool") / "pool_balance"
     res = subprocess.run(["gcc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(C_DIR), "-o", str(exe),
-                          str(NATIVE / "pool_balance.c"), str(C_DIR / "mcpm_backend.c"), "-lpthread"],
+                          str(NATIVE / "pool_balance.c"), str(C_DIR / "mcpm_backend.c"),
+                          str(C_DIR / "mcpm_kernel_abi.c"), "-lpthread"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     return exe

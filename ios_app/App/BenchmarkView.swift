@@ -1,5 +1,6 @@
 import MCPM
 import SwiftUI
+import UIKit
 
 /// Options of a benchmark run; from the launch arguments `-benchmark [-model NAME] [-prompt-tokens N]
 /// [-gen-tokens N] [-threads N]` (nil without `-benchmark`).
@@ -22,6 +23,9 @@ struct BenchmarkOptions {
         genTokens = value("-gen-tokens").flatMap(Int.init) ?? genTokens
         threads = value("-threads").flatMap(Int.init) ?? threads
     }
+
+    /// The options of this launch (nil without -benchmark).
+    static let launch = BenchmarkOptions(arguments: ProcessInfo.processInfo.arguments)
 }
 
 enum BenchmarkRunner {
@@ -32,8 +36,15 @@ enum BenchmarkRunner {
 
     /// Loads the model, runs MCPMSession.benchmark, writes the stats JSON (or {"error": ...}) and prints one line
     /// `MCPM_BENCH {json}` / `MCPM_BENCH_ERROR message` (Xcode's console, `devicectl ... --console`).
-    @discardableResult
-    static func run(_ options: BenchmarkOptions, entry: ModelEntry?) async -> Result<MCPMBenchmarkResult, Error> {
+    /// It runs alone: the chat's model is freed first (chat.pauseForBenchmark) and loaded again afterwards; the
+    /// screen stays on (isIdleTimerDisabled); the JSON records thermal_state_before / thermal_state_after
+    /// (ProcessInfo.thermalState: nominal, fair, serious, critical): numbers from a hot phone are not comparable.
+    @MainActor @discardableResult
+    static func run(_ options: BenchmarkOptions, entry: ModelEntry?, chat: ChatViewModel)
+        async -> Result<MCPMBenchmarkResult, Error> {
+        chat.pauseForBenchmark()
+        UIApplication.shared.isIdleTimerDisabled = true
+        let thermalBefore = thermalName(ProcessInfo.processInfo.thermalState)
         let result: Result<MCPMBenchmarkResult, Error>
         do {
             guard let entry = entry else {
@@ -47,21 +58,49 @@ enum BenchmarkRunner {
         } catch {
             result = .failure(error)
         }
-        write(result)
+        let facts: [String: Any] = ["thermal_state_before": thermalBefore,
+                                    "thermal_state_after": thermalName(ProcessInfo.processInfo.thermalState),
+                                    "chat_model_freed": true, "screen_kept_on": true]
+        UIApplication.shared.isIdleTimerDisabled = false
+        chat.resumeAfterBenchmark()
+        write(result, facts: facts)
         return result
     }
 
-    static func runFromLaunchArguments(_ options: BenchmarkOptions, store: ModelStore) async {
-        let entry = await MainActor.run { options.model.flatMap { store.model(named: $0) } ?? store.selected }
-        await run(options, entry: entry)
+    @MainActor
+    static func runFromLaunchArguments(_ options: BenchmarkOptions, store: ModelStore, chat: ChatViewModel) async {
+        let entry = options.model.flatMap { store.model(named: $0) } ?? store.selected
+        await run(options, entry: entry, chat: chat)
     }
 
-    private static func write(_ result: Result<MCPMBenchmarkResult, Error>) {
+    static func thermalName(_ state: ProcessInfo.ThermalState) -> String {
+        switch state {
+        case .nominal: return "nominal"
+        case .fair: return "fair"
+        case .serious: return "serious"
+        case .critical: return "critical"
+        @unknown default: return "unknown"
+        }
+    }
+
+    /// The runtime's stats JSON with facts added (sorted keys).
+    static func withFacts(_ json: String, _ facts: [String: Any]) -> String {
+        guard var object = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] else {
+            return json
+        }
+        object.merge(facts) { _, new in new }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else {
+            return json
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    private static func write(_ result: Result<MCPMBenchmarkResult, Error>, facts: [String: Any]) {
         let json: String
         switch result {
         case .success(let r):
-            json = r.json
-            print("MCPM_BENCH \(r.json)")
+            json = withFacts(r.json, facts)
+            print("MCPM_BENCH \(json)")
         case .failure(let error):
             let message = error.localizedDescription
             let data = (try? JSONSerialization.data(withJSONObject: ["error": message])) ?? Data("{}".utf8)
@@ -111,8 +150,12 @@ struct BenchmarkView: View {
     @MainActor
     private func run() async {
         running = true
-        chat.stop()
-        switch await BenchmarkRunner.run(options, entry: store.selected) {
+        defer { running = false }
+        let result = await BenchmarkRunner.run(options, entry: store.selected, chat: chat)
+        if let entry = store.selected {  // the chat's model again
+            Task { await chat.load(entry, settings: AppSettings.shared.modelSettings) }
+        }
+        switch result {
         case .success(let r):
             output = String(format: "prefill %.1f tok/s\ndecode %.1f tok/s\nfirst token %.0f ms\nkernels %@, %ld threads",
                             r.stats.prefillTokensPerSecond, r.stats.decodeTokensPerSecond,
@@ -120,6 +163,5 @@ struct BenchmarkView: View {
         case .failure(let error):
             output = error.localizedDescription
         }
-        running = false
     }
 }

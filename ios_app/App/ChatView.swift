@@ -36,7 +36,7 @@ struct ChatView: View {
                     Text(encoding.summary).font(.caption).foregroundColor(.secondary)
                 }
                 if let image = chat.pendingImage {
-                    attachedImage(image)
+                    attachedImage(image, thumbnail: chat.pendingThumbnail)
                 }
                 inputBar
             }
@@ -46,7 +46,7 @@ struct ChatView: View {
                 Button("New chat") { chat.newConversation() }.disabled(chat.session == nil || chat.isGenerating)
             }
             .fileImporter(isPresented: $showImporter, allowedContentTypes: [.folder]) { result in
-                if case .success(let url) = result { store.importFolder(url) }
+                if case .success(let url) = result { Task { await store.importFolder(url) } }
             }
             .task(id: store.selected) { await loadSelected() }
             .photosPicker(isPresented: $showPhotoPicker, selection: $photo, matching: .images)
@@ -55,7 +55,7 @@ struct ChatView: View {
                 Task {
                     do {
                         if let data = try await item.loadTransferable(type: Data.self) {
-                            chat.attachImage(data: data)
+                            await chat.attachImage(data: data)
                         }
                     } catch {
                         chat.messages.append(ChatMessage(role: .error, text: "Image not attached: \(error.localizedDescription)"))
@@ -64,7 +64,7 @@ struct ChatView: View {
                 }
             }
             .sheet(isPresented: $showCamera) {
-                CameraPicker { image in chat.attachImage(image) }.ignoresSafeArea()
+                CameraPicker { image in Task { await chat.attachImage(image) } }.ignoresSafeArea()
             }
         }
     }
@@ -79,7 +79,11 @@ struct ChatView: View {
                 }
                 .pickerStyle(.menu)
                 Spacer()
+                if store.isImporting {
+                    ProgressView().padding(.trailing, 4)  // copying a model: the UI stays responsive
+                }
                 Button { showImporter = true } label: { Label("Import", systemImage: "folder.badge.plus") }
+                    .disabled(store.isImporting)
             }
             Text(chat.isLoading ? "Loading…" : chat.status).font(.caption).foregroundColor(.secondary)
             if let err = store.importError { Text(err).font(.caption).foregroundColor(.red) }
@@ -120,9 +124,17 @@ struct ChatView: View {
         .padding()
     }
 
-    private func attachedImage(_ image: UIImage) -> some View {
+    /// The attached image's row: its thumbnail (never the full-size photo: decoding that here would freeze the UI).
+    private func attachedImage(_ image: UIImage, thumbnail: UIImage?) -> some View {
         HStack {
-            Image(uiImage: image).resizable().scaledToFill().frame(width: 56, height: 56).clipped().cornerRadius(6)
+            Group {
+                if let thumbnail = thumbnail {
+                    Image(uiImage: thumbnail).resizable().scaledToFill()
+                } else {
+                    ProgressView()
+                }
+            }
+            .frame(width: 56, height: 56).clipped().cornerRadius(6)
             Text("\(Int(image.size.width * image.scale))x\(Int(image.size.height * image.scale)) · goes with your next message")
                 .font(.caption).foregroundColor(.secondary)
             Spacer()

@@ -19,6 +19,8 @@ final class ChatViewModel: ObservableObject {
     @Published var lastStats: MCPMStats?
     /// The image attached to the next message (MiniCPM-V models), and its last encoding (status line).
     @Published var pendingImage: UIImage?
+    /// What the screen shows of pendingImage (a 168-pixel thumbnail).
+    @Published var pendingThumbnail: UIImage?
     @Published var lastImage: MCPMImageEncoding?
 
     private(set) var model: MCPMModel?
@@ -28,18 +30,29 @@ final class ChatViewModel: ObservableObject {
     /// Bumped by every load: a load that finishes after a newer one started drops its model (the picker's choice
     /// is the one that runs).
     private var loadSerial = 0
+    /// A benchmark runs alone: the chat's model is freed and nothing is loaded until resumeAfterBenchmark().
+    private(set) var pausedForBenchmark: Bool
+
+    /// pausedForBenchmark: true when the app was launched with -benchmark (the chat loads nothing meanwhile).
+    init(pausedForBenchmark: Bool = false) {
+        self.pausedForBenchmark = pausedForBenchmark
+    }
 
     /// Loads entry with settings unless it is already loaded with them.
     func load(_ entry: ModelEntry, settings: MCPMModelSettings) async {
         let key = "\(entry.id)|\(settings.threads)|\(settings.device.rawValue)"
         if key == loadedKey, session != nil { return }
+        guard !pausedForBenchmark else {
+            status = "A benchmark is running: the chat loads \(entry.name) when it ends"
+            return
+        }
         loadSerial += 1
         let serial = loadSerial
         stop()
         session = nil
         model = nil
         loadedKey = nil
-        pendingImage = nil
+        removeImage()
         lastImage = nil
         isLoading = true
         status = "Loading \(entry.name)…"
@@ -61,31 +74,41 @@ final class ChatViewModel: ObservableObject {
     }
 
     /// Attaches picked image data (PhotosPicker) to the next message; an unreadable file is shown as an error.
-    func attachImage(data: Data) {
-        guard let image = UIImage(data: data) else {
+    /// The data is opened off the main thread (a 48 MP HEIC takes a while).
+    func attachImage(data: Data) async {
+        let image = await Task.detached(priority: .userInitiated) { UIImage(data: data) }.value
+        guard let image = image else {
             messages.append(ChatMessage(role: .error, text: "Image not attached: the picked file is not an image iOS can read."))
             return
         }
-        attachImage(image)
+        await attachImage(image)
     }
 
-    /// Attaches an image (the camera's photo) to the next message.
-    func attachImage(_ image: UIImage) {
+    /// Attaches an image (the camera's photo) to the next message. The screen shows a small thumbnail made off the
+    /// main thread (UIImage.byPreparingThumbnail), never the full-size photo; the full image is drawn at the
+    /// model's size limit only when it is encoded, off the main thread too (MCPMSession.encodeImage).
+    func attachImage(_ image: UIImage) async {
         guard model?.hasVision == true else {
             messages.append(ChatMessage(role: .error, text: "Image not attached: this model has no vision encoder (a MiniCPM-V model takes images)."))
             return
         }
+        let side: CGFloat = 168  // 56 pt at 3x
+        let longest = max(image.size.width, image.size.height, 1)
+        let size = CGSize(width: max(1, image.size.width * side / longest), height: max(1, image.size.height * side / longest))
+        let thumbnail = await image.byPreparingThumbnail(ofSize: size)
         pendingImage = image
+        pendingThumbnail = thumbnail ?? image
     }
 
     func removeImage() {
         pendingImage = nil
+        pendingThumbnail = nil
     }
 
     func send(_ text: String, settings: AppSettings) {
         guard let session = session, !isGenerating, !text.isEmpty else { return }
         let image = pendingImage
-        pendingImage = nil
+        removeImage()
         messages.append(ChatMessage(role: .user, text: image == nil ? text : "[image] " + text))
         let reply = ChatMessage(role: .assistant, text: "")
         messages.append(reply)
@@ -125,11 +148,40 @@ final class ChatViewModel: ObservableObject {
         task?.cancel()
     }
 
+    /// Frees the chat's model so that a benchmark runs alone (no second copy in memory, no reply competing for the
+    /// cores): stops the reply, drops the session and the model (a load still running drops its model when it ends).
+    func pauseForBenchmark() {
+        pausedForBenchmark = true
+        loadSerial += 1
+        stop()
+        session = nil
+        model = nil
+        loadedKey = nil
+        removeImage()
+        lastImage = nil
+        isLoading = false
+        status = "A benchmark is running: the chat waits until it ends"
+    }
+
+    /// The benchmark ended: the next load(...) loads the chat's model again.
+    func resumeAfterBenchmark() {
+        pausedForBenchmark = false
+    }
+
+    /// The app left the screen. iOS refuses GPU (Metal) work from a background app, so a reply running on the GPU
+    /// is stopped (the text so far stays; Send continues the conversation); on the CPU it goes on as long as iOS
+    /// lets the app run.
+    func enteredBackground() {
+        guard isGenerating, model?.runningDevice == "gpu" else { return }
+        stop()
+        messages.append(ChatMessage(role: .error, text: "Stopped: iOS does not let apps use the GPU in the background."))
+    }
+
     func newConversation() {
         stop()
         session?.reset()  // also drops images attached to the next turn
         messages.removeAll()
-        pendingImage = nil
+        removeImage()
         lastImage = nil
     }
 }

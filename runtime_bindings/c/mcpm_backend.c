@@ -5,8 +5,9 @@
  * These hooks receive no model argument, so they find the model's pool, arena and error buffer through
  * THREAD-LOCAL state: mcpm_backend_enter() sets it on the calling thread for the duration of a prefill/decode,
  * and each pool worker sets it once for its own model at start. This thread-local state (plus the per-thread
- * load-error buffer for mcpm_last_error(NULL)) is the only state outside the model handle. All of it is
- * hidden (-fvisibility) so another library in the process (e.g. libtvm_ffi) cannot interpose on it.
+ * load-error buffer for mcpm_last_error(NULL)) is the only state outside the model handle. The symbols the
+ * kernels link against are defined in mcpm_kernel_abi.c (their visibility: mcpm_kernel_abi.h); they call the
+ * functions here.
  */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_SET */
 #include <sched.h>
@@ -49,9 +50,7 @@ void mcpm_backend_leave(void) {
 
 /* ---------------------------------------------------------------- error hook */
 
-MCPM_HIDDEN void TVMFFIErrorSetRaisedFromCStrParts(const char* kind, const char** parts, int32_t num_parts);
-
-void TVMFFIErrorSetRaisedFromCStrParts(const char* kind, const char** parts, int32_t num_parts) {
+void mcpm_backend_set_error(const char* kind, const char** parts, int32_t num_parts) {
     char* buf = mcpm_thread_error_buffer(); /* char[MCPM_ERR_LEN] */
     size_t used = (size_t)snprintf(buf, MCPM_ERR_LEN, "%s: ", kind ? kind : "Error");
     for (int32_t i = 0; i < num_parts && used < MCPM_ERR_LEN - 1; i++) {
@@ -77,7 +76,7 @@ void TVMFFIErrorSetRaisedFromCStrParts(const char* kind, const char** parts, int
 
 static size_t round_up(size_t x) { return (x + MCPM_ALIGN - 1) / MCPM_ALIGN * MCPM_ALIGN; }
 
-static void* alloc_workspace(int device_type, int device_id, uint64_t nbytes, int dtype_code, int dtype_bits) {
+void* mcpm_backend_alloc_workspace(int device_type, int device_id, uint64_t nbytes, int dtype_code, int dtype_bits) {
     (void)device_type; (void)device_id; (void)dtype_code; (void)dtype_bits;
     size_t size = round_up(nbytes ? (size_t)nbytes : 1);
     mcpm_arena* a = tls_arena;
@@ -89,7 +88,7 @@ static void* alloc_workspace(int device_type, int device_id, uint64_t nbytes, in
     return mcpm_aligned_alloc(size); /* overflow (or no arena): rare, freed below */
 }
 
-static int free_workspace(int device_type, int device_id, void* ptr) {
+int mcpm_backend_free_workspace(int device_type, int device_id, void* ptr) {
     (void)device_type; (void)device_id;
     mcpm_arena* a = tls_arena;
     unsigned char* p = ptr;
@@ -207,7 +206,7 @@ static void* worker_main(void* arg) {
     return NULL;
 }
 
-static int parallel_launch(mcpm_parallel_lambda fn, void* cdata, int num_task) {
+int mcpm_backend_parallel_launch(mcpm_parallel_lambda fn, void* cdata, int num_task) {
     mcpm_pool* pool = tls_pool;
     int threads = pool ? pool->threads : 1;
     (void)num_task; /* a hint: the lambdas split their loops by env->num_task, which is ours to choose */
@@ -262,13 +261,6 @@ static int parallel_launch(mcpm_parallel_lambda fn, void* cdata, int num_task) {
     return atomic_load(&pool->failed) ? -1 : 0;
 }
 
-/* The kernels' weak function-pointer slots, overridden here (hidden: binds inside this library). */
-typedef int (*mcpm_launch_fn)(mcpm_parallel_lambda, void*, int);
-typedef void* (*mcpm_alloc_fn)(int, int, uint64_t, int, int);
-typedef int (*mcpm_free_fn)(int, int, void*);
-MCPM_HIDDEN mcpm_launch_fn __TVMBackendParallelLaunch = parallel_launch;
-MCPM_HIDDEN mcpm_alloc_fn __TVMBackendAllocWorkspace = alloc_workspace;
-MCPM_HIDDEN mcpm_free_fn __TVMBackendFreeWorkspace = free_workspace;
 
 /* ---------------------------------------------------------------- default thread count */
 

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "mcpm.h"
+#include "mcpm_kernel_abi.h"
 
 #define MCPM_HIDDEN __attribute__((visibility("hidden")))
 #define MCPM_ALIGN 64
@@ -68,13 +69,7 @@ _Static_assert(offsetof(mcpm_ffi_any, u) == 8, "TVMFFIAny payload at byte 8");
 
 typedef int (*mcpm_kernel_fn)(void* self, const mcpm_ffi_any* args, int32_t nargs, mcpm_ffi_any* ret);
 
-/* TVMParallelGroupEnv */
-typedef struct {
-    void* sync_handle;
-    int32_t num_task;
-} mcpm_parallel_env;
-
-typedef int (*mcpm_parallel_lambda)(int task_id, mcpm_parallel_env* penv, void* cdata);
+/* mcpm_parallel_env (TVMParallelGroupEnv) and mcpm_parallel_lambda: mcpm_kernel_abi.h */
 
 /* ---- backend: thread pool + per-thread workspace arenas */
 

@@ -112,11 +112,11 @@ extension MCPMSession {
 
     /// Encodes RGB8 pixels prepared with MCPMImagePixels (see encodeImage(_:)).
     public func encode(_ pixels: MCPMImagePixels) async throws -> MCPMImageEncoding {
-        let session = handle
         let model = self.model
         let flag = beginCancellable()  // cancel() stops the encode between vision runs (nothing is attached)
         return try await withCheckedThrowingContinuation { continuation in
             model.queue.async {
+                let session = self.handle
                 mcpm_set_abort_callback(model.handle, mcpmAbortFlag, Unmanaged.passUnretained(flag).toOpaque())
                 defer { mcpm_set_abort_callback(model.handle, nil, nil) }
                 let runs: Int32 = pixels.rgb.withUnsafeBufferPointer { p in
@@ -146,8 +146,7 @@ extension MCPMSession {
 extension MCPMSession {
     /// Drops the images attached to the next turn (reset() drops them too).
     public func clearImages() {
-        let session = handle
-        model.queue.async { mcpm_session_clear_images(session) }
+        model.queue.async { mcpm_session_clear_images(self.handle) }
     }
 }
 

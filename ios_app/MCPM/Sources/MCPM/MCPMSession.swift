@@ -34,10 +34,10 @@ public final class MCPMSession: @unchecked Sendable {
     }
 
     deinit {
-        let session = handle
+        let session = MCPMHandle(handle)
         let model = self.model
         model.queue.async {  // after any generation still queued; keeps the model alive until then
-            mcpm_session_free(session)
+            mcpm_session_free(session.raw)
             withExtendedLifetime(model) {}
         }
     }
@@ -53,11 +53,11 @@ public final class MCPMSession: @unchecked Sendable {
         lock.unlock()
         let limit = Int32(clamping: maxNewTokens ?? self.maxNewTokens)
         let settings = sampling ?? self.sampling
-        let session = handle
         let model = self.model
         return AsyncThrowingStream { continuation in
             continuation.onTermination = { _ in flag.cancel() }
-            model.queue.async {
+            model.queue.async {  // captures self (Sendable), not the C pointer: Swift 6 strict concurrency
+                let session = self.handle
                 var cSampling = settings.cValue
                 let sink = TextSink(continuation: continuation, flag: flag)
                 let user = Unmanaged.passRetained(sink).toOpaque()
@@ -106,8 +106,7 @@ public final class MCPMSession: @unchecked Sendable {
 
     /// Forgets the conversation.
     public func reset() {
-        let session = handle
-        model.queue.async { mcpm_session_reset(session) }
+        model.queue.async { mcpm_session_reset(self.handle) }
     }
 
     /// The benchmark of the Android app, for comparable numbers: forgets the conversation, feeds a synthetic
@@ -117,11 +116,11 @@ public final class MCPMSession: @unchecked Sendable {
         guard promptTokens >= 1, genTokens >= 0 else {
             throw MCPMError.invalidSettings("benchmark needs promptTokens >= 1 and genTokens >= 0")
         }
-        let session = handle
         let model = self.model
         let prompt = MCPMSession.syntheticPrompt(count: promptTokens, vocab: model.vocabSize, bos: model.bosTokenID)
         return try await withCheckedThrowingContinuation { continuation in
             model.queue.async {
+                let session = self.handle
                 mcpm_session_reset(session)
                 defer { mcpm_session_reset(session) }
                 let n = prompt.withUnsafeBufferPointer { p in
@@ -184,14 +183,25 @@ final class TextSink {
     }
 }
 
+/// A C handle sent to the model's queue where no Sendable owner can go along (deinit). OpaquePointer is not
+/// Sendable; the queue runs every call on the model one at a time, so handing the pointer to it is safe.
+struct MCPMHandle: @unchecked Sendable {
+    let raw: OpaquePointer
+
+    init(_ raw: OpaquePointer) { self.raw = raw }
+}
+
+// The C callbacks are global functions, not global closure constants: Swift 6 refuses global variables of
+// non-Sendable type, and a global function converts to a C function pointer as it is.
+
 /// mcpm_abort_callback: nonzero once the call's CancelFlag is set (user: an unretained CancelFlag).
-let mcpmAbortFlag: mcpm_abort_callback = { user in
+func mcpmAbortFlag(_ user: UnsafeMutableRawPointer?) -> Int32 {
     guard let user = user else { return 0 }
     return Unmanaged<CancelFlag>.fromOpaque(user).takeUnretainedValue().isCancelled ? 1 : 0
 }
 
 /// mcpm_text_callback: yields each piece; a nonzero return cancels the generation.
-private let mcpmTextSink: mcpm_text_callback = { text, len, user in
+private func mcpmTextSink(_ text: UnsafePointer<CChar>?, _ len: Int, _ user: UnsafeMutableRawPointer?) -> Int32 {
     guard let user = user else { return 1 }
     let sink = Unmanaged<TextSink>.fromOpaque(user).takeUnretainedValue()
     if let text = text, len > 0 {
