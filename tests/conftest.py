@@ -78,6 +78,22 @@ def write_tiny(path: Path, config: dict[str, Any], dtype: str = "fp32", seed: in
     return path
 
 
+def python_chat(bundle: Path, messages: tuple[str, ...], max_new: int) -> list[str]:
+    """The greedy replies of a chat through ChatSession (the Python tokenizer and chat template) over the C runtime
+    that mcpm.runtime.build makes: the reference the other front ends (CMake example, Android engine) must equal."""
+    from mcpm.export.bundle.reader import open_bundle
+    from mcpm.export.tokenizer import Tokenizer
+    from mcpm.runtime.binding import Model
+    from mcpm.runtime.build import build_library
+    from mcpm.runtime.chat import ChatSession
+
+    cfg = open_bundle(bundle).config
+    tok = Tokenizer.from_bundle(bundle, cfg["tokenizer"], cfg["chat_template"], cfg["bos_token_id"])
+    with Model.load(bundle, threads=2, library=build_library(bundle)) as model:
+        session = ChatSession(model, tok, max_new_tokens=max_new)
+        return [session.turn(m, lambda _: None) for m in messages]
+
+
 def opencl_unavailable() -> str:
     """'' when an OpenCL platform answers (PoCL here), else the reason (a skip message)."""
     import ctypes

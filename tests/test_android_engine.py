@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import python_chat
 from tests.test_android_native import JAVA_SRC, JNI_C, _host_jni_includes
 
 ORG_JSON = Path("/usr/share/java/com.android.json.jar")
@@ -192,18 +193,7 @@ public final class EngineHarness {
 
 
 def _python_replies(bundle: Path, messages: tuple[str, ...]) -> list[str]:
-    """The same chat through ChatSession (Python tokenizer and template, greedy) over the C runtime."""
-    from mcpm.export.bundle.reader import open_bundle
-    from mcpm.export.tokenizer import Tokenizer
-    from mcpm.runtime.binding import Model
-    from mcpm.runtime.build import build_library
-    from mcpm.runtime.chat import ChatSession
-
-    cfg = open_bundle(bundle).config
-    tok = Tokenizer.from_bundle(bundle, cfg["tokenizer"], cfg["chat_template"], cfg["bos_token_id"])
-    with Model.load(bundle, threads=2, library=build_library(bundle)) as model:
-        session = ChatSession(model, tok, max_new_tokens=MAX_NEW)
-        return [session.turn(m, lambda _: None) for m in messages]
+    return python_chat(bundle, messages, MAX_NEW)
 
 
 @pytest.fixture(scope="module")

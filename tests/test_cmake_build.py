@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mcpm.runtime.build import C_DIR, HEADERS, SOURCES
+from tests.conftest import python_chat
 
 MESSAGES = ("What is the state of the Union?", "And the economy?")
 MAX_NEW = 12
@@ -42,19 +43,8 @@ def chat(exe: Path, bundle: Path, runner: tuple[str, ...] = ()) -> tuple[list[st
 
 
 def python_replies(bundle: Path) -> list[str]:
-    """The same chat through ChatSession: the Python tokenizer and chat template, greedy, over the C runtime built
-    by mcpm.runtime.build (not by CMake)."""
-    from mcpm.export.bundle.reader import open_bundle
-    from mcpm.export.tokenizer import Tokenizer
-    from mcpm.runtime.binding import Model
-    from mcpm.runtime.build import build_library
-    from mcpm.runtime.chat import ChatSession
-
-    cfg = open_bundle(bundle).config
-    tok = Tokenizer.from_bundle(bundle, cfg["tokenizer"], cfg["chat_template"], cfg["bos_token_id"])
-    with Model.load(bundle, threads=2, library=build_library(bundle)) as model:
-        session = ChatSession(model, tok, max_new_tokens=MAX_NEW)
-        return [session.turn(m, lambda _: None) for m in MESSAGES]
+    """The same chat through ChatSession (not built by CMake)."""
+    return python_chat(bundle, MESSAGES, MAX_NEW)
 
 
 @pytest.fixture(scope="module")

@@ -313,7 +313,7 @@ def test_chat_view_model_survives_new_chat_and_model_switches() -> None:
     vm = _strip_swift((IOS / "App" / "ChatViewModel.swift").read_text())
     assert "messages[index]" not in vm
     assert re.search(r"messages\.firstIndex\(where: \{ \$0\.id == reply\.id \}\)", vm)
-    assert re.search(r"loadSerial \+= 1\s+let serial = loadSerial", vm)
+    assert re.search(r"let serial = unload\(\)", vm) and re.search(r"func unload\(\) -> Int \{\s*loadSerial \+= 1", vm)
     load = vm[vm.index("func load("):vm.index("func attachImage(")]
     assert load.count("guard serial == loadSerial else { return }") == 2  # after the load, success or error
     after_await = load[load.index("try await MCPMModel.load("):]

@@ -12,8 +12,10 @@ and 2m + 1 (high nibble)). Tile builders, one per instruction:
 - ``decode_tile`` (both sets): DEC_ROWS rows x 1 token. The token's q is stored half-major per block (16 even
   inputs, then 16 odd ones), so a row's 16 bytes split into low and high nibbles meet it directly: two SDOT per
   row and block, started from -2 * sum(q) in each lane (the -8 offset of the nibbles, folded in for free); the
-  activations are loaded once per block for all DEC_ROWS rows; scale * dx per row and block is computed for
-  CHUNK blocks at a time; one convert and one FMA per row and block.
+  activations are loaded once per block for all DEC_ROWS rows. Three ADDP reduce 4 rows' SDOT vectors to one
+  vector with a row per lane, so one convert and one FMA (with scale * dx of the 4 rows, computed for CHUNK blocks
+  at a time) serve 4 rows: what llama.cpp gets by repacking its weights 4 rows at a time at load, here from the
+  bundle's row-major layout.
 - ``dot_tile`` (dotprod prefill): DOT_TOK tokens x DOT_RV groups of 4 rows. Weights are prepared per chunk of KB
   blocks into vectors of 4 rows x 4 inputs (``prep_dot``, minus 8); each token's 4-input quad is broadcast and one
   SDOT adds 4 rows x 4 inputs x 1 token: lanes are rows, no horizontal sums.
@@ -37,8 +39,9 @@ A8_MAX = 127
 SB = 16  # rows per parallel task
 KB = 8  # blocks per prepared weight chunk (256 inputs)
 TOKS = 64  # prefill tokens per pass (workspace: TOKS x K bytes)
-CHUNK = 8  # blocks whose scale * dx a decode tile computes at once
-DEC_ROWS = 4  # rows of a decode tile (shares the token's activation loads)
+CHUNK = 2  # blocks whose scale * dx a decode tile computes at once
+DEC_ROWS = 8  # rows of a decode tile (shares the token's activation loads); 8 x 2: the fewest llvm-mca cycles on
+# A55 / N2 / M5 of the shapes measured (4, 8, 16 rows x 1..8 blocks: more spill registers)
 DOT_TOK, DOT_RV = 4, 2  # dotprod prefill tile: tokens x groups of 4 rows
 MM_TP, MM_RP = 2, 4  # i8mm prefill tile: token pairs x row pairs
 NIB = 0x0F0F0F0F
@@ -47,6 +50,10 @@ ISAS = ("dotprod", "i8mm")
 
 def sdot(acc, a, b):  # int32x4 += 4-way dot products of int8x16 a and b
     return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot", acc, a, b)
+
+
+def addp(a, b):  # int32x4 [a0+a1, a2+a3, b0+b1, b2+b3]
+    return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.addp", a, b)
 
 
 def smmla(acc, a, b):  # int32x4 (2 x 2: a's rows x b's rows) += a (2 x 8 int8) . b (2 x 8 int8)^T
@@ -137,35 +144,48 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
         else:
             y[i, j] = tl[0]
 
-    # ---- decode: DEC_ROWS rows x 1 token, two SDOT per row and block
+    # ---- decode: DEC_ROWS rows x 1 token, two SDOT per row and block; rows meet in the lanes
+    def row_dot(qw, xq, xs, t, j, kb):  # int32x4 whose lanes sum to block kb's dot of row j (clamped) with q
+        wb = T.reinterpret("uint8x16", qw[row(j), T.Ramp(kb * 4, 1, 4)])
+        return sdot(sdot(T.Broadcast(xs[t, kb], 4),
+                         T.reinterpret("int8x16", T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16))),
+                         xq[t, T.Ramp(kb * QBLOCK, 1, 16)]),
+                    T.reinterpret("int8x16", T.shift_right(wb, T.Broadcast(T.uint8(4), 16))),
+                    xq[t, T.Ramp(kb * QBLOCK + 16, 1, 16)])
+
+    def scales4(sc, j, k0, c, width):  # float16x4: scales of rows j .. j+4 (clamped) at block k0 + c, from one load
+        # of the chunk's scales per row (one group per block, width > 1; LLVM shares the loads between the blocks)
+        return T.Shuffle([sc[row(j + r), T.Ramp(k0, 1, width)] for r in range(4)], [r * width + c for r in range(4)])
+
     @T.macro
     def decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, k0, width):  # blocks k0 .. k0+width (width static)
-        for r in T.unroll(DEC_ROWS):
-            for c in T.vectorized(width):
-                sdx[r * CHUNK + c] = T.Cast("float32", sc[row(j0 + r), (k0 + c) // bpg]) * xd[t, k0 + c]
+        for c in T.unroll(width):  # sdx[c, r] = scale of row r * dx, rows in lanes (one FMA serves 4 rows)
+            if bpg == 1 and width > 1:
+                for v in T.unroll(DEC_ROWS // 4):
+                    sdx[T.Ramp(c * DEC_ROWS + 4 * v, 1, 4)] = T.Cast(
+                        "float32x4", scales4(sc, j0 + 4 * v, k0, c, width)) * T.Broadcast(xd[t, k0 + c], 4)
+            else:
+                for r in T.vectorized(DEC_ROWS):
+                    sdx[c * DEC_ROWS + r] = T.Cast("float32", sc[row(j0 + r), (k0 + c) // bpg]) * xd[t, k0 + c]
         for c in T.unroll(width):
-            for r in T.unroll(DEC_ROWS):
-                wb = T.reinterpret("uint8x16", qw[row(j0 + r), T.Ramp((k0 + c) * 4, 1, 4)])
-                d = sdot(sdot(T.Broadcast(xs[t, k0 + c], 4),
-                              T.reinterpret("int8x16", T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16))),
-                              xq[t, T.Ramp((k0 + c) * QBLOCK, 1, 16)]),
-                         T.reinterpret("int8x16", T.shift_right(wb, T.Broadcast(T.uint8(4), 16))),
-                         xq[t, T.Ramp((k0 + c) * QBLOCK + 16, 1, 16)])
-                acc[T.Ramp(r * 4, 1, 4)] = acc[T.Ramp(r * 4, 1, 4)] + T.Cast("float32x4", d) * T.Broadcast(
-                    sdx[r * CHUNK + c], 4)
+            for v in T.unroll(DEC_ROWS // 4):  # 4 rows: their 4-lane SDOT sums reduced by 3 ADDP to one vector
+                acc[T.Ramp(v * 4, 1, 4)] = acc[T.Ramp(v * 4, 1, 4)] + T.Cast("float32x4", addp(
+                    addp(row_dot(qw, xq, xs, t, j0 + 4 * v, k0 + c), row_dot(qw, xq, xs, t, j0 + 4 * v + 1, k0 + c)),
+                    addp(row_dot(qw, xq, xs, t, j0 + 4 * v + 2, k0 + c),
+                         row_dot(qw, xq, xs, t, j0 + 4 * v + 3, k0 + c)))) * sdx[T.Ramp(c * DEC_ROWS + 4 * v, 1, 4)]
 
     @T.macro
     def decode_tile(x, qw, sc, xq, xs, xd, r_, y, i, t, j0, add):  # y[i, j0 .. j0+DEC_ROWS) (rows clamped)
-        acc = T.alloc_local((DEC_ROWS * 4,), "float32")  # [rows, 4 lanes]
-        sdx = T.alloc_local((DEC_ROWS * CHUNK,), "float32")  # [rows, CHUNK blocks] scale * dx
-        for e in T.vectorized(DEC_ROWS * 4):
+        acc = T.alloc_local((DEC_ROWS,), "float32")  # [rows]
+        sdx = T.alloc_local((CHUNK * DEC_ROWS,), "float32")  # [CHUNK blocks, rows] scale * dx
+        for e in T.vectorized(DEC_ROWS):
             acc[e] = T.float32(0)
         for kc in range(nb // CHUNK):
             decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, kc * CHUNK, CHUNK)
         if nb % CHUNK != 0:
             decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, nb // CHUNK * CHUNK, nb % CHUNK)
         for r in T.unroll(DEC_ROWS):
-            finish(x, qw, sc, r_, y, i, row(j0 + r), acc[r * 4] + acc[r * 4 + 1] + acc[r * 4 + 2] + acc[r * 4 + 3], add)
+            finish(x, qw, sc, r_, y, i, row(j0 + r), acc[r], add)
 
     # ---- dotprod prefill: weights as 4 rows x 4 inputs per vector, token quads broadcast
     @T.macro

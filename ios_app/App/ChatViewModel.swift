@@ -46,14 +46,7 @@ final class ChatViewModel: ObservableObject {
             status = "A benchmark is running: the chat loads \(entry.name) when it ends"
             return
         }
-        loadSerial += 1
-        let serial = loadSerial
-        stop()
-        session = nil
-        model = nil
-        loadedKey = nil
-        removeImage()
-        lastImage = nil
+        let serial = unload()
         isLoading = true
         status = "Loading \(entry.name)…"
         do {
@@ -148,10 +141,10 @@ final class ChatViewModel: ObservableObject {
         task?.cancel()
     }
 
-    /// Frees the chat's model so that a benchmark runs alone (no second copy in memory, no reply competing for the
-    /// cores): stops the reply, drops the session and the model (a load still running drops its model when it ends).
-    func pauseForBenchmark() {
-        pausedForBenchmark = true
+    /// Stops the reply and drops the session, the model and the attached image; returns the new load serial (a load
+    /// still running drops its model when it ends).
+    @discardableResult
+    private func unload() -> Int {
         loadSerial += 1
         stop()
         session = nil
@@ -159,6 +152,14 @@ final class ChatViewModel: ObservableObject {
         loadedKey = nil
         removeImage()
         lastImage = nil
+        return loadSerial
+    }
+
+    /// Frees the chat's model so that a benchmark runs alone (no second copy in memory, no reply competing for the
+    /// cores): stops the reply, drops the session and the model (a load still running drops its model when it ends).
+    func pauseForBenchmark() {
+        pausedForBenchmark = true
+        unload()
         isLoading = false
         status = "A benchmark is running: the chat waits until it ends"
     }
