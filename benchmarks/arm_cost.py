@@ -47,6 +47,8 @@ PREFILL_TOKENS = 64  # the default prefill chunk
 MATTR = {"neon": ["+neon"], "dotprod": ["+neon", "+v8.2a", "+dotprod"],
          "i8mm": ["+neon", "+v8.2a", "+dotprod", "+i8mm"]}
 CORES = {  # llvm-mca -mcpu -> what its model is
+    "cortex-a53": "real (ARMv8.0 little, in-order: where only the neon set runs)",
+    "cortex-a57": "real (ARMv8.0 big; LLVM's model for A72/A73 too: neon-set phones)",
     "cortex-a55": "real (little, in-order)",
     "neoverse-n2": "real (big: Cortex-A710 / X2 generation)",
     "exynos-m5": "real (big, out-of-order)",
@@ -159,8 +161,8 @@ def build_mcpm(kset: str, k: int, n: int, work: Path, act: str = "int8") -> tupl
     from mcpm.runtime.cross import CROSS_CC
 
     target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": MATTR[kset]}
-    with tvm.target.Target(target):
-        func = qk.linear_q4(k, n, 32, False, act=act)
+    with tvm.target.Target(target):  # a8: the rows4 weight order of Android / Linux ARM64 exports
+        func = qk.linear_q4(k, n, 32, False, act=act, rows4=act == "int8")
     obj = work / f"mcpm-{kset}-{act}-{k}x{n}.o"
     tvm.compile(tvm.IRModule({"f": func.with_attr("global_symbol", "f")}), target=tvm.target.Target(target)) \
         .mod.write_to_file(str(obj))
@@ -174,13 +176,14 @@ def trace_under_qemu(exe: Path, k: int, n: int, tokens: int, work: Path) -> tupl
     """One kernel call of ``tokens`` tokens under qemu: the hot loop (the innermost loop around the most executed
     translation block among the loops that multiply) and the instructions executed by the whole call per unit
     (weight preparation, activation quantization and loop overheads included)."""
+    from mcpm.export.compiler.layout import to_rows4
     from mcpm.quantize.packing import quantize
     from mcpm.quantize.schemes import get_scheme
     from mcpm.runtime.cross import QEMU, SYSROOT
 
     rng = np.random.default_rng(0)
     packed = quantize(rng.standard_normal((n, k)).astype(np.float32), get_scheme("q4g32-a8"))
-    packed.tensors["qweight"].tofile(work / "qw.bin")
+    to_rows4(packed.tensors["qweight"]).tofile(work / "qw.bin")  # the order a8 kernels read (float ones: same cost)
     packed.tensors["scales"].tofile(work / "sc.bin")
     rng.standard_normal((tokens, k)).astype(np.float32).tofile(work / "x.bin")
     log = work / "trace.log"

@@ -207,7 +207,8 @@ def run_export(opts: ExportOptions) -> ExportReport:
         vision_config(loaded)  # the tokenizer has the image markers (else a one-line TokenizerError now)
     spec = CompileSpec(max_ctx=opts.context_length, chunk=opts.prefill_chunk, recipe=recipe,
                        num_experts=loaded.config.num_experts, vision_dtype=VISION_DTYPES[opts.vision_dtype],
-                       max_patches=opts.max_patches, kv_dtype=kv_dtype)
+                       max_patches=opts.max_patches, kv_dtype=kv_dtype,
+                       q4_rows4=rows4_target(target) and opts.device != "gpu")
     check_supported(loaded.config, spec)
     with output:
         _write_output(output.staging, loaded, recipe, target, spec, opts, report)
@@ -217,6 +218,13 @@ def run_export(opts: ExportOptions) -> ExportReport:
                               if not e.name.startswith(("rope_", "vision.", "resampler.")))
     report.weight_count = sum(p.numel() for p in lm.parameters())
     return report
+
+
+def rows4_target(target: Target) -> bool:
+    """Whether int4-a8 weights go in the rows4 order (layout.uses_rows4) for this target: Android and Linux ARM64
+    CPU exports. Not iOS: its package also builds x86_64 simulator kernels from the same bundle, whose AVX2 tiles
+    read the row-major order."""
+    return target.platform in ("android", "linux") and target.triple.startswith(("aarch64", "arm64"))
 
 
 def _write_output(root: Path, loaded: LoadedModel, recipe: Recipe, target: Target, spec: CompileSpec,

@@ -34,12 +34,12 @@ def arm_target(kset: str) -> dict:
     return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": MATTR[kset]}
 
 
-def build_kernel(kset: str, k: int, n_out: int, residual: bool, out: Path) -> Path:
+def build_kernel(kset: str, k: int, n_out: int, residual: bool, out: Path, rows4: bool = False) -> Path:
     """linear_q4(act=int8) constructed and compiled under the kernel set's target, linked into kernel_run."""
     with tvm.target.Target(arm_target(kset)):
-        func = qk.linear_q4(k, n_out, 32, residual, act="int8")
+        func = qk.linear_q4(k, n_out, 32, residual, act="int8", rows4=rows4)
     mod = tvm.IRModule({"f": func.with_attr("global_symbol", "f")})
-    obj = out / f"{kset}-{k}-{n_out}-{int(residual)}.o"
+    obj = out / f"{kset}-{k}-{n_out}-{int(residual)}-{int(rows4)}.o"
     tvm.compile(mod, target=tvm.target.Target(arm_target(kset))).mod.write_to_file(str(obj))
     exe = obj.with_suffix("")
     res = subprocess.run([CROSS_CC, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(C_DIR), "-o",
@@ -61,17 +61,24 @@ def a8_inputs(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 
 @pytest.mark.skipif(bool(missing_cross_tools()), reason="ARM64 cross tools missing (make setup installs them)")
 @pytest.mark.parametrize("kset", ["dotprod", "i8mm", "neon"])
-@pytest.mark.parametrize(("k", "n_out", "residual"), [(64, 48, False), (96, 40, True), (304, 20, False),
-                                                      (288, 33, True), (16, 16, False)])
-def test_a8_kernel_sets_match_numpy_under_qemu(kset: str, k: int, n_out: int, residual: bool,
+@pytest.mark.parametrize(("k", "n_out", "residual", "rows4"), [
+    (64, 48, False, False), (96, 40, True, False), (304, 20, False, False), (288, 33, True, False),
+    (16, 16, False, False), (304, 20, True, True), (96, 44, False, True), (16, 8, False, True)])
+def test_a8_kernel_sets_match_numpy_under_qemu(kset: str, k: int, n_out: int, residual: bool, rows4: bool,
                                                tmp_path: Path) -> None:
-    """K with a float tail (304 = 9 blocks + 16; 16 = no full block), N not a multiple of 16 (33, 20), 9 weight
-    blocks (a partial prepared chunk), token counts that leave decode tiles after the prefill tiles."""
-    exe = build_kernel(kset, k, n_out, residual, tmp_path)
+    """K with a float tail (304 = 9 blocks + 16; 16 = no full block), N not a multiple of 16 (33, 20, 44), 9 weight
+    blocks (a partial prepared chunk), token counts that leave decode tiles after the prefill tiles; rows4: the
+    weights in layout.to_rows4's order (what Android and Linux ARM64 exports store), N % 8 != 0 (a decode tile
+    past the last group) included."""
+    from mcpm.export.compiler.layout import to_rows4
+
+    exe = build_kernel(kset, k, n_out, residual, tmp_path, rows4)
     rng = np.random.default_rng(k * 1000 + n_out)
     w = (rng.standard_normal((n_out, k)) * rng.uniform(0.01, 0.5, size=(n_out, 1))).astype(np.float32)
     packed = quantize(w, get_scheme("q4g32-a8"))
     qw, sc = packed.tensors["qweight"], packed.tensors["scales"]
+    if rows4:
+        qw = to_rows4(qw)
     wd = dequantize(packed).astype(np.float64)  # [N, K]
     qw.tofile(tmp_path / "qw.bin")
     sc.tofile(tmp_path / "sc.bin")
@@ -97,6 +104,30 @@ def test_default_scheme_per_target() -> None:
 
     assert [default_scheme(p) for p in ("android", "ios", "linux", "host")] == ["q4g32-a8"] * 3 + ["q4g32"]
     assert default_scheme("android", "gpu") == "q4g32"  # GPU kernels take float activations
+
+
+def test_rows4_order() -> None:
+    """layout.to_rows4 puts element (j, w) at ((j // 4) * W + w) * 4 + j % 4 (the kernels' index), bit-exact; the
+    predicate picks int4-a8 weights with N % 4 == 0 of ARM CPU exports, never the embedding."""
+    from mcpm.export.compiler.layout import to_rows4, uses_rows4
+    from mcpm.export.compiler.spec import CompileSpec
+    from mcpm.quantize.recipe import Recipe
+
+    n, w = 12, 5
+    q = np.arange(n * w, dtype=np.uint32).reshape(n, w) * np.uint32(2654435761)
+    flat = to_rows4(q).reshape(-1)
+    assert to_rows4(q).shape == (n, w)
+    for j in range(n):
+        for c in range(w):
+            assert flat[((j // 4) * w + c) * 4 + j % 4] == q[j, c]
+    with pytest.raises(ValueError, match="N % 4"):
+        to_rows4(q[:6])
+    arm = CompileSpec(max_ctx=64, chunk=16, recipe=Recipe.parse("q4g32-a8", ()), q4_rows4=True)
+    assert uses_rows4("layers.0.wqkv", 48, arm) and uses_rows4("lm_head", 48, arm)
+    assert not uses_rows4("layers.0.wqkv", 46, arm) and not uses_rows4("embed", 48, arm)
+    assert not uses_rows4("layers.0.wqkv", 48, CompileSpec(max_ctx=64, chunk=16, recipe=Recipe.parse("q4g32-a8", ())))
+    assert not uses_rows4("layers.0.wqkv", 48, CompileSpec(max_ctx=64, chunk=16, recipe=Recipe.parse("q4g32", ()),
+                                                           q4_rows4=True))
 
 
 def test_dot_isa_follows_the_target() -> None:

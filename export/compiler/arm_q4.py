@@ -6,16 +6,18 @@ reference): each token's x is quantized per block of 32 inputs, dx = max|x| / 12
 y[i, j] = sum over blocks of scale[j, block] * dx[i, block] * (exact int32 dot of (nibble - 8) with q), fp32
 accumulation; inputs after the last full block (K % 32) in float.
 
-Weights stay in the bundle's packed layout (qweight uint32 [N, K/8]: byte m of a block holds inputs 2m (low nibble)
-and 2m + 1 (high nibble)). Tile builders, one per instruction:
+Weights: the packed words (qweight uint32 [N, Kp/8]: byte m of a block holds inputs 2m (low nibble) and 2m + 1
+(high nibble)), row-major or, in Android / Linux ARM64 exports (``rows4``, layout.to_rows4), 4 rows side by side:
+word w of rows 4g .. 4g+3 in one 16-byte vector ([N/4, Kp/8, 4]), what llama.cpp's Q4_0 repack does at load,
+done once at export. Tile builders, one per instruction:
 
-- ``decode_tile`` (both sets): DEC_ROWS rows x 1 token. The token's q is stored half-major per block (16 even
-  inputs, then 16 odd ones), so a row's 16 bytes split into low and high nibbles meet it directly: two SDOT per
-  row and block, started from -2 * sum(q) in each lane (the -8 offset of the nibbles, folded in for free); the
-  activations are loaded once per block for all DEC_ROWS rows. Three ADDP reduce 4 rows' SDOT vectors to one
-  vector with a row per lane, so one convert and one FMA (with scale * dx of the 4 rows, computed for CHUNK blocks
-  at a time) serve 4 rows: what llama.cpp gets by repacking its weights 4 rows at a time at load, here from the
-  bundle's row-major layout.
+- ``decode_tile`` (both sets): DEC_ROWS rows x 1 token, int32 lanes = rows, so one convert and one FMA (with
+  scale * dx of 4 rows, computed for CHUNK blocks at a time) serve 4 rows. The token's q is stored half-major per
+  block (16 even inputs, then 16 odd ones). rows4 (``group_dot``): per word, the 4 rows' 16 bytes split into low
+  and high nibbles, and two indexed SDOT against the token's even and odd quad of that word add 4 rows x 8 inputs;
+  the lanes start at -8 * sum(q) (the -8 offset of the nibbles, folded in for free). Row-major (``row_dot``): a
+  row's 16 bytes meet the token's 32 q directly, two SDOT per row and block started from -2 * sum(q) per lane, and
+  three ADDP per 4 rows bring the rows into lanes.
 - ``dot_tile`` (dotprod prefill): DOT_TOK tokens x DOT_RV groups of 4 rows. Weights are prepared per chunk of KB
   blocks into vectors of 4 rows x 4 inputs (``prep_dot``, minus 8); each token's 4-input quad is broadcast and one
   SDOT adds 4 rows x 4 inputs x 1 token: lanes are rows, no horizontal sums.
@@ -60,15 +62,18 @@ def smmla(acc, a, b):  # int32x4 (2 x 2: a's rows x b's rows) += a (2 x 8 int8) 
     return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.smmla", acc, a, b)
 
 
-def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
+def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str, rows4: bool = False):
     """y[n, N] = x[n, K] @ dequant(qweight, scales)[N, K]^T (+ r[n, N]) with int8 activations (see the module
     docstring); isa "dotprod" or "i8mm". Same signature as quant_kernels.linear_q4."""
     if isa not in ISAS:
         raise ValueError(f"arm_q4: isa must be one of {ISAS}, not {isa!r}")
     if group % QBLOCK:
         raise ValueError(f"arm_q4: the group must be a multiple of {QBLOCK}, not {group}")
+    if rows4 and n_out % 4:
+        raise ValueError(f"arm_q4: the rows4 layout needs N % 4 == 0, not {n_out}")
     mm = isa == "i8mm"
     nb = k_in // QBLOCK  # full activation blocks
+    wpr = -(-k_in // group) * group // 8  # packed words per row
     nbw = max(nb, 1)
     bpg = group // QBLOCK  # activation blocks per weight group
     blocks = -(-n_out // SB)
@@ -77,8 +82,21 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
     nkc, rem = nb // KB, nb % KB  # full weight chunks, blocks of the last partial one
     rows_per_pass = 2 * MM_RP if mm else 4 * DOT_RV
 
-    def row(j):
-        return T.min(j, last)
+    def row(j):  # rows past N - 1 compute a copy of a real row (rows4: of the last group, lane for lane)
+        return T.min(j // 4, last // 4) * 4 + j % 4 if rows4 else T.min(j, last)
+
+    # ---- weight words: row-major [N, Kp/8], or rows4 (layout.to_rows4, a flat buffer [N/4, Kp/8, 4]): word w of
+    # rows 4g .. 4g+3 side by side, so one 16-byte load is 4 rows x 4 bytes (lanes = rows for the indexed SDOT)
+    def word(qw, j, w):  # uint32 word w of row j
+        return qw[(j // 4 * wpr + w) * 4 + j % 4] if rows4 else qw[j, w]
+
+    def block_words(qw, j, kb):  # uint32x4: the 4 words of block kb of row j (row-major only: decode's row_dot)
+        return qw[j, T.Ramp(kb * 4, 1, 4)]
+
+    def quad(xq, e, kb, h, w):  # token e's quad h of word w in block kb in all 4 lanes: lane w of the half's
+        # 16-byte load (LLVM folds the splat into the indexed SDOT: one load per token and half for 4 SDOT)
+        return T.reinterpret("int8x16", T.Shuffle(
+            [T.reinterpret("int32x4", xq[e, T.Ramp(kb * QBLOCK + h * 16, 1, 16)])], [w, w, w, w]))
 
     # ---- quantization (exactly quant_kernels' block_scale + rint / clip)
     @T.macro
@@ -137,7 +155,7 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
         tl = T.alloc_local((1,), "float32")
         tl[0] = v
         for k in range(nb * QBLOCK, k_in):
-            nib = T.bitwise_and(T.shift_right(qw[j, k // 8], T.Cast("uint32", (k % 8) * 4)), T.uint32(15))
+            nib = T.bitwise_and(T.shift_right(word(qw, j, k // 8), T.Cast("uint32", (k % 8) * 4)), T.uint32(15))
             tl[0] = tl[0] + x[i, k] * ((T.Cast("float32", nib) - T.float32(8)) * T.Cast("float32", sc[j, k // group]))
         if add:
             y[i, j] = r_[i, j] + tl[0]
@@ -146,7 +164,7 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
 
     # ---- decode: DEC_ROWS rows x 1 token, two SDOT per row and block; rows meet in the lanes
     def row_dot(qw, xq, xs, t, j, kb):  # int32x4 whose lanes sum to block kb's dot of row j (clamped) with q
-        wb = T.reinterpret("uint8x16", qw[row(j), T.Ramp(kb * 4, 1, 4)])
+        wb = T.reinterpret("uint8x16", block_words(qw, row(j), kb))
         return sdot(sdot(T.Broadcast(xs[t, kb], 4),
                          T.reinterpret("int8x16", T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16))),
                          xq[t, T.Ramp(kb * QBLOCK, 1, 16)]),
@@ -156,6 +174,24 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
     def scales4(sc, j, k0, c, width):  # float16x4: scales of rows j .. j+4 (clamped) at block k0 + c, from one load
         # of the chunk's scales per row (one group per block, width > 1; LLVM shares the loads between the blocks)
         return T.Shuffle([sc[row(j + r), T.Ramp(k0, 1, width)] for r in range(4)], [r * width + c for r in range(4)])
+
+    def group_dot(qw, xq, xs, t, g, kb):  # rows4: int32x4, lane r = block kb's dot of row 4g + r with q: per word,
+        # one 16-byte load (4 rows x 4 bytes), two indexed SDOT (low and high nibbles against the token's even and
+        # odd quads) add 4 rows x 8 inputs; the lanes start at -8 * sum(q)
+        acc = T.Broadcast(xs[t, kb] * 4, 4)
+        for w in range(4):
+            ww = T.reinterpret("uint8x16", qw[T.Ramp((g * wpr + kb * 4 + w) * 4, 1, 4)])
+            acc = sdot(acc, T.reinterpret("int8x16", T.bitwise_and(ww, T.Broadcast(T.uint8(15), 16))),
+                       quad(xq, t, kb, 0, w))
+            acc = sdot(acc, T.reinterpret("int8x16", T.shift_right(ww, T.Broadcast(T.uint8(4), 16))),
+                       quad(xq, t, kb, 1, w))
+        return acc
+
+    def rows_dot(qw, xq, xs, t, j, kb):  # int32x4: lane r = block kb's dot of row j + r (j % 4 == 0; clamped)
+        if rows4:
+            return group_dot(qw, xq, xs, t, row(j) // 4, kb)
+        return addp(addp(row_dot(qw, xq, xs, t, j, kb), row_dot(qw, xq, xs, t, j + 1, kb)),
+                    addp(row_dot(qw, xq, xs, t, j + 2, kb), row_dot(qw, xq, xs, t, j + 3, kb)))
 
     @T.macro
     def decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, k0, width):  # blocks k0 .. k0+width (width static)
@@ -169,10 +205,8 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
                     sdx[c * DEC_ROWS + r] = T.Cast("float32", sc[row(j0 + r), (k0 + c) // bpg]) * xd[t, k0 + c]
         for c in T.unroll(width):
             for v in T.unroll(DEC_ROWS // 4):  # 4 rows: their 4-lane SDOT sums reduced by 3 ADDP to one vector
-                acc[T.Ramp(v * 4, 1, 4)] = acc[T.Ramp(v * 4, 1, 4)] + T.Cast("float32x4", addp(
-                    addp(row_dot(qw, xq, xs, t, j0 + 4 * v, k0 + c), row_dot(qw, xq, xs, t, j0 + 4 * v + 1, k0 + c)),
-                    addp(row_dot(qw, xq, xs, t, j0 + 4 * v + 2, k0 + c),
-                         row_dot(qw, xq, xs, t, j0 + 4 * v + 3, k0 + c)))) * sdx[T.Ramp(c * DEC_ROWS + 4 * v, 1, 4)]
+                acc[T.Ramp(v * 4, 1, 4)] = acc[T.Ramp(v * 4, 1, 4)] + T.Cast(
+                    "float32x4", rows_dot(qw, xq, xs, t, j0 + 4 * v, k0 + c)) * sdx[T.Ramp(c * DEC_ROWS + 4 * v, 1, 4)]
 
     @T.macro
     def decode_tile(x, qw, sc, xq, xs, xd, r_, y, i, t, j0, add):  # y[i, j0 .. j0+DEC_ROWS) (rows clamped)
@@ -196,17 +230,12 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
             for bb in range(nbk):
                 for h, w in T.grid(2, 4):
                     for r in range(4):
-                        wt[r] = T.bitwise_and(T.shift_right(qw[row(j0 + 4 * g + r), (b0 + bb) * 4 + w],
+                        wt[r] = T.bitwise_and(T.shift_right(word(qw, row(j0 + 4 * g + r), (b0 + bb) * 4 + w),
                                                             T.uint32(4 * h)), T.uint32(NIB))
                     ws[T.Ramp((((g * KB + bb) * 2 + h) * 4 + w) * 16, 1, 16)] = T.reinterpret(
                         "int8x16", wt[T.Ramp(0, 1, 4)]) - T.Broadcast(T.int8(8), 16)
                 for r in range(4):
                     swf[(g * KB + bb) * 4 + r] = T.Cast("float32", sc[row(j0 + 4 * g + r), (b0 + bb) // bpg])
-
-    def quad(xq, e, kb, h, w):  # token e's quad h of word w in block kb in all 4 lanes: lane w of the half's
-        # 16-byte load (LLVM folds the splat into the indexed SDOT: one load per token and half for 4 SDOT)
-        return T.reinterpret("int8x16", T.Shuffle(
-            [T.reinterpret("int32x4", xq[e, T.Ramp(kb * QBLOCK + h * 16, 1, 16)])], [w, w, w, w]))
 
     @T.macro
     def dot_tile(xq, xd, ws, swf, accs, e0, b0, nbk, g0):  # tokens e0 .. e0+DOT_TOK x row groups g0 .. g0+DOT_RV
@@ -244,7 +273,7 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
             for bb in range(nbk):
                 for w in range(4):
                     for r, h in T.grid(2, 2):
-                        wt[r * 2 + h] = T.bitwise_and(T.shift_right(qw[row(j0 + 2 * p + r), (b0 + bb) * 4 + w],
+                        wt[r * 2 + h] = T.bitwise_and(T.shift_right(word(qw, row(j0 + 2 * p + r), (b0 + bb) * 4 + w),
                                                                     T.uint32(4 * h)), T.uint32(NIB))
                     ws[T.Ramp(((p * KB + bb) * 4 + w) * 16, 1, 16)] = T.reinterpret(
                         "int8x16", wt[T.Ramp(0, 1, 4)]) - T.Broadcast(T.int8(8), 16)
@@ -330,4 +359,4 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str):
                     decode_tile(x, qw, sc, xqd, xsd, xdd, r_, y, npre + t, t, blk * SB + jr * DEC_ROWS, add)
 
     assert rows_per_pass <= SB and SB % rows_per_pass == 0 and TOKS % step == 0
-    return q4_linear_func(k_in, n_out, group, residual, body)
+    return q4_linear_func(k_in, n_out, group, residual, body, rows4)

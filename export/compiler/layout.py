@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.models.minicpm.config import MiniCPMConfig
 
@@ -48,6 +50,26 @@ def linear_params(name: str, n: int, k: int, spec: CompileSpec) -> list[Param]:
     if scheme.kind == "int4-asym":
         parts.append(Param(name + ".mins", (n, kp // g), "float16"))
     return parts
+
+
+def uses_rows4(name: str, n: int, spec: CompileSpec) -> bool:
+    """True when weight ``name`` [N, K] is stored in the rows4 order (:func:`to_rows4`): exports for ARM CPUs
+    (``spec.q4_rows4``) store int4 weights with int8 activations so, when N % 4 == 0, except the embedding (its rows
+    are gathered by token; a tied lm_head reads that copy). The decode kernels then read 4 rows per 16-byte load
+    (lanes = rows for the indexed SDOT, as llama.cpp's load-time repack of Q4_0)."""
+    if not spec.q4_rows4 or n % 4 or name == "embed":
+        return False
+    scheme = spec.scheme_for(name)
+    return scheme.kind == "int4-sym" and scheme.activations == "int8"
+
+
+def to_rows4(qweight: np.ndarray) -> np.ndarray:
+    """qweight uint32 [N, W] (row-major packed words) -> the same shape in the rows4 order: word w of rows
+    4g .. 4g+3 side by side, i.e. element (j, w) at flat index ((j // 4) * W + w) * 4 + j % 4 ([N/4, W, 4])."""
+    n, w = qweight.shape
+    if n % 4:
+        raise ValueError(f"rows4 needs N % 4 == 0, not {n}")
+    return np.ascontiguousarray(qweight.reshape(n // 4, 4, w).transpose(0, 2, 1)).reshape(n, w)
 
 
 def weight_params(cfg: MiniCPMConfig, spec: CompileSpec) -> list[Param]:

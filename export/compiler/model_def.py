@@ -17,6 +17,7 @@ from mcpm.export.compiler.layout import (
     is_vision_config,
     linear_params,
     linear_shapes,
+    uses_rows4,
     vision_max_patches,
     weight_params,
 )
@@ -48,8 +49,9 @@ class _Builder:
         scheme = self.spec.scheme_for(name)
         g, add = scheme.group_size, "add" * res
         if scheme.kind == "int4-sym" and scheme.activations == "int8":  # -a8: x quantized to int8 per 32 inputs
-            gv = self.kernel(("linear_q4a8", k, out, g, add),
-                             lambda: quant_kernels.linear_q4(k, out, g, res, act="int8"))
+            rows4 = uses_rows4(name, out, self.spec)  # the weight's order (layout.to_rows4)
+            gv = self.kernel(("linear_q4a8", k, out, g, add, "r4" * rows4),
+                             lambda: quant_kernels.linear_q4(k, out, g, res, act="int8", rows4=rows4))
             args = [x, w[name + ".qweight"], w[name + ".scales"]]
         elif scheme.kind == "int4-sym":
             gv = self.kernel(("linear_q4", k, out, g, add), lambda: quant_kernels.linear_q4(k, out, g, res))

@@ -1,6 +1,7 @@
 """int4 kernels that read the packed layout of docs/quantization.md directly (no float copy of the weight).
 
-qweight uint32[N, Kp/8]: input k of row j at bits 4*(k % 8) of word k // 8
+qweight uint32[N, Kp/8]: input k of row j at bits 4*(k % 8) of word k // 8 (rows4, ARM exports of int4-a8
+                         weights: the same words in layout.to_rows4's order, read through qword / qwords)
 scales  float16[N, Kp/G]: W[j, k] = (nibble - 8) * scales[j, k // G]
 """
 
@@ -67,7 +68,7 @@ def arm_dot_isa() -> str | None:
     return "dotprod" if codegen.target_has_features("dotprod", tgt) else None
 
 
-def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: str = "float"):
+def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: str = "float", rows4: bool = False):
     """y[n, N] = x[n, K] @ dequant(qweight, scales)[N, K]^T (+ r[n, N] when ``residual``), dequantized on the fly
     (decode: in registers; prefill: a K chunk of a block's rows at a time into an L1 scratch).
 
@@ -117,12 +118,17 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     tiles with q in -127..127 (the same integers), two blocks per step (pair_dot: one 32-byte load, the activations
     quantized in a pair layout). On ARM64 targets with dot-product instructions (the dotprod and i8mm kernel sets)
     the SDOT / SMMLA kernels of arm_q4.py run instead. Elsewhere (plain NEON, no target) x is replaced by q * dx in
-    a workspace and the float / int16 paths run on it (the int16 tiles recover q exactly)."""
+    a workspace and the float / int16 paths run on it (the int16 tiles recover q exactly).
+
+    ``rows4``: qweight in layout.to_rows4's order (Android / Linux ARM64 exports of int4-a8 weights, N % 4 == 0);
+    the plain NEON decode then takes 4 rows per tile, which share one 64-byte load of their words (LLVM's LD4)."""
     a8 = act == "int8"
     if a8 and group % QBLOCK == 0 and (dot := arm_dot_isa()) is not None:  # SDOT / SMMLA tiles (arm_q4.py)
         from mcpm.export.compiler import arm_q4
 
-        return arm_q4.linear_q4_a8(k_in, n_out, group, residual, dot)
+        return arm_q4.linear_q4_a8(k_in, n_out, group, residual, dot, rows4=rows4)
+    if rows4 and n_out % 4:
+        raise ValueError(f"linear_q4: the rows4 layout needs N % 4 == 0, not {n_out}")
     assert PREFILL_TOKENS % A8_TILE == 0 == PREFILL_TOKENS % I16_TILE and A8_TOKENS % PREFILL_TOKENS == 0
     words = group // 8
     full = k_in // group  # groups entirely inside K
@@ -143,6 +149,8 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     pmax = QMAX if i16 else A8_MAX  # range of the prefill tiles' q
     xa_words = QBLOCK // 2 if i16 else 2 * (QBLOCK // 8)  # uint32 per block of a quantized prefill token
     rd, na = (INT_DECODE_ROWS, INT_DECODE_ACCS) if isa != "f32" else (DECODE_ROWS, 1)
+    if rows4 and arm8:  # plain NEON on rows4 weights: 4 rows per tile share the group's 64-byte load (LD4)
+        rd, na = 4, 1
     nb = k_in // QBLOCK  # activation blocks entirely inside K
     nbw = max(nb, 1)  # blocks of the workspace (never empty)
     # blocks of a decode chunk taken one at a time: (first, count) for a full chunk and for the last partial one
@@ -155,8 +163,25 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     kc = gpc * group  # inputs per K chunk
     nkc, rem_g = full // gpc, full % gpc  # full K chunks, groups of the last partial one
 
+    wpr = -(-k_in // group) * group // 8  # packed words per row
+
+    def qword(qw, j, w):  # word w of row j: row-major, or rows4 (layout.to_rows4: 4 rows' words side by side)
+        return qw[(j // 4 * wpr + w) * 4 + j % 4] if rows4 else qw[j, w]
+
+    def qwords(qw, j, w0, lanes, lane=None):  # uint32 x lanes: words w0 .. w0+lanes of row j; rows4: a stride-4
+        # load, or with lane = j % 4 known (j % 4 == lane, lanes == 4) one load of the 4 rows' 16 words, split by
+        # LLVM's LD4 (the tile's 4 rows share it)
+        if not rows4:
+            return qw[j, T.Ramp(w0, 1, lanes)]
+        if lane is not None and lanes == 4:
+            return T.Shuffle([qw[T.Ramp((j // 4 * wpr + w0) * 4, 1, 16)]], [lane + 4 * i for i in range(4)])
+        return qw[T.Ramp((j // 4 * wpr + w0) * 4 + j % 4, 4, lanes)]
+
+    def drow(j0, r):  # row r of the decode tile at j0, clamped (rows4: to the last group, lane for lane)
+        return T.min(j0 // 4, last // 4) * 4 + r if rows4 and arm8 else T.min(j0 + r, last)
+
     def nibbles(qw, j, word):  # the 8 nibbles of qw[j, word] as int32 lanes (vector shift by 0, 4, .., 28 + mask)
-        return lambda b: T.bitwise_and(T.shift_right(qw[j, word], T.Cast("uint32", b * 4)), T.uint32(15))
+        return lambda b: T.bitwise_and(T.shift_right(qword(qw, j, word), T.Cast("uint32", b * 4)), T.uint32(15))
 
     @T.macro
     def finish(acc, r_, y, i, j, a, add, lanes=LANES):  # y[i, j] (+ r[i, j]) = horizontal sum of acc[a : a+lanes]
@@ -170,7 +195,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     @T.macro
     def tail(x, qw, sc, acc, i, j, a, k0):  # inputs k0 .. K-1: scalar, x read only below K (no-op when k0 == K)
         for k in range(k0, k_in):
-            nib = T.bitwise_and(T.shift_right(qw[j, k // 8], T.Cast("uint32", (k % 8) * 4)), T.uint32(15))
+            nib = T.bitwise_and(T.shift_right(qword(qw, j, k // 8), T.Cast("uint32", (k % 8) * 4)), T.uint32(15))
             acc[a] = acc[a] + x[i, k] * ((T.Cast("float32", nib) - T.float32(8)) * T.Cast("float32", sc[j, k // group]))
 
     def xpos(kb, h, b):  # workspace position of input 2 b + h of block kb (quantize_x)
@@ -206,7 +231,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     def pair_dot(qw, xq, j, t, kb):  # a8 on AVX2: int32x8, lanes 0-3 sum to block kb's dot, 4-7 to block kb + 1's
         # 32 bytes = the two blocks' 16 bytes; low nibbles [kb even inputs | kb+1 even], high [kb odd | kb+1 odd],
         # matching the pair layout of xq (quantize_x); an int16 lane sums 4 products (|.| <= 7620)
-        wb = T.reinterpret("uint8x32", qw[j, T.Ramp(kb * wpb, 1, 2 * wpb)])
+        wb = T.reinterpret("uint8x32", qwords(qw, j, kb * wpb, 2 * wpb))
         p16 = T.call_llvm_pure_intrin(
             "int16x16", "llvm.x86.avx2.pmadd.ub.sw", T.bitwise_and(wb, T.Broadcast(T.uint8(15), 32)),
             xq[t, T.Ramp(kb * QBLOCK, 1, QBLOCK)]) + T.call_llvm_pure_intrin(
@@ -214,16 +239,17 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             xq[t, T.Ramp(kb * QBLOCK + QBLOCK, 1, QBLOCK)])
         return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, T.Broadcast(T.int16(1), 16))
 
-    def block_dot(qw, xq, j, t, kb):  # int32x8 whose lanes sum to the integer dot of block kb of row j with q
+    def block_dot(qw, xq, j, t, kb, lane=None):  # int32x8 whose lanes sum to the integer dot of block kb of row j
+        # with q (lane: j % 4 when static, see qwords)
         if a8 and isa == "x86-avx2":  # int8 q: vpmaddubsw(nibbles as unsigned bytes, q), widened by vpmaddwd(., 1)
-            wb = T.reinterpret("uint8x16", qw[j, T.Ramp(kb * wpb, 1, wpb)])
+            wb = T.reinterpret("uint8x16", qwords(qw, j, kb * wpb, wpb))
             w8 = T.Shuffle([T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16)),
                             T.shift_right(wb, T.Broadcast(T.uint8(4), 16))], list(range(32)))
             p16 = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", w8,
                                           xq[t, T.Ramp(kb * QBLOCK, 1, QBLOCK)])
             return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, T.Broadcast(T.int16(1), 16))
         # 16 bytes: byte m = inputs 2m (low nibble) and 2m + 1 (high nibble), widened to 16 int16 lanes
-        w16 = T.Cast("int16x16", T.reinterpret("uint8x16", qw[j, T.Ramp(kb * wpb, 1, wpb)]))
+        w16 = T.Cast("int16x16", T.reinterpret("uint8x16", qwords(qw, j, kb * wpb, wpb)))
         lo, hi = T.bitwise_and(w16, T.Broadcast(T.int16(15), 16)), T.shift_right(w16, T.Broadcast(T.int16(4), 16))
         xlo, xhi = xq[t, T.Ramp(kb * QBLOCK, 1, 16)], xq[t, T.Ramp(kb * QBLOCK + 16, 1, 16)]
         if isa == "x86-avx2":  # sum(nibble * q): two vpmaddwd (|sum| <= 32 * 15 * 32767 < 2^24: exact in float)
@@ -234,7 +260,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                 "int32x8", "llvm.x86.avx2.pmadd.wd", hi, xhi)
         if arm8:  # sum(nibble * q): int16 products of bytes (smull .8h), the four 8-lane quarters added in int16
             # (|sum| <= 4 * 15 * 127 = 7620), widened once
-            wb = T.reinterpret("uint8x16", qw[j, T.Ramp(kb * wpb, 1, wpb)])
+            wb = T.reinterpret("uint8x16", qwords(qw, j, kb * wpb, wpb, lane))
             w8 = T.Shuffle([T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16)),
                             T.shift_right(wb, T.Broadcast(T.uint8(4), 16))], list(range(32)))
             p16 = T.Cast("int16x32", w8) * T.Cast("int16x32", T.Shuffle([xlo, xhi], list(range(32))))
@@ -253,7 +279,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         # j0 .. j0+rd; blocks s0 .. s0+ns of the chunk one at a time (block_dot), the others in pairs (pair_dot)
         for r in T.unroll(rd):  # sdx = scale * dx per block; x86, arm8: the -8 sum(q) terms go into the lanes now
             for c in T.vectorized(width):
-                sdx[r * CHUNK + c] = T.Cast("float32", sc[T.min(j0 + r, last), (k0 + c) // bpg]) * xd[t, k0 + c]
+                sdx[r * CHUNK + c] = T.Cast("float32", sc[drow(j0, r), (k0 + c) // bpg]) * xd[t, k0 + c]
             if isa == "x86-avx2" or arm8:
                 for c in T.vectorized(width):
                     acc[r * na * LANES + c] = acc[r * na * LANES + c] - sdx[r * CHUNK + c] * xs[t, k0 + c]
@@ -262,14 +288,14 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                 for r in T.unroll(rd):
                     a = (r * na + pc % na) * LANES
                     acc[T.Ramp(a, 1, LANES)] = acc[T.Ramp(a, 1, LANES)] + T.Cast(
-                        "float32x8", pair_dot(qw, xq, T.min(j0 + r, last), t, k0 + 2 * pc)
+                        "float32x8", pair_dot(qw, xq, drow(j0, r), t, k0 + 2 * pc)
                     ) * T.Shuffle([T.Broadcast(sdx[r * CHUNK + 2 * pc], 4),
                                    T.Broadcast(sdx[r * CHUNK + 2 * pc + 1], 4)], list(range(LANES)))
         for c in T.unroll(ns):
             for r in T.unroll(rd):
                 a = (r * na + c % na) * LANES  # block s0 + c goes into chain c % na of row r
                 acc[T.Ramp(a, 1, LANES)] = acc[T.Ramp(a, 1, LANES)] + T.Cast(
-                    "float32x8", block_dot(qw, xq, T.min(j0 + r, last), t, k0 + s0 + c)
+                    "float32x8", block_dot(qw, xq, drow(j0, r), t, k0 + s0 + c, r if rows4 and arm8 else None)
                 ) * T.Broadcast(sdx[r * CHUNK + s0 + c], LANES)
 
     @T.macro
@@ -285,8 +311,8 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         if nb % CHUNK != 0:
             decode_chunk(qw, sc, xq, xs, xd, acc, sdx, t, j0, nb // CHUNK * CHUNK, nb % CHUNK, rem_s0, rem_ns)
         for r in T.unroll(rd):
-            tail(x, qw, sc, acc, i, T.min(j0 + r, last), r * na * LANES, nb * QBLOCK)
-            finish(acc, r_, y, i, T.min(j0 + r, last), r * na * LANES, add, na * LANES)
+            tail(x, qw, sc, acc, i, drow(j0, r), r * na * LANES, nb * QBLOCK)
+            finish(acc, r_, y, i, drow(j0, r), r * na * LANES, add, na * LANES)
 
     @T.macro
     def decode_tile_f32(x, qw, sc, r_, y, i, j0, add):  # y[i, j0 .. j0+rd) (rows clamped to N - 1)
@@ -420,7 +446,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         # (nibble - 8) of inputs 2 pair, 2 pair + 1; both: swf[v, bb, r] = the block's scale
         for r in range(sb):
             for w in range(nbk * wpb):
-                wt[((r // LANES) * kw8 + w) * LANES + r % LANES] = qw[T.min(j0 + r, last), b0 * wpb + w]
+                wt[((r // LANES) * kw8 + w) * LANES + r % LANES] = qword(qw, T.min(j0 + r, last), b0 * wpb + w)
         for v in range(nv8):
             for w in range(nbk * wpb):
                 if i16:
@@ -601,14 +627,23 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         else:
             body(x, qw, sc, r_, y, n, add)
 
-    return q4_linear_func(k_in, n_out, group, residual, dispatch)
+    return q4_linear_func(k_in, n_out, group, residual, dispatch, rows4)
 
 
-def q4_linear_func(k_in: int, n_out: int, group: int, residual: bool, body):
+def q4_linear_func(k_in: int, n_out: int, group: int, residual: bool, body, rows4: bool = False):
     """The PrimFunc of an int4 linear over the packed layout, ``linear(x, qweight, scales, y)`` or with
     ``residual`` ``linear_add(x, qweight, scales, r, y)``; ``body(x, qw, sc, r_, y, n, add)`` (a T.macro) computes
-    y[n, N] (+ r when add; r_ is y otherwise)."""
+    y[n, N] (+ r when add; r_ is y otherwise). rows4: qweight holds layout.to_rows4 of the packed words (same shape
+    [N, Kp/8], another order); body then gets them as a flat buffer [N * Kp/8]."""
     kp = -(-k_in // group) * group
+
+    @T.macro
+    def run(x, qw, sc, r_, y, n, add):
+        if rows4:
+            qf = T.decl_buffer((n_out * (kp // 8),), "uint32", data=qw.data)  # [N/4, Kp/8, 4] flat
+            body(x, qf, sc, r_, y, n, add)
+        else:
+            body(x, qw, sc, r_, y, n, add)
 
     @T.prim_func(private=True)
     def linear(x_h: T.handle, q_h: T.handle, s_h: T.handle, y_h: T.handle):
@@ -618,7 +653,7 @@ def q4_linear_func(k_in: int, n_out: int, group: int, residual: bool, body):
         qw = T.match_buffer(q_h, (n_out, kp // 8), "uint32")  # [N, Kp/8]
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        body(x, qw, sc, y, y, n, False)
+        run(x, qw, sc, y, y, n, False)
 
     @T.prim_func(private=True)
     def linear_add(x_h: T.handle, q_h: T.handle, s_h: T.handle, r_h: T.handle, y_h: T.handle):
@@ -629,7 +664,7 @@ def q4_linear_func(k_in: int, n_out: int, group: int, residual: bool, body):
         sc = T.match_buffer(s_h, (n_out, kp // group), "float16")  # [N, Kp/G]
         r = T.match_buffer(r_h, (n, n_out), "float32")  # [n, N] residual
         y = T.match_buffer(y_h, (n, n_out), "float32")  # [n, N]
-        body(x, qw, sc, r, y, n, True)
+        run(x, qw, sc, r, y, n, True)
 
     return linear_add if residual else linear
 

@@ -34,6 +34,7 @@ class CompileSpec:
     vision_dtype: str = "float16"  # MiniCPM-V: float dtype of the vision tower's and resampler's weights
     max_patches: int = 0  # MiniCPM-V: most patches of one slice (0: layout.default_max_patches)
     kv_dtype: str = "float32"  # KV cache rows: float32 or float16 (half the memory; mcpm-export's default on the CPU)
+    q4_rows4: bool = False  # ARM CPU exports: int4-a8 linear weights in the rows4 order (layout.uses_rows4)
 
     def __post_init__(self) -> None:
         if not (1 <= self.chunk <= self.max_ctx):

@@ -12,7 +12,14 @@ import numpy as np
 import torch
 
 from mcpm.errors import McpmError
-from mcpm.export.compiler.layout import Param, is_vision_config, vision_params, weight_params
+from mcpm.export.compiler.layout import (
+    Param,
+    is_vision_config,
+    to_rows4,
+    uses_rows4,
+    vision_params,
+    weight_params,
+)
 from mcpm.export.compiler.spec import CompileSpec
 from mcpm.export.models.layers import default_inv_freq, rope_cos_sin
 from mcpm.export.models.minicpm.config import MiniCPMConfig
@@ -136,6 +143,8 @@ def _lm_weights(model, cfg: MiniCPMConfig, spec: CompileSpec) -> Iterator[tuple[
                     for key in ("scales", "mins"):
                         if key in tensors:
                             tensors[key] = (tensors[key].astype(np.float32) * rs).astype(np.float16)
+                if uses_rows4(base, tensors["qweight"].shape[0], spec):
+                    tensors["qweight"] = to_rows4(tensors["qweight"])
                 packed = (base, tensors)
             arr = packed[1][part]
         else:
