@@ -18,6 +18,7 @@ DECODE_ROWS = 4  # rows of a one-token float tile: 4 independent accumulator cha
 # integer decode tiles: 1 row (one weight stream: the hardware prefetcher keeps up; 4 rows at a time streamed
 # ~40% slower from DRAM) x 2 accumulator chains (alternate blocks) to hide the fma latency
 INT_DECODE_ROWS, INT_DECODE_ACCS = 1, 2
+R4_ROWS = 8  # rows of a plain-NEON decode tile on rows4 weights (two groups of 4 share the token's quads)
 PREFILL_ROWS, PREFILL_TOKENS = 2, 4  # rows x tokens of a prefill tile (float weights from the dequantized chunk)
 SUPER_ROWS = 16  # rows per parallel task unit: its weights (16 x K/2 bytes) stay in L1/L2 over all token tiles
 PREFILL_KCHUNK = 256  # inputs per dequantized chunk: SUPER_ROWS x 256 floats = 16 KB of scratch (stays in L1)
@@ -149,8 +150,8 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     pmax = QMAX if i16 else A8_MAX  # range of the prefill tiles' q
     xa_words = QBLOCK // 2 if i16 else 2 * (QBLOCK // 8)  # uint32 per block of a quantized prefill token
     rd, na = (INT_DECODE_ROWS, INT_DECODE_ACCS) if isa != "f32" else (DECODE_ROWS, 1)
-    if rows4 and arm8:  # plain NEON on rows4 weights: 4 rows per tile share the group's 64-byte load (LD4)
-        rd, na = 4, 1
+    if rows4 and arm8:  # plain NEON on rows4 weights: decode_tile_rows4, R4_ROWS rows per tile, lanes = rows
+        rd, na = R4_ROWS, 1
     nb = k_in // QBLOCK  # activation blocks entirely inside K
     nbw = max(nb, 1)  # blocks of the workspace (never empty)
     # blocks of a decode chunk taken one at a time: (first, count) for a full chunk and for the last partial one
@@ -178,7 +179,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         return qw[T.Ramp((j // 4 * wpr + w0) * 4 + j % 4, 4, lanes)]
 
     def drow(j0, r):  # row r of the decode tile at j0, clamped (rows4: to the last group, lane for lane)
-        return T.min(j0 // 4, last // 4) * 4 + r if rows4 and arm8 else T.min(j0 + r, last)
+        return T.min((j0 + r) // 4, last // 4) * 4 + r % 4 if rows4 and arm8 else T.min(j0 + r, last)
 
     def nibbles(qw, j, word):  # the 8 nibbles of qw[j, word] as int32 lanes (vector shift by 0, 4, .., 28 + mask)
         return lambda b: T.bitwise_and(T.shift_right(qword(qw, j, word), T.Cast("uint32", b * 4)), T.uint32(15))
@@ -313,6 +314,47 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
         for r in T.unroll(rd):
             tail(x, qw, sc, acc, i, drow(j0, r), r * na * LANES, nb * QBLOCK)
             finish(acc, r_, y, i, drow(j0, r), r * na * LANES, add, na * LANES)
+
+    def quad4(xq, t, kb, h, w):  # int8x16: token t's quad h of word w of block kb (nibble order) in all 4 lanes
+        return T.reinterpret("int8x16", T.Shuffle(
+            [T.reinterpret("int32x4", xq[t, T.Ramp(kb * QBLOCK + h * 16, 1, 16)])], [w, w, w, w]))
+
+    def half8(v, h):  # int16x8 of bytes 8h .. 8h+8 of int8x16 v (sign-extended: SMULL / SMLAL take them so)
+        return T.Cast("int16x8", T.Shuffle([v], list(range(8 * h, 8 * h + 8))))
+
+    def group_dot_neon(qw, xq, t, g, kb):  # rows4 without SDOT: int32x4, lane r = sum(nibble * q) of block kb of
+        # row 4g + r. Per word: 4 rows x 4 bytes against the token's quad broadcast per lane, int16 products of
+        # bytes (SMULL / SMLAL), summed in int16 over the block's 8 word-halves (|.| <= 8 * 15 * 127 = 15240), then
+        # pairwise to int32 (SADDLP) and across (ADDP): rows 0-1 in the low 8 lanes, rows 2-3 in the high 8
+        acc = [T.Broadcast(T.int16(0), 8), T.Broadcast(T.int16(0), 8)]
+        for w in range(4):
+            ww = T.reinterpret("uint8x16", qw[T.Ramp((g * wpr + kb * 4 + w) * 4, 1, 4)])
+            for h, nib in ((0, T.bitwise_and(ww, T.Broadcast(T.uint8(15), 16))),
+                           (1, T.shift_right(ww, T.Broadcast(T.uint8(4), 16)))):
+                q = quad4(xq, t, kb, h, w)
+                for p in range(2):
+                    acc[p] = acc[p] + half8(T.reinterpret("int8x16", nib), p) * half8(q, p)
+        return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.addp",
+                                       T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp", acc[0]),
+                                       T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp", acc[1]))
+
+    @T.macro
+    def decode_tile_rows4(x, qw, sc, xq, xs, xd, r_, y, i, t, j0, add):  # plain NEON, rows4 weights: y[i, j0 ..
+        # j0+rd), lanes = rows: per block and group of 4 rows one int32x4 of dots, one convert and one FMA
+        acc = T.alloc_local((rd,), "float32")  # [rows]
+        sdx = T.alloc_local((rd,), "float32")  # [rows] scale * dx of the block
+        for e in T.vectorized(rd):
+            acc[e] = T.float32(0)
+        for kb in range(nb):
+            for r in T.vectorized(rd):
+                sdx[r] = T.Cast("float32", sc[drow(j0, r), kb // bpg]) * xd[t, kb]
+            for v in T.unroll(rd // 4):  # (sum(nibble * q) - 8 sum(q)) * scale * dx, 4 rows at a time
+                acc[T.Ramp(v * 4, 1, 4)] = acc[T.Ramp(v * 4, 1, 4)] + (T.Cast(
+                    "float32x4", group_dot_neon(qw, xq, t, drow(j0, 4 * v) // 4, kb)) - T.Broadcast(
+                    xs[t, kb], 4)) * sdx[T.Ramp(v * 4, 1, 4)]
+        for r in T.unroll(rd):
+            tail(x, qw, sc, acc, i, drow(j0, r), r, nb * QBLOCK)
+            finish(acc, r_, y, i, drow(j0, r), r, add, 1)
 
     @T.macro
     def decode_tile_f32(x, qw, sc, r_, y, i, j0, add):  # y[i, j0 .. j0+rd) (rows clamped to N - 1)
@@ -597,7 +639,10 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             prefill(x, qw, sc, r_, y, n, blk * sb, add)
             for t in range(n - n // tp * tp):
                 for jr in range(sb // rd):
-                    decode_tile(x, qw, sc, xq, xs, xd, r_, y, n // tp * tp + t, t, blk * sb + jr * rd, add)
+                    if rows4 and arm8:
+                        decode_tile_rows4(x, qw, sc, xq, xs, xd, r_, y, n // tp * tp + t, t, blk * sb + jr * rd, add)
+                    else:
+                        decode_tile(x, qw, sc, xq, xs, xd, r_, y, n // tp * tp + t, t, blk * sb + jr * rd, add)
 
     @T.macro
     def body_fake_a8(x, qw, sc, r_, y, n, add):  # act="int8" elsewhere: the float paths on q * dx (exact q)
