@@ -122,7 +122,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     a workspace and the float / int16 paths run on it (the int16 tiles recover q exactly).
 
     ``rows4``: qweight in layout.to_rows4's order (Android / Linux ARM64 exports of int4-a8 weights, N % 4 == 0);
-    the plain NEON decode then takes 4 rows per tile, which share one 64-byte load of their words (LLVM's LD4)."""
+    the plain NEON decode then runs decode_tile_rows4 (rows in lanes, like arm_q4's SDOT decode)."""
     a8 = act == "int8"
     if a8 and group % QBLOCK == 0 and (dot := arm_dot_isa()) is not None:  # SDOT / SMMLA tiles (arm_q4.py)
         from mcpm.export.compiler import arm_q4
@@ -169,14 +169,9 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
     def qword(qw, j, w):  # word w of row j: row-major, or rows4 (layout.to_rows4: 4 rows' words side by side)
         return qw[(j // 4 * wpr + w) * 4 + j % 4] if rows4 else qw[j, w]
 
-    def qwords(qw, j, w0, lanes, lane=None):  # uint32 x lanes: words w0 .. w0+lanes of row j; rows4: a stride-4
-        # load, or with lane = j % 4 known (j % 4 == lane, lanes == 4) one load of the 4 rows' 16 words, split by
-        # LLVM's LD4 (the tile's 4 rows share it)
-        if not rows4:
-            return qw[j, T.Ramp(w0, 1, lanes)]
-        if lane is not None and lanes == 4:
-            return T.Shuffle([qw[T.Ramp((j // 4 * wpr + w0) * 4, 1, 16)]], [lane + 4 * i for i in range(4)])
-        return qw[T.Ramp((j // 4 * wpr + w0) * 4 + j % 4, 4, lanes)]
+    def qwords(qw, j, w0, lanes):  # uint32 x lanes: words w0 .. w0+lanes of row j (rows4: a stride-4 load; the
+        # decode tiles of rows4 weights read 4 rows at a time instead, decode_tile_rows4 / arm_q4)
+        return qw[T.Ramp((j // 4 * wpr + w0) * 4 + j % 4, 4, lanes)] if rows4 else qw[j, T.Ramp(w0, 1, lanes)]
 
     def drow(j0, r):  # row r of the decode tile at j0, clamped (rows4: to the last group, lane for lane)
         return T.min((j0 + r) // 4, last // 4) * 4 + r % 4 if rows4 and arm8 else T.min(j0 + r, last)
@@ -240,8 +235,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             xq[t, T.Ramp(kb * QBLOCK + QBLOCK, 1, QBLOCK)])
         return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, T.Broadcast(T.int16(1), 16))
 
-    def block_dot(qw, xq, j, t, kb, lane=None):  # int32x8 whose lanes sum to the integer dot of block kb of row j
-        # with q (lane: j % 4 when static, see qwords)
+    def block_dot(qw, xq, j, t, kb):  # int32x8 whose lanes sum to the integer dot of block kb of row j with q
         if a8 and isa == "x86-avx2":  # int8 q: vpmaddubsw(nibbles as unsigned bytes, q), widened by vpmaddwd(., 1)
             wb = T.reinterpret("uint8x16", qwords(qw, j, kb * wpb, wpb))
             w8 = T.Shuffle([T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16)),
@@ -261,7 +255,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                 "int32x8", "llvm.x86.avx2.pmadd.wd", hi, xhi)
         if arm8:  # sum(nibble * q): int16 products of bytes (smull .8h), the four 8-lane quarters added in int16
             # (|sum| <= 4 * 15 * 127 = 7620), widened once
-            wb = T.reinterpret("uint8x16", qwords(qw, j, kb * wpb, wpb, lane))
+            wb = T.reinterpret("uint8x16", qwords(qw, j, kb * wpb, wpb))
             w8 = T.Shuffle([T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16)),
                             T.shift_right(wb, T.Broadcast(T.uint8(4), 16))], list(range(32)))
             p16 = T.Cast("int16x32", w8) * T.Cast("int16x32", T.Shuffle([xlo, xhi], list(range(32))))
@@ -296,7 +290,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             for r in T.unroll(rd):
                 a = (r * na + c % na) * LANES  # block s0 + c goes into chain c % na of row r
                 acc[T.Ramp(a, 1, LANES)] = acc[T.Ramp(a, 1, LANES)] + T.Cast(
-                    "float32x8", block_dot(qw, xq, drow(j0, r), t, k0 + s0 + c, r if rows4 and arm8 else None)
+                    "float32x8", block_dot(qw, xq, drow(j0, r), t, k0 + s0 + c)
                 ) * T.Broadcast(sdx[r * CHUNK + s0 + c], LANES)
 
     @T.macro
