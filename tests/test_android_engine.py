@@ -233,7 +233,16 @@ def test_chat_turns_equal_the_python_chat(engine_run: dict, default_q4_bundle: P
     reports the load and the tokens/s."""
     r1, r2 = _python_replies(default_q4_bundle, MESSAGES)
     statuses = [s for s, _ in engine_run["after_load"]["statuses"]]
-    assert any(s.startswith("default loaded in") and "(2 threads)" in s for s in statuses), statuses
+    loaded = [s for s in statuses if s.startswith("default loaded in")]
+    assert loaded and "(2 threads), KV cache " in loaded[0] and loaded[0].endswith(" MiB float16"), statuses
+    kv = float(loaded[0].split("KV cache ")[1].split(" MiB")[0])  # the bundle's cache: layers x ctx x kv x 2 x 2 B
+    from mcpm.export.bundle.reader import open_bundle
+
+    cfg = open_bundle(default_q4_bundle).config
+    mc = cfg["model_config"]
+    per_token = 2 * mc["num_hidden_layers"] * mc["num_key_value_heads"] * (mc["hidden_size"] // mc[
+        "num_attention_heads"]) * 2
+    assert abs(kv - per_token * cfg["context_length"] / 2**20) < 0.06, (kv, per_token)
     assert engine_run["turn1"]["chat"] == _turn("@0@", r1)
     assert "tokens/s, CPU" in engine_run["turn1"]["statuses"][-1][0]
     assert engine_run["recreated"]["chat"] == _turn("@0@", r1) + "\n\n" + _turn("@1@", r2)

@@ -56,7 +56,8 @@ final class ChatViewModel: ObservableObject {
             model = m
             loadedKey = key
             let stats = try? await m.currentStats()
-            status = "\(entry.name): \(stats?.kernelVariant ?? "?") kernels, \(stats?.threads ?? 0) threads"
+            let kv = stats?.kvBytes.map { String(format: ", KV cache %.1f MiB", Double($0) / 1_048_576) } ?? ""
+            status = "\(entry.name): \(stats?.kernelVariant ?? "?") kernels, \(stats?.threads ?? 0) threads" + kv
                 + (m.hasVision ? ", takes images" : "")
         } catch {
             guard serial == loadSerial else { return }

@@ -451,7 +451,8 @@ public final class ChatEngine {
         runsOn = gpu ? "GPU" : "CPU";
         String gpuName = stats.optString("gpu_device", "");
         String where = gpu ? (gpuName.isEmpty() ? "GPU" : gpuName) : request.threads + " threads";
-        String line = String.format(Locale.US, "%s loaded in %.1f s (%s)", request.name, seconds, where);
+        String line = String.format(Locale.US, "%s loaded in %.1f s (%s)%s", request.name, seconds, where,
+                kvPart(stats));
         String notice = stats.optString("notice", "");
         status(notice.isEmpty() ? line : line + "\n" + notice, false); // Auto fell back to the CPU: say why
     }
@@ -472,6 +473,16 @@ public final class ChatEngine {
         }
         String notice = stats.optString("notice", "");
         return notice.contains("image") ? line + " (" + notice + ")" : line; // the runtime downscaled it
+    }
+
+    /** ", KV cache 12.0 MiB float16" from the stats (the cache's memory, which a phone must afford), or "". */
+    static String kvPart(JSONObject stats) {
+        long bytes = stats.optLong("kv_bytes", -1);
+        if (bytes < 0) {
+            return "";
+        }
+        return String.format(Locale.US, ", KV cache %.1f MiB %s", bytes / 1048576.0, stats.optString("kv_dtype", ""))
+                .trim();
     }
 
     private static JSONObject stats(long h) throws McpmException {
