@@ -3,10 +3,11 @@
 
 No ARM hardware is needed (shared notes: measuring-arm.md). For each kernel:
 
-- mcpm: ``linear_q4(K, N, 32, act="int8")`` built and compiled under each kernel set's target (neon, dotprod,
-  i8mm), linked into tests/native/kernel_run.c and run once under qemu-user with ``-d exec,nochain`` (1 token for
-  decode, PREFILL_TOKENS for prefill); the hot loop is the innermost backward-branch loop that multiplies around
-  the most executed translation block. The trace also gives the instructions the whole call executes per unit
+- mcpm: ``linear_q4(K, N, 32, act="int8", rows4=True)`` (the weight order of Android / Linux ARM64 exports,
+  layout.to_rows4) built and compiled under each kernel set's target (neon, dotprod, i8mm), linked into
+  tests/native/kernel_run.c and run once under qemu-user with ``-d exec,nochain`` (1 token for decode,
+  PREFILL_TOKENS for prefill); the hot loop is the innermost backward-branch loop that multiplies around the most
+  executed translation block. The trace also gives the instructions the whole call executes per unit
   (weight preparation and activation quantization included: llama.cpp repacks its weights once at load).
 - llama.cpp 0.3.36 (the ``llama-cpp-python`` source distribution, compiled by the same clang with llama.cpp's
   Android flags ``-march=armv8.6-a+dotprod+fp16+i8mm``, or ``-march=armv8-a`` for its NEON-only path):
@@ -17,9 +18,11 @@ No ARM hardware is needed (shared notes: measuring-arm.md). For each kernel:
 Work per loop iteration is counted from its multiply-accumulate instructions (sdot 16, smmla 32, smull/smlal per
 destination lane, fmla per lane when the loop has no integer ones), so one formula serves every kernel: cycles per
 iteration (llvm-mca, -iterations=200) x 32 / MACs per iteration. Core models: LLVM 16's scheduling models
-(``apt-get install llvm-16``; LLVM 14's llvm-mca otherwise): cortex-a55 (little, in-order), neoverse-n2 (the
-Cortex-A710 / X2 generation of big cores; LLVM uses it for cortex-a710) and exynos-m5 (a big out-of-order core)
-are real models; cortex-a76/x1 fall back to the Cortex-A57 model and apple-* to Cyclone (A7) - printed, marked.
+(``apt-get install llvm-16``; LLVM 14's llvm-mca otherwise): cortex-a53 and cortex-a57 (ARMv8.0 little and big:
+the phones where only the neon set runs; LLVM models A72/A73 with A57), cortex-a55 (little, in-order),
+neoverse-n2 (the Cortex-A710 / X2 generation of big cores; LLVM uses it for cortex-a710) and exynos-m5 (a big
+out-of-order core) are real models; cortex-a76/x1 fall back to the Cortex-A57 model and apple-* to Cyclone
+(A7) - printed, marked.
 Memory is not modelled (every load hits L1).
 
     python -m benchmarks.arm_cost [--json] [--k 2304 --n 2304]
