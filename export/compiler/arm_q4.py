@@ -13,7 +13,7 @@ done once at export. Tile builders, one per instruction:
 
 - ``decode_tile`` (both sets): DEC_ROWS rows x 1 token, int32 lanes = rows, so one convert and one FMA (with
   scale * dx of 4 rows, computed for CHUNK blocks at a time) serve 4 rows. The token's q is stored half-major per
-  block (16 even inputs, then 16 odd ones). rows4 (``group_dot``): per word, the 4 rows' 16 bytes split into low
+  block (16 even inputs, then 16 odd ones). rows4 (``rows4_dot``): per word, the 4 rows' 16 bytes split into low
   and high nibbles, and two indexed SDOT against the token's even and odd quad of that word add 4 rows x 8 inputs;
   the lanes start at -8 * sum(q) (the -8 offset of the nibbles, folded in for free). Row-major (``row_dot``): a
   row's 16 bytes meet the token's 32 q directly, two SDOT per row and block started from -2 * sum(q) per lane, and
@@ -62,6 +62,39 @@ def smmla(acc, a, b):  # int32x4 (2 x 2: a's rows x b's rows) += a (2 x 8 int8) 
     return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.smmla", acc, a, b)
 
 
+def quad(xq, e, kb, h, w):  # int8x16: token e's quad h of word w in block kb (q half-major per block) in all 4
+    # lanes: lane w of the half's 16-byte load (LLVM folds the splat into an indexed SDOT / a DUP)
+    return T.reinterpret("int8x16", T.Shuffle(
+        [T.reinterpret("int32x4", xq[e, T.Ramp(kb * QBLOCK + h * 16, 1, 16)])], [w, w, w, w]))
+
+
+def rows4_dot(qw, wpr: int, xq, t, g, kb, start=None):
+    """int32x4 whose lane r is block kb's sum(nibble * q) of row 4g + r (rows4 weights: flat qw, wpr words per
+    row), plus ``start``: per word, one 16-byte load is 4 rows x 4 bytes, whose low and high nibbles meet the
+    token's even and odd quad of that word. With SDOT (``start`` given, e.g. the -8 * sum(q) lanes): two indexed
+    SDOT per word. Without (plain NEON, ``start`` None): int16 products of the bytes (SMULL / SMLAL), summed in int16
+    over the block's 8 word-halves (|.| <= 8 * 15 * 127 = 15240), then pairwise to int32 (SADDLP) and across
+    (ADDP): rows 0-1 in the low 8 lanes, rows 2-3 in the high 8."""
+    steps = []  # (nibbles as int8x16, the matching quad)
+    for w in range(4):
+        ww = T.reinterpret("uint8x16", qw[T.Ramp((g * wpr + kb * 4 + w) * 4, 1, 4)])
+        steps.append((T.reinterpret("int8x16", T.bitwise_and(ww, T.Broadcast(T.uint8(15), 16))), quad(xq, t, kb, 0, w)))
+        steps.append((T.reinterpret("int8x16", T.shift_right(ww, T.Broadcast(T.uint8(4), 16))), quad(xq, t, kb, 1, w)))
+    if start is not None:
+        acc = start
+        for nib, q in steps:
+            acc = sdot(acc, nib, q)
+        return acc
+
+    def half8(v, p):  # int16x8 of bytes 8p .. 8p+8 (sign-extended: what SMULL / SMLAL take)
+        return T.Cast("int16x8", T.Shuffle([v], list(range(8 * p, 8 * p + 8))))
+
+    sums = [T.Broadcast(T.int16(0), 8), T.Broadcast(T.int16(0), 8)]
+    for nib, q in steps:
+        sums = [sums[p] + half8(nib, p) * half8(q, p) for p in range(2)]
+    return addp(*(T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp", v) for v in sums))
+
+
 def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str, rows4: bool = False):
     """y[n, N] = x[n, K] @ dequant(qweight, scales)[N, K]^T (+ r[n, N]) with int8 activations (see the module
     docstring); isa "dotprod" or "i8mm". Same signature as quant_kernels.linear_q4."""
@@ -89,14 +122,6 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str, ro
     # rows 4g .. 4g+3 side by side, so one 16-byte load is 4 rows x 4 bytes (lanes = rows for the indexed SDOT)
     def word(qw, j, w):  # uint32 word w of row j
         return qw[(j // 4 * wpr + w) * 4 + j % 4] if rows4 else qw[j, w]
-
-    def block_words(qw, j, kb):  # uint32x4: the 4 words of block kb of row j (row-major only: decode's row_dot)
-        return qw[j, T.Ramp(kb * 4, 1, 4)]
-
-    def quad(xq, e, kb, h, w):  # token e's quad h of word w in block kb in all 4 lanes: lane w of the half's
-        # 16-byte load (LLVM folds the splat into the indexed SDOT: one load per token and half for 4 SDOT)
-        return T.reinterpret("int8x16", T.Shuffle(
-            [T.reinterpret("int32x4", xq[e, T.Ramp(kb * QBLOCK + h * 16, 1, 16)])], [w, w, w, w]))
 
     # ---- quantization (exactly quant_kernels' block_scale + rint / clip)
     @T.macro
@@ -163,8 +188,9 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str, ro
             y[i, j] = tl[0]
 
     # ---- decode: DEC_ROWS rows x 1 token, two SDOT per row and block; rows meet in the lanes
-    def row_dot(qw, xq, xs, t, j, kb):  # int32x4 whose lanes sum to block kb's dot of row j (clamped) with q
-        wb = T.reinterpret("uint8x16", block_words(qw, row(j), kb))
+    def row_dot(qw, xq, xs, t, j, kb):  # row-major weights: int32x4 whose lanes sum to block kb's dot of row j
+        # (clamped) with q
+        wb = T.reinterpret("uint8x16", qw[row(j), T.Ramp(kb * 4, 1, 4)])
         return sdot(sdot(T.Broadcast(xs[t, kb], 4),
                          T.reinterpret("int8x16", T.bitwise_and(wb, T.Broadcast(T.uint8(15), 16))),
                          xq[t, T.Ramp(kb * QBLOCK, 1, 16)]),
@@ -175,21 +201,9 @@ def linear_q4_a8(k_in: int, n_out: int, group: int, residual: bool, isa: str, ro
         # of the chunk's scales per row (one group per block, width > 1; LLVM shares the loads between the blocks)
         return T.Shuffle([sc[row(j + r), T.Ramp(k0, 1, width)] for r in range(4)], [r * width + c for r in range(4)])
 
-    def group_dot(qw, xq, xs, t, g, kb):  # rows4: int32x4, lane r = block kb's dot of row 4g + r with q: per word,
-        # one 16-byte load (4 rows x 4 bytes), two indexed SDOT (low and high nibbles against the token's even and
-        # odd quads) add 4 rows x 8 inputs; the lanes start at -8 * sum(q)
-        acc = T.Broadcast(xs[t, kb] * 4, 4)
-        for w in range(4):
-            ww = T.reinterpret("uint8x16", qw[T.Ramp((g * wpr + kb * 4 + w) * 4, 1, 4)])
-            acc = sdot(acc, T.reinterpret("int8x16", T.bitwise_and(ww, T.Broadcast(T.uint8(15), 16))),
-                       quad(xq, t, kb, 0, w))
-            acc = sdot(acc, T.reinterpret("int8x16", T.shift_right(ww, T.Broadcast(T.uint8(4), 16))),
-                       quad(xq, t, kb, 1, w))
-        return acc
-
     def rows_dot(qw, xq, xs, t, j, kb):  # int32x4: lane r = block kb's dot of row j + r (j % 4 == 0; clamped)
         if rows4:
-            return group_dot(qw, xq, xs, t, row(j) // 4, kb)
+            return rows4_dot(qw, wpr, xq, t, row(j) // 4, kb, T.Broadcast(xs[t, kb] * 4, 4))  # lanes start at -8 sum(q)
         return addp(addp(row_dot(qw, xq, xs, t, j, kb), row_dot(qw, xq, xs, t, j + 1, kb)),
                     addp(row_dot(qw, xq, xs, t, j + 2, kb), row_dot(qw, xq, xs, t, j + 3, kb)))
 

@@ -123,10 +123,10 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
 
     ``rows4``: qweight in layout.to_rows4's order (Android / Linux ARM64 exports of int4-a8 weights, N % 4 == 0);
     the plain NEON decode then runs decode_tile_rows4 (rows in lanes, like arm_q4's SDOT decode)."""
+    from mcpm.export.compiler import arm_q4  # (arm_q4 builds on q4_linear_func below)
+
     a8 = act == "int8"
     if a8 and group % QBLOCK == 0 and (dot := arm_dot_isa()) is not None:  # SDOT / SMMLA tiles (arm_q4.py)
-        from mcpm.export.compiler import arm_q4
-
         return arm_q4.linear_q4_a8(k_in, n_out, group, residual, dot, rows4=rows4)
     if rows4 and n_out % 4:
         raise ValueError(f"linear_q4: the rows4 layout needs N % 4 == 0, not {n_out}")
@@ -309,32 +309,10 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
             tail(x, qw, sc, acc, i, drow(j0, r), r * na * LANES, nb * QBLOCK)
             finish(acc, r_, y, i, drow(j0, r), r * na * LANES, add, na * LANES)
 
-    def quad4(xq, t, kb, h, w):  # int8x16: token t's quad h of word w of block kb (nibble order) in all 4 lanes
-        return T.reinterpret("int8x16", T.Shuffle(
-            [T.reinterpret("int32x4", xq[t, T.Ramp(kb * QBLOCK + h * 16, 1, 16)])], [w, w, w, w]))
-
-    def half8(v, h):  # int16x8 of bytes 8h .. 8h+8 of int8x16 v (sign-extended: SMULL / SMLAL take them so)
-        return T.Cast("int16x8", T.Shuffle([v], list(range(8 * h, 8 * h + 8))))
-
-    def group_dot_neon(qw, xq, t, g, kb):  # rows4 without SDOT: int32x4, lane r = sum(nibble * q) of block kb of
-        # row 4g + r. Per word: 4 rows x 4 bytes against the token's quad broadcast per lane, int16 products of
-        # bytes (SMULL / SMLAL), summed in int16 over the block's 8 word-halves (|.| <= 8 * 15 * 127 = 15240), then
-        # pairwise to int32 (SADDLP) and across (ADDP): rows 0-1 in the low 8 lanes, rows 2-3 in the high 8
-        acc = [T.Broadcast(T.int16(0), 8), T.Broadcast(T.int16(0), 8)]
-        for w in range(4):
-            ww = T.reinterpret("uint8x16", qw[T.Ramp((g * wpr + kb * 4 + w) * 4, 1, 4)])
-            for h, nib in ((0, T.bitwise_and(ww, T.Broadcast(T.uint8(15), 16))),
-                           (1, T.shift_right(ww, T.Broadcast(T.uint8(4), 16)))):
-                q = quad4(xq, t, kb, h, w)
-                for p in range(2):
-                    acc[p] = acc[p] + half8(T.reinterpret("int8x16", nib), p) * half8(q, p)
-        return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.addp",
-                                       T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp", acc[0]),
-                                       T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp", acc[1]))
-
     @T.macro
     def decode_tile_rows4(x, qw, sc, xq, xs, xd, r_, y, i, t, j0, add):  # plain NEON, rows4 weights: y[i, j0 ..
-        # j0+rd), lanes = rows: per block and group of 4 rows one int32x4 of dots, one convert and one FMA
+        # j0+rd), lanes = rows: per block and group of 4 rows one int32x4 of dots (arm_q4.rows4_dot without SDOT),
+        # one convert and one FMA
         acc = T.alloc_local((rd,), "float32")  # [rows]
         sdx = T.alloc_local((rd,), "float32")  # [rows] scale * dx of the block
         for e in T.vectorized(rd):
@@ -344,7 +322,7 @@ def linear_q4(k_in: int, n_out: int, group: int, residual: bool = False, act: st
                 sdx[r] = T.Cast("float32", sc[drow(j0, r), kb // bpg]) * xd[t, kb]
             for v in T.unroll(rd // 4):  # (sum(nibble * q) - 8 sum(q)) * scale * dx, 4 rows at a time
                 acc[T.Ramp(v * 4, 1, 4)] = acc[T.Ramp(v * 4, 1, 4)] + (T.Cast(
-                    "float32x4", group_dot_neon(qw, xq, t, drow(j0, 4 * v) // 4, kb)) - T.Broadcast(
+                    "float32x4", arm_q4.rows4_dot(qw, wpr, xq, t, drow(j0, 4 * v) // 4, kb)) - T.Broadcast(
                     xs[t, kb], 4)) * sdx[T.Ramp(v * 4, 1, 4)]
         for r in T.unroll(rd):
             tail(x, qw, sc, acc, i, drow(j0, r), r, nb * QBLOCK)
