@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,27 @@ def write_tiny(path: Path, config: dict[str, Any], dtype: str = "fp32", seed: in
         FAMILIES[config["model_type"]], config, path, seed=seed, dtype=dtype, init_std=1.0, progress=False, **kw
     )
     return path
+
+
+@contextmanager
+def abort_callback(model: Any, should_stop: Callable[[], bool]) -> Iterator[None]:
+    """model.set_abort(should_stop) inside the with-block, cleared afterwards (also when the block raises)."""
+    model.set_abort(should_stop)
+    try:
+        yield
+    finally:
+        model.set_abort(None)
+
+
+class StopAtCall:
+    """An abort callback that asks to stop at its n-th call and counts its calls (``calls``)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls == self.n
 
 
 def python_chat(bundle: Path, messages: tuple[str, ...], max_new: int) -> list[str]:

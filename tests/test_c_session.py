@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mcpm.errors import ContextOverflowError, McpmError
+from tests.conftest import StopAtCall, abort_callback
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not found: the C runtime cannot be built")
 
@@ -188,14 +189,10 @@ def test_stop_during_prefill_forgets_the_prompt(loaded) -> None:
     prompt = list(range(5, 55))  # 50 tokens: chunks 16 + 16 + 16 + 2
     model.reset()
     model.prefill([1, 2, 3])
-    calls: list[int] = []
-    model.set_abort(lambda: calls.append(1) or len(calls) == 3)
-    try:
-        with pytest.raises(McpmError, match=r"^cancelled: the prompt was not fed"):
-            model.prefill(prompt)
-    finally:
-        model.set_abort(None)
-    assert len(calls) == 3 and model.position == 3
+    stop = StopAtCall(3)
+    with abort_callback(model, stop), pytest.raises(McpmError, match=r"^cancelled: the prompt was not fed"):
+        model.prefill(prompt)
+    assert stop.calls == 3 and model.position == 3
     got = model.prefill(prompt)
     model.reset()
     model.prefill([1, 2, 3])
@@ -209,12 +206,8 @@ def test_stop_during_a_chat_turn_keeps_the_conversation(loaded) -> None:
     session.reset()
     first = session.chat(QUESTIONS[0], 8)
     position = model.position
-    model.set_abort(lambda: True)
-    try:
-        with pytest.raises(McpmError, match=r"^cancelled"):
-            session.chat("Tell me everything about the Union " * 4, 8)
-    finally:
-        model.set_abort(None)
+    with abort_callback(model, lambda: True), pytest.raises(McpmError, match=r"^cancelled"):
+        session.chat("Tell me everything about the Union " * 4, 8)
     assert model.position == position
     second = session.chat(QUESTIONS[1], 8)
     session.reset()
@@ -226,9 +219,6 @@ def test_stop_during_generation_keeps_the_tokens_made(loaded) -> None:
     model, _, _ = loaded
     model.reset()
     made: list[int] = []
-    model.set_abort(lambda: len(made) >= 3)
-    try:
+    with abort_callback(model, lambda: len(made) >= 3):
         tokens = model.generate([1, 5, 6, 7], 20, on_token=made.append)
-    finally:
-        model.set_abort(None)
     assert tokens == made and len(tokens) == 3

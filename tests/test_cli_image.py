@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from mcpm.cli import cli
 from mcpm.errors import McpmError
+from tests.conftest import StopAtCall, abort_callback
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not found: the C runtime cannot be built")
 
@@ -197,14 +198,11 @@ def test_stop_during_an_image_encode_attaches_nothing(v_bundle: Path) -> None:
     with Model.load(v_bundle, threads=2) as model, Session(model) as session:
         assert session.encode_image(rgb) == 10  # the image's vision runs without a stop
         session.clear_images()
-        calls: list[int] = []
-        model.set_abort(lambda: calls.append(1) or len(calls) == 2)
-        try:
-            with pytest.raises(McpmError, match=r"^cancelled: the image was not attached \(stopped after 1 of 10"):
-                session.encode_image(rgb)
-        finally:
-            model.set_abort(None)
-        assert len(calls) == 2
+        stop = StopAtCall(2)
+        with abort_callback(model, stop), pytest.raises(
+                McpmError, match=r"^cancelled: the image was not attached \(stopped after 1 of 10"):
+            session.encode_image(rgb)
+        assert stop.calls == 2
         reply = session.chat("Describe.", 6)
         session.reset()
     with Model.load(v_bundle, threads=2) as model, Session(model) as session:
