@@ -53,6 +53,7 @@ class ExportOptions:
     force: bool = False  # export into a non-empty folder mcpm did not write (its files are kept)
     kv_dtype: str | None = None  # f16 | f32 KV cache (None: f16, or f32 with --device gpu: the GPU kernels' cache)
     allow_unused_tensors: bool = False  # drop checkpoint tensors the family does not map (else an error)
+    golden: bool = True  # record the reference's greedy ids and top-5 logits for the self-test (export/golden.py)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ExportReport:
     android: Any = None  # mcpm.export.android.package.AndroidPackage for --target android
     ios: Any = None  # mcpm.export.ios.package.IosPackage for --target ios
     written: list[TensorEntry] = field(default_factory=list)  # weights.bin entries
+    notices: list[str] = field(default_factory=list)  # shown after the summary table
 
     def rebase(self, staging: Path, final: Path) -> None:
         """Point every path from the staging folder to where the export now lies."""
@@ -84,6 +86,7 @@ class ExportReport:
         lines += [f"{name:<12}{secs:>10.2f}" for name, secs in self.phases.items()]
         bpw = 8 * self.weight_bytes / max(self.weight_count, 1)
         lines.append(f"bundle {self.bundle_bytes / 2**20:.2f} MiB, weights {bpw:.3f} bits/weight")
+        lines += [f"notice: {n}" for n in self.notices]
         if self.android is not None:
             where = "inside the APK" if self.android.embedded else "not in the APK: push it with push-model"
             lines.append(f"APK {self.android.apk_bytes / 2**20:.2f} MiB ({self.android.apk}), model "
@@ -248,8 +251,11 @@ def _write_output(root: Path, loaded: LoadedModel, recipe: Recipe, target: Targe
         params = bundle_weight_params(loaded.config, spec)
         written = write_weights(out / "weights.bin", ((p.name, a) for p, a in iter_weights(loaded.model,
                                 loaded.config, spec)), len(params))
+    golden = _golden(loaded, recipe, spec, opts, report)
     with phase("bundle"):
         config = bundle_config(loaded, recipe, target, opts)
+        if golden is not None:
+            config["golden"] = golden
         shutil.copy(loaded.model_dir / config["tokenizer"]["file"], out / config["tokenizer"]["file"])
         files = ["plan.json", "weights.bin", config["tokenizer"]["file"], *exported.plan.object_files(), *gpu_files]
         config["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_of(out / f)} for f in files}
@@ -269,6 +275,24 @@ def _write_output(root: Path, loaded: LoadedModel, recipe: Recipe, target: Targe
         with phase("ios"):  # MCPMKernels.xcframework (device + simulator), Swift package, app wired to the bundle
             report.ios = package_ios(out, root, model_name_for(opts.model_dir), device=opts.device)
     report.written = written
+
+
+def _golden(loaded: LoadedModel, recipe: Recipe, spec: CompileSpec, opts: ExportOptions,
+            report: ExportReport) -> dict[str, Any] | None:
+    """mcpm-config.json "golden" (export/golden.py), or None (--no-golden, or a model too large for the reference:
+    then a notice). Turns the loaded model into its own reference: call it when the weights are written."""
+    from mcpm.export.golden import golden_results, reference_too_large
+
+    if not opts.golden:
+        return None
+    lm = loaded.model.llm if loaded.family.model_type == "minicpmv" else loaded.model
+    too_large = reference_too_large(lm)
+    if too_large:
+        report.notices.append(f"no golden results in the bundle ({too_large}): `mcpm selftest` and the apps' "
+                              "self-test cannot check it; export on a machine with more memory to add them")
+        return None
+    with _Phase("golden", report, opts.progress):  # the reference's greedy ids and top-5 logits for the self-test
+        return golden_results(lm, loaded.tokenizer, recipe, spec.kv_dtype, opts.context_length)
 
 
 PHONE_MEMORY = 24 * 2**30  # more than any phone or ARM board a bundle for android/ios/linux-arm64 runs on

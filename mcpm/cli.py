@@ -269,6 +269,33 @@ def bench(bundle: Path, n_prompt: int, n_gen: int, threads: int, repetitions: in
     click.echo(json.dumps(result) if as_json else format_table(result))
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-t", "--threads", type=THREADS, default=0, show_default=True, help="CPU threads (0 = one per CPU).")
+@click.option("--gpu/--no-gpu", default=None,
+              help="Also run on the GPU (an error when OpenCL does not work) / the CPU only (default: the GPU too when "
+                   "the bundle has GPU kernels and OpenCL works).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every run.")
+@verify_option
+def selftest(bundle: Path, threads: int, gpu: bool | None, as_json: bool, verify: bool | None = None) -> None:
+    """Check that BUNDLE computes what its export's reference computed, in every kernel set this CPU runs.
+
+    The export records a fixed prompt, the PyTorch reference's greedy continuation and its top-5 logits at every step
+    (mcpm-config.json "golden"). The C runtime feeds the same ids and compares its logits (docs/self-test.md); the
+    phone apps run the same check (`mcpm android verify`). Exits with status 1 when a run fails.
+
+    \b
+    Example:
+      mcpm selftest dist/host-bundle
+    """
+    from mcpm.runtime.selftest import format_report, run_self_test
+
+    report = run_self_test(bundle, threads, gpu=gpu, verify=verify)
+    click.echo(json.dumps(report) if as_json else format_report(report))
+    if not report["pass"]:
+        raise click.exceptions.Exit(1)
+
+
 @cli.command("make-checkpoint")
 @click.option("--preset", required=True, help="minicpm-2b, minicpm-1b, minicpm-2b-128k, minicpm-moe-8x2b, minicpm3-4b.")
 @click.option("--random", "random_", is_flag=True, required=True, help="Random weights (the only kind available).")

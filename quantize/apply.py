@@ -41,9 +41,10 @@ def quantize_model(model: nn.Module, recipe: Recipe) -> dict[str, PackedWeight]:
     }
 
 
-def dequantized_copy(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """A float copy of ``model`` whose weights are exactly what the packed weights dequantize to."""
-    clone = copy.deepcopy(model)
+def dequantized_copy(model: nn.Module, recipe: Recipe, inplace: bool = False) -> nn.Module:
+    """A float copy of ``model`` (``model`` itself if ``inplace``) whose weights are exactly what the packed weights
+    dequantize to."""
+    clone = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
         for name, p in quantizable(clone).items():
             packed = quantize(p.detach().float().numpy(), recipe.scheme_for(name, 2))
@@ -51,13 +52,15 @@ def dequantized_copy(model: nn.Module, recipe: Recipe) -> nn.Module:
     return clone
 
 
-def reference_for(model: nn.Module, recipe: Recipe, kv_dtype: str = "float32") -> nn.Module:
+def reference_for(model: nn.Module, recipe: Recipe, kv_dtype: str = "float32", inplace: bool = False) -> nn.Module:
     """The float model a bundle quantized with ``recipe`` computes: :func:`dequantized_copy` plus the activation
     quantization of the ``-a8`` weights (:func:`activation_quantized`; a no-op for the other schemes), with K and V
-    rounded to the bundle's KV cache dtype (``kv_dtype``, plan.json "cache")."""
+    rounded to the bundle's KV cache dtype (``kv_dtype``, plan.json "cache"). ``inplace``: ``model`` itself becomes
+    the reference (no copy: the export's golden run, when the model is needed no more)."""
     from mcpm.export.models.minicpm.model import with_kv_dtype
 
-    return with_kv_dtype(activation_quantized(dequantized_copy(model, recipe), recipe, inplace=True), kv_dtype)
+    quantized = dequantized_copy(model, recipe, inplace=inplace)
+    return with_kv_dtype(activation_quantized(quantized, recipe, inplace=True), kv_dtype)
 
 
 def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

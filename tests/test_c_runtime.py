@@ -62,6 +62,8 @@ def bind(path: Path) -> ctypes.CDLL:
     lib.mcpm_session_new.argtypes = [ctypes.c_void_p]
     lib.mcpm_session_free.argtypes = [ctypes.c_void_p]
     lib.mcpm_session_free.restype = None
+    for f in ("mcpm_self_test_json", "mcpm_kernel_variants_json"):
+        getattr(lib, f).argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     return lib
 
 
@@ -134,14 +136,13 @@ def export(model_dir: Path, out: Path, quant: str, ctx: int, chunk: int) -> Path
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from mcpm.export.loading import DEFAULT_MODEL_DIR
+def bundles(tmp_path_factory: pytest.TempPathFactory, default_q4_bundle: Path) -> dict[str, Path]:
     from tests.conftest import tiny_minicpm, write_tiny
 
     root = tmp_path_factory.mktemp("cbundles")
     tiny = write_tiny(root / "tiny-model", tiny_minicpm(tie_word_embeddings=False), seed=3)
     return {
-        "default-q4": export(DEFAULT_MODEL_DIR, root / "default-q4", "q4g32", 128, 16),
+        "default-q4": default_q4_bundle,  # read-only: the damage tests copy it
         "tiny-f32": export(tiny, root / "tiny-f32", "f32", 64, 8),
     }
 
@@ -219,13 +220,44 @@ def test_damaged_bundle_gives_error_and_null(bundles, libs, tmp_path: Path, dama
     assert message in lib.mcpm_last_error(None).decode()
 
 
+def self_test(lib: ctypes.CDLL, bundle: Path) -> bool | str:
+    """mcpm_self_test_json of a session on bundle: its "pass", or the error when the test cannot run."""
+    import json
+
+    model = CModel(lib, bundle, 2)
+    session = lib.mcpm_session_new(model.h)
+    assert session, lib.mcpm_last_error(model.h)
+    out = ctypes.create_string_buffer(4096)
+    try:
+        assert lib.mcpm_kernel_variants_json(model.h, out, len(out)) == 0 and out.value == b"[]"  # one kernel set
+        assert lib.mcpm_self_test_json(session, out, 8) == -1  # too small (or the record is damaged)
+        if lib.mcpm_self_test_json(session, out, len(out)) != 0:
+            return str(lib.mcpm_last_error(model.h).decode())
+        return bool(json.loads(out.value.decode())["pass"])
+    finally:
+        lib.mcpm_session_free(session)
+        model.close()
+
+
+GOLDEN_DAMAGES = [  # (name, change of mcpm-config.json "golden", self_test's result)
+    ("golden-intact", lambda g: None, True),
+    ("golden-inf", lambda g: g["top5"][3][0].__setitem__(1, 1e300), False),  # inf as a float: a failure
+    ("golden-tie", lambda g: g["ids"].__setitem__(4, g["top5"][4][1][0]), False),
+    ("golden-id-type", lambda g: g["ids"].__setitem__(2, "7"), "token id outside the vocabulary"),
+    ("golden-pair", lambda g: g["top5"][1].__setitem__(2, [5]), "top5 step 1 is damaged"),
+    ("golden-scale", lambda g: g["scale"].__setitem__(0, -1), "top5/scale step 0 is damaged"),
+    ("golden-empty", lambda g: g.update(prompt_ids=[]), "is damaged"),
+    ("golden-none", lambda g: g.clear(), "is damaged"),
+]
+
+
 ASAN_DRIVER = textwrap.dedent(
     """
-    import shutil, sys
+    import json, shutil, sys
     from pathlib import Path
     import numpy as np
     sys.path.insert(0, sys.argv[4])
-    from tests.test_c_runtime import DAMAGES, CModel, bind, c_logits
+    from tests.test_c_runtime import DAMAGES, GOLDEN_DAMAGES, CModel, bind, c_logits, self_test
     lib, bundle, work = bind(Path(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3])
     ref = np.load(work / "ref.npy")
     for threads in (1, 2):
@@ -238,6 +270,13 @@ ASAN_DRIVER = textwrap.dedent(
         damage(copy)
         assert not lib.mcpm_model_load(str(copy).encode(), None)
         assert message in lib.mcpm_last_error(None).decode(), lib.mcpm_last_error(None)
+    for name, change, verdict in GOLDEN_DAMAGES:  # the self-test's parser and checks (mcpm_selftest.c)
+        copy = Path(shutil.copytree(bundle, work / name))
+        config = json.loads((copy / "mcpm-config.json").read_text())
+        change(config["golden"])
+        (copy / "mcpm-config.json").write_text(json.dumps(config))
+        got = self_test(lib, copy)
+        assert got is verdict if isinstance(verdict, bool) else verdict in str(got), (name, got)
     print("ASAN-OK")
     """
 )

@@ -142,3 +142,16 @@ def test_generate_and_chat_on_the_gpu_give_the_cpu_text(bundles: dict[str, Path]
 def test_reference_refuses_a_gpu_device(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["generate", "default", "--reference", "-p", "Hi", "-n", "1", "--device", "gpu"], capsys)
     assert code == 2 and err.count("\n") == 1 and "--device gpu runs bundles in the C runtime" in err
+
+
+@needs_opencl
+def test_selftest_checks_the_cpu_and_the_gpu_kernels(bundles: dict[str, Path],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/self-test.md: the GPU kernels (PoCL here) against the same golden record as the CPU's."""
+    code, out, err = run_cli(["selftest", str(bundles["gpu"]), "--gpu", "--json", "-t", "1"], capsys)
+    assert code == 0, err
+    runs = json.loads(out)["runs"]
+    assert [(r["device"], r["pass"], r["tokenizer"]) for r in runs] == [("cpu", True, "pass"), ("gpu", True, "pass")]
+    assert all(r["steps"] == 16 and r["max_logit_diff"] < r["tolerance"] for r in runs), runs
+    code, out, err = run_cli(["selftest", str(bundles["cpu"]), "--gpu"], capsys)
+    assert code == 2 and "has no GPU kernels" in err

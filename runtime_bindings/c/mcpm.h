@@ -197,6 +197,28 @@ MCPM_API const char* mcpm_session_last_error(const mcpm_session* session);
 
 MCPM_API void mcpm_session_free(mcpm_session* session);
 
+/* ---- self-test (docs/self-test.md): does this phone compute what the export's reference computed? */
+
+/* Checks the session's model against the golden results its export recorded (mcpm-config.json "golden": the
+ * PyTorch reference's greedy continuation of a fixed prompt and its five largest logits at every step). Encodes the
+ * golden prompt with the bundle's tokenizer (it must give the recorded ids), feeds the recorded ids, then each
+ * golden id in turn (teacher-forced: a near-tie does not derail the steps after it), and at every step compares the
+ * logits of the reference's top-5 ids (each within tolerance x max|logit|) and the argmax (the reference's token, or
+ * one whose logit is within that tolerance of it: a near-tie, counted). Forgets the conversation before and after.
+ * Writes one JSON object into out char[len] (MCPM_SELF_TEST_JSON_MAX bytes always suffice): pass (true/false),
+ * reason ("" or one line naming the kernel set, the device and the first failing step), kernel_variant, device,
+ * prompt_tokens, steps, argmax_equal, near_ties, max_logit_diff (a fraction of max|logit|), tolerance, tokenizer
+ * ("pass" or "fail: ..."), ms, reference. Returns 0 when the test ran (passed or failed); -1 when it could not
+ * (mcpm_session_last_error): the bundle has no golden results, a damaged record, a cancel (mcpm_set_abort_callback). */
+#define MCPM_SELF_TEST_JSON_MAX 4096
+MCPM_API int mcpm_self_test_json(mcpm_session* session, char* out, size_t len);
+
+/* The bundle's CPU kernel sets (plan.json "kernel_variants", in preference order) and whether this CPU runs each, as
+ * a JSON array into out char[len]: [{"name": "i8mm", "supported": false}, {"name": "dotprod", "supported": true},
+ * ...]; "[]" when the bundle has a single kernel set (host bundles). Load the model once per supported set with
+ * mcpm_params.kernel_variant to self-test or benchmark each. Returns 0, or -1 (mcpm_last_error(model)). */
+MCPM_API int mcpm_kernel_variants_json(mcpm_model* model, char* out, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -134,3 +134,36 @@ int mcpm_resolve_kernels(plan_ctx* pc, const json_node* kernels, const char* pre
     if (self) dlclose(self);
     return rc;
 }
+
+int mcpm_kernel_variants_json(mcpm_model* m, char* out, size_t len) {
+    if (!m) return -1;
+    if (!out || len < 3) return mcpm_seterr(m->err, "mcpm_kernel_variants_json: no output buffer");
+    char path[4096], err[256];
+    snprintf(path, sizeof path, "%s/plan.json", mcpm_model_bundle_dir(m));
+    size_t n = 0;
+    char* text = mcpm_read_file(path, &n);
+    if (!text) return mcpm_seterr(m->err, "cannot read %s", path);
+    json_doc doc = {0};
+    int rc = json_parse(&doc, text, n, err, sizeof err);
+    free(text);
+    if (rc) return mcpm_seterr(m->err, "%s: invalid JSON: %s", path, err);
+    const json_node* vs = doc.nodes[0].type == JSON_OBJECT ? json_get(&doc, &doc.nodes[0], "kernel_variants") : NULL;
+    size_t used = (size_t)snprintf(out, len, "[");
+    for (const json_node* v = vs && vs->type == JSON_ARRAY ? json_child(&doc, vs) : NULL; v; v = json_next(&doc, v)) {
+        const json_node* name = json_get(&doc, v, "name");
+        const json_node* req = json_get(&doc, v, "requires");
+        if (!name || name->type != JSON_STRING || !req || req->type != JSON_ARRAY || strlen(name->str) > 31 ||
+            strpbrk(name->str, "\"\\")) continue;
+        int supported = 1;
+        for (const json_node* r = json_child(&doc, req); r; r = json_next(&doc, r))
+            supported &= r->type == JSON_STRING && mcpm_cpu_has(r->str);
+        int w = snprintf(out + used, len - used, "%s{\"name\": \"%s\", \"supported\": %s}", used > 1 ? ", " : "",
+                         name->str, supported ? "true" : "false");
+        if (w < 0 || (size_t)w >= len - used) { rc = -1; break; }
+        used += (size_t)w;
+    }
+    json_free(&doc);
+    if (rc || used + 2 > len) return mcpm_seterr(m->err, "mcpm_kernel_variants_json: buffer of %zu bytes too small", len);
+    snprintf(out + used, len - used, "]");
+    return 0;
+}

@@ -109,8 +109,7 @@ int mcpm_generate_image(mcpm_model* m, const int32_t* prompt, int n_prompt, cons
 
 /* ---------------------------------------------------------------- stats */
 
-/* s as the body of a JSON string into out char[cap]. */
-static void json_escape(const char* s, char* out, size_t cap) {
+void mcpm_json_escape(const char* s, char* out, size_t cap) {
     size_t k = 0;
     for (const char* c = s; *c && k + 7 < cap; c++) {
         if (*c == '"' || *c == '\\') { out[k++] = '\\'; out[k++] = *c; }
@@ -128,9 +127,9 @@ int mcpm_stats_json(mcpm_model* m, char* out, size_t len) {
     if (!m) return -1;
     if (!out || len == 0) return mcpm_seterr(m->err, "mcpm_stats_json: no output buffer");
     char notice[2 * MCPM_ERR_LEN]; /* m->notice as a JSON string body */
-    json_escape(m->notice, notice, sizeof notice);
+    mcpm_json_escape(m->notice, notice, sizeof notice);
     char gpu_name[2 * 256]; /* the OpenCL device name (char[256]) as a JSON string body */
-    json_escape(m->gpu ? mcpm_gpu_device_name(m->gpu) : "", gpu_name, sizeof gpu_name);
+    mcpm_json_escape(m->gpu ? mcpm_gpu_device_name(m->gpu) : "", gpu_name, sizeof gpu_name);
     struct rusage ru;
     long peak_kb = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0; /* Linux/Android: kilobytes */
 #if defined(__APPLE__)

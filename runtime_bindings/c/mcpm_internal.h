@@ -202,4 +202,19 @@ MCPM_HIDDEN int mcpm_sampling_check(const mcpm_sampling* s, char* err);
 MCPM_HIDDEN int32_t mcpm_sampler_sample(mcpm_sampler* sp, const float* logits, const int32_t* history, int n_history,
                                         const mcpm_sampling* s);
 
+/* ---- shared by the JSON writers (mcpm_generate.c) */
+
+/* s as the body of a JSON string into out char[cap] (truncated to fit). */
+MCPM_HIDDEN void mcpm_json_escape(const char* s, char* out, size_t cap);
+
+/* ---- session internals the self-test reads (mcpm_session.c, for mcpm_selftest.c) */
+
+struct json_doc;
+MCPM_HIDDEN mcpm_model* mcpm_session_model(const mcpm_session* s);
+/* The parsed mcpm-config.json of the session's bundle. */
+MCPM_HIDDEN const struct json_doc* mcpm_session_config(const mcpm_session* s);
+/* BOS (when the bundle has one) + text char[len] as the session encodes it, into *ids int32[return] (malloc'ed, the
+ * caller frees); -1 on failure (mcpm_last_error of the model). */
+MCPM_HIDDEN int mcpm_session_encode_bos(mcpm_session* s, const char* text, size_t len, int32_t** ids);
+
 #endif

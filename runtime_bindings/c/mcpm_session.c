@@ -707,3 +707,20 @@ done:
     free(ids.p);
     return rc;
 }
+
+/* ---- for the self-test (mcpm_selftest.c) */
+
+mcpm_model* mcpm_session_model(const mcpm_session* s) { return s->model; }
+
+const json_doc* mcpm_session_config(const mcpm_session* s) { return &s->cfg; }
+
+int mcpm_session_encode_bos(mcpm_session* s, const char* text, size_t len, int32_t** ids) {
+    ibuf out = {0};
+    *ids = NULL;
+    if ((s->bos >= 0 && ibuf_add(&out, s->bos)) || encode(s, text, len, &out)) {
+        free(out.p);
+        return -1;
+    }
+    *ids = out.p;
+    return out.n;
+}

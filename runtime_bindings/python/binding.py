@@ -121,7 +121,10 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_encode_image": ([_P, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int, ctypes.c_int], ctypes.c_int),
     "mcpm_session_clear_images": ([_P], None),
     "mcpm_session_max_pixels": ([_P], ctypes.c_int64),
+    "mcpm_self_test_json": ([_P, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
+    "mcpm_kernel_variants_json": ([_P, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
 }
+SELF_TEST_JSON_MAX = 4096  # MCPM_SELF_TEST_JSON_MAX of mcpm.h
 _LIBS: dict[str, ctypes.CDLL] = {}
 _LIBS_LOCK = threading.Lock()
 
@@ -197,12 +200,13 @@ class Model(_Owned):
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int = 0, verify: bool = False, workspace_bytes: int = 0,
              library: Path | None = None, device: str = "cpu", profile: bool = False,
-             cache_dir: str | Path | None = None) -> Model:
+             cache_dir: str | Path | None = None, kernel_variant: str | None = None) -> Model:
         """Build (or reuse) the bundle's library and load the bundle; threads=0: one per online CPU.
 
         device: "cpu", "gpu" (the bundle's OpenCL kernels; an error when impossible) or "auto" (the GPU when it
         works, else the CPU: see ``notice``). profile: time GPU kernels (``kernel_times``). cache_dir: where the
-        compiled OpenCL program is kept (default $MCPM_CACHE_DIR/opencl)."""
+        compiled OpenCL program is kept (default $MCPM_CACHE_DIR/opencl). kernel_variant: force one of the bundle's CPU
+        kernel sets (``kernel_variants``; default: the best this CPU runs)."""
         bundle_dir = Path(bundle_dir)
         if not bundle_dir.is_dir():  # before building: "kernels.o is missing" misled
             raise McpmError(f"bundle folder {bundle_dir} does not exist", "pass the folder mcpm-export wrote")
@@ -220,6 +224,8 @@ class Model(_Owned):
         params.profile = 1 if profile else 0
         cache = str(cache_dir).encode() if cache_dir is not None else None
         params.cache_dir = cache
+        variant = kernel_variant.encode() if kernel_variant else None  # kept alive for the load
+        params.kernel_variant = variant
         handle = lib.mcpm_model_load(str(bundle_dir).encode(), ctypes.byref(params))
         if not handle:
             raise McpmError(f"the C runtime cannot load {bundle_dir}: {_text(lib.mcpm_last_error(None))}",
@@ -318,6 +324,14 @@ class Model(_Owned):
         self._check(self._lib.mcpm_stats_json(self._handle(), buf, len(buf)))
         result: dict[str, Any] = json.loads(buf.value.decode())
         return result
+
+    def kernel_variants(self) -> list[dict[str, Any]]:
+        """The bundle's CPU kernel sets in preference order, [{"name", "supported"}] (mcpm_kernel_variants_json);
+        [] for a bundle with one set."""
+        buf = ctypes.create_string_buffer(4096)
+        self._check(self._lib.mcpm_kernel_variants_json(self._handle(), buf, len(buf)))
+        variants: list[dict[str, Any]] = json.loads(buf.value.decode())
+        return variants
 
     @property
     def device(self) -> str:
@@ -457,6 +471,17 @@ class Session(_Owned):
     def reset(self) -> None:
         """Forget the conversation (and any images attached to the next turn: mcpm_session_reset drops them)."""
         self._lib.mcpm_session_reset(self._handle())
+
+    def self_test(self) -> dict[str, Any]:
+        """The bundle's golden check on this model (mcpm_self_test_json): {"pass", "reason", "kernel_variant",
+        "device", "steps", "argmax_equal", "near_ties", "max_logit_diff", "tolerance", "tokenizer", ...}. Raises
+        McpmError when the test cannot run (no golden results in the bundle: re-export it)."""
+        h = self._handle()
+        buf = ctypes.create_string_buffer(SELF_TEST_JSON_MAX)
+        if self._lib.mcpm_self_test_json(h, buf, len(buf)) != 0:
+            raise McpmError(_text(self._lib.mcpm_session_last_error(h)) or "the self-test could not run")
+        result: dict[str, Any] = json.loads(buf.value.decode())
+        return result
 
     def _free(self, h: int) -> None:  # the model stays open
         self._lib.mcpm_session_free(h)

@@ -1,0 +1,147 @@
+"""The self-test (docs/self-test.md): golden results recorded at export (export/golden.py) and the C runtime's check
+of a loaded model against them (mcpm_self_test_json), on host bundles. ARM kernel sets: tests/test_arm64_qemu.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpm.errors import McpmError
+from mcpm.export.golden import GOLDEN_STEPS, TOLERANCE_FLOAT
+
+
+def self_test(bundle: Path) -> dict[str, Any]:
+    from mcpm.runtime.binding import Model, Session
+    from mcpm.runtime.build import build_library
+
+    with Model.load(bundle, threads=2, library=build_library(bundle)) as model, Session(model) as session:
+        result = session.self_test()
+        assert model.position == 0  # the conversation is forgotten afterwards
+        return result
+
+
+def altered(bundle: Path, tmp_path: Path, change: Any) -> Path:
+    """A copy of bundle whose mcpm-config.json "golden" went through change(golden)."""
+    copy = tmp_path / "altered"
+    shutil.copytree(bundle, copy)
+    config = json.loads((copy / "mcpm-config.json").read_text())
+    change(config["golden"])
+    (copy / "mcpm-config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_golden_record_is_the_reference_greedy_continuation(default_q4_bundle: Path) -> None:
+    """Recomputed here from a fresh load with reference_for's copy (the export turns its model into the reference
+    in place): the same ids, and top-5 logits equal to float32 rounding."""
+    import torch
+
+    from mcpm.export.golden import GOLDEN_PROMPT
+    from mcpm.export.loading import DEFAULT_MODEL_DIR, load_model
+    from mcpm.export.reference_generate import TorchStepper
+    from mcpm.quantize.apply import reference_for
+    from mcpm.quantize.recipe import Recipe
+
+    golden = json.loads((default_q4_bundle / "mcpm-config.json").read_text())["golden"]
+    loaded = load_model(DEFAULT_MODEL_DIR)
+    prompt = loaded.tokenizer.encode(GOLDEN_PROMPT, add_bos=True)
+    assert golden["prompt_ids"] == prompt and len(prompt) > 16 * 4  # crosses the bundle's prefill chunks (16)
+    assert golden["tolerance"] == TOLERANCE_FLOAT and len(golden["ids"]) == GOLDEN_STEPS
+    stepper = TorchStepper(reference_for(loaded.model, Recipe.parse("q4g32"), "float16"))
+    logits = stepper.prefill(prompt)
+    for step, token in enumerate(golden["ids"]):
+        if step:
+            logits = stepper.decode(golden["ids"][step - 1])
+        assert int(torch.argmax(logits)) == token
+        ids, values = zip(*golden["top5"][step], strict=True)
+        assert list(ids) == torch.topk(logits, 5).indices.tolist()
+        assert torch.allclose(torch.tensor(values), logits[list(ids)], atol=1e-5)
+        assert golden["scale"][step] == pytest.approx(float(logits.abs().max()), rel=1e-6)
+    assert len(set(golden["ids"])) > 5
+
+
+def test_host_bundle_passes(default_q4_bundle: Path) -> None:
+    result = self_test(default_q4_bundle)
+    assert result["pass"] is True and result["reason"] == "", result
+    assert result["steps"] == GOLDEN_STEPS and result["argmax_equal"] + result["near_ties"] == GOLDEN_STEPS
+    assert result["near_ties"] <= 1  # float activations: summation order only
+    assert result["max_logit_diff"] < result["tolerance"] / 4
+    assert result["tokenizer"] == "pass" and result["device"] == "cpu" and result["kernel_variant"] == "default"
+    assert result["prompt_tokens"] > 64 and result["ms"] > 0
+
+
+def test_an_altered_token_fails_naming_the_kernel_set(default_q4_bundle: Path, tmp_path: Path) -> None:
+    def swap_step_5(golden: dict[str, Any]) -> None:  # the reference's 2nd choice as if it were its greedy pick
+        second = golden["top5"][5][1][0]
+        golden["ids"][5] = second
+        golden["top5"][5][0], golden["top5"][5][1] = golden["top5"][5][1], golden["top5"][5][0]
+
+    result = self_test(altered(default_q4_bundle, tmp_path, swap_step_5))
+    assert result["pass"] is False
+    assert result["reason"].startswith("kernel set default on the cpu: step 5: "), result["reason"]
+    assert "\n" not in result["reason"] and "tolerance" in result["reason"]
+
+
+def test_a_logit_off_by_more_than_the_tolerance_fails(default_q4_bundle: Path, tmp_path: Path) -> None:
+    def nudge(golden: dict[str, Any]) -> None:  # the 4th-largest logit at step 9, by 3 tolerances
+        golden["top5"][9][3][1] += 3 * golden["tolerance"] * golden["scale"][9]
+
+    result = self_test(altered(default_q4_bundle, tmp_path, nudge))
+    assert result["pass"] is False
+    token = json.loads((tmp_path / "altered" / "mcpm-config.json").read_text())["golden"]["top5"][9][3][0]
+    assert f"step 9: the logit of token {token} is " in result["reason"], result["reason"]
+
+
+def test_a_different_tokenizer_result_fails(default_q4_bundle: Path, tmp_path: Path) -> None:
+    def other_prompt(golden: dict[str, Any]) -> None:
+        golden["prompt"] = "A different text entirely. " + golden["prompt"]
+
+    result = self_test(altered(default_q4_bundle, tmp_path, other_prompt))
+    assert result["pass"] is False and result["tokenizer"].startswith("fail: id 1 of the golden prompt is ")
+    assert result["reason"].startswith("tokenizer: id 1 "), result["reason"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g.clear(), "mcpm-config.json \"golden\" is damaged"),
+    (lambda g: g["ids"].append(7), "is damaged"),
+    (lambda g: g["top5"][2].pop(), "top5/scale step 2 is damaged"),
+    (lambda g: g["ids"].__setitem__(0, 10**6), "token id outside the vocabulary"),
+    (lambda g: g.update(prompt_ids=[1] * 200), "more than the context of 128"),
+])
+def test_damaged_golden_records_are_refused(default_q4_bundle: Path, tmp_path: Path, change: Any,
+                                            message: str) -> None:
+    with pytest.raises(McpmError, match="re-export the bundle") as err:
+        self_test(altered(default_q4_bundle, tmp_path, change))
+    assert message in str(err.value)
+
+
+def test_a_bundle_without_golden_results_says_so(default_q4_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "old"
+    shutil.copytree(default_q4_bundle, copy)
+    config = json.loads((copy / "mcpm-config.json").read_text())
+    del config["golden"]
+    (copy / "mcpm-config.json").write_text(json.dumps(config))
+    with pytest.raises(McpmError, match="no golden results .*without --no-golden"):
+        self_test(copy)
+
+
+def test_cli_passes_then_fails_with_the_reason(default_q4_bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mcpm.cli import cli
+
+    ok = CliRunner().invoke(cli, ["selftest", str(default_q4_bundle), "-t", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert "default     cpu     PASS" in ok.output and ok.output.rstrip().endswith("self-test passed")
+
+    def swap(golden: dict[str, Any]) -> None:
+        golden["ids"][0] = golden["top5"][0][1][0]
+
+    bad = CliRunner().invoke(cli, ["selftest", str(altered(default_q4_bundle, tmp_path, swap)), "--json"])
+    assert bad.exit_code == 1
+    report = json.loads(bad.output)
+    assert report["pass"] is False and [r["device"] for r in report["runs"]] == ["cpu"]
+    assert "step 0: predicts token" in report["runs"][0]["reason"]
