@@ -116,6 +116,36 @@ def test_greedy_text_equals_host(cpu: str | None, default_arm: tuple[Path, Path]
     assert n_host == N_TEXT and len(set(host_text.split())) > 5
 
 
+# qemu CPU model -> the kernel sets the runtime reports as supported (mcpm_kernel_variants_json)
+SUPPORTED = {None: ["i8mm", "dotprod", "neon"], "cortex-a76": ["dotprod", "neon"], "cortex-a53": ["neon"]}
+
+
+@pytest.mark.parametrize("cpu", list(CPUS), ids=[c or "default" for c in CPUS])
+def test_self_test_passes_in_each_kernel_set(cpu: str | None, default_arm: tuple[Path, Path]) -> None:
+    """docs/self-test.md: the export's golden record (PyTorch reference) checked by the ARM kernels themselves."""
+    bundle, exe = default_arm
+    got = run_arm(exe, [str(bundle), "--self-test", "--threads", "2"], cpu)
+    result = got["self_test"]
+    assert result["pass"] is True and result["kernel_variant"] == CPUS[cpu], result
+    assert result["tokenizer"] == "pass" and result["steps"] == 16 and result["prompt_tokens"] > 64
+    assert [v["name"] for v in got["kernel_variants"] if v["supported"]] == SUPPORTED[cpu]
+
+
+def test_self_test_fails_naming_the_kernel_set(default_arm: tuple[Path, Path], tmp_path: Path) -> None:
+    from mcpm.runtime.cross import run_qemu
+
+    bundle, exe = default_arm
+    copy = Path(shutil.copytree(bundle, tmp_path / "altered"))
+    config = json.loads((copy / "mcpm-config.json").read_text())
+    golden = config["golden"]
+    golden["top5"][7] = [[i, v + 0.5 * golden["scale"][7]] for i, v in golden["top5"][7]]  # every logit at step 7
+    (copy / "mcpm-config.json").write_text(json.dumps(config))
+    res = run_qemu(exe, [str(copy), "--self-test", "--variant", "dotprod"], cpu="cortex-a76", timeout=300)
+    assert res.returncode == 2, res.stderr
+    reason = last_json(res.stdout)["self_test"]["reason"]
+    assert reason.startswith("kernel set dotprod on the cpu: step 7: the logit of token "), reason
+
+
 def test_tiny_f32_logits_match_host_and_reference(tiny: dict[str, Any]) -> None:
     """Prefill logits of an 11-token prompt (chunks 4+4+3) under qemu (i8mm and neon kernels) == host mcpm_run ==
     PyTorch within LOGITS_TOL of the logit scale; the greedy tokens after it are identical. The reference rounds K
@@ -201,7 +231,7 @@ def test_mcpm_run_usage_errors(tiny: dict[str, Any]) -> None:
     """Bad command lines: one line on stderr, exit status 1 (host build of the same tool)."""
     exe, bundle = tiny["host_exe"], str(tiny["host"])
     cases = {
-        (bundle,): "give exactly one of --tokens and -p",
+        (bundle,): "give exactly one of --tokens, -p and --self-test",
         (bundle, "--tokens", "1,x"): "--tokens: expected comma-separated non-negative ids",
         (bundle, "-p", "hi", "--logits", "/tmp/x"): "--logits needs --tokens",
         (bundle, "--tokens", "1", "-n"): "-n needs a value",
@@ -236,6 +266,8 @@ def test_tiny_a8_logits_match_host(tiny: dict[str, Any]) -> None:
         diff = np.abs(np.fromfile(out, dtype="<f4") - host_logits).max() / scale
         assert diff < LOGITS_TOL, (cpu, diff)
         assert got["tokens"] == got_host["tokens"] and len(got["tokens"]) == 6
+        result = run_arm(arm_exe, [str(arm), "--self-test"], cpu)["self_test"]  # the a8 tolerance (docs/self-test.md)
+        assert result["pass"] is True and result["kernel_variant"] == CPUS[cpu] and result["tolerance"] == 0.03, result
 
 
 def test_cmake_cross_build_chats_like_the_host(default_arm: tuple[Path, Path], default_q4_bundle: Path,

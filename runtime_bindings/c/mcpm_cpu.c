@@ -163,7 +163,8 @@ int mcpm_kernel_variants_json(mcpm_model* m, char* out, size_t len) {
         used += (size_t)w;
     }
     json_free(&doc);
-    if (rc || used + 2 > len) return mcpm_seterr(m->err, "mcpm_kernel_variants_json: buffer of %zu bytes too small", len);
+    if (rc || used + 2 > len)
+        return mcpm_seterr(m->err, "mcpm_kernel_variants_json: buffer of %zu bytes too small", len);
     snprintf(out + used, len - used, "]");
     return 0;
 }

@@ -1,12 +1,14 @@
 /* mcpm_run: a command-line driver over the public C API (mcpm.h) only.
  *
- *   mcpm_run BUNDLE [--tokens 1,2,3 | -p TEXT] [-n N] [--threads T] [--variant NAME] [--logits FILE]
+ *   mcpm_run BUNDLE [--tokens 1,2,3 | -p TEXT | --self-test] [-n N] [--threads T] [--variant NAME] [--logits FILE]
  *
  * --tokens IDS  mcpm_prefill of the ids; the last position's logits (float32 little-endian, vocab values) go to
  *               FILE when --logits is given; then (from position 0 again) greedy mcpm_generate of N tokens.
  * -p TEXT       mcpm_session_complete (BOS + TEXT, no chat template), greedy, the text streamed to stdout.
  * -n N          tokens to generate (default 16).   --threads T  worker threads (default 0 = all CPUs).
  * --variant V   kernel variant of the bundle to use (mcpm_params.kernel_variant; default: the runtime picks).
+ * --self-test   mcpm_self_test_json (the bundle's golden check, docs/self-test.md); the JSON line is then
+ *               {"self_test": {...}, "kernel_variants": [...], "stats": ...} and the exit status 2 when it failed.
  *
  * Always ends with one JSON line on stdout:
  *   {"tokens": [generated ids; --tokens only], "text": "generated text; -p only", "n_generated": K,
@@ -27,7 +29,8 @@
 #include "mcpm.h"
 
 static const char* USAGE =
-    "usage: mcpm_run BUNDLE [--tokens 1,2,3 | -p TEXT] [-n N] [--threads T] [--variant NAME] [--logits FILE]";
+    "usage: mcpm_run BUNDLE [--tokens 1,2,3 | -p TEXT | --self-test] [-n N] [--threads T] [--variant NAME] "
+    "[--logits FILE]";
 
 static int fail(const char* fmt, ...) {
     va_list ap;
@@ -164,15 +167,41 @@ static int on_text(const char* text, size_t len, void* user) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- --self-test */
+
+/* Prints {"self_test": ..., "kernel_variants": ..., "stats": ...}; 0 when it passed, 2 when it failed, 1 on error. */
+static int run_self_test(mcpm_model* model) {
+    char* buf = malloc(MCPM_SELF_TEST_JSON_MAX + 4096 + MCPM_STATS_JSON_MAX); /* char[...]: the three JSON texts */
+    if (!buf) return fail("out of memory");
+    char *result = buf, *variants = buf + MCPM_SELF_TEST_JSON_MAX, *stats = variants + 4096;
+    mcpm_session* session = mcpm_session_new(model);
+    int rc = 1;
+    if (!session) fail("%s", mcpm_last_error(model));
+    else if (mcpm_self_test_json(session, result, MCPM_SELF_TEST_JSON_MAX))
+        fail("%s", mcpm_session_last_error(session));
+    else if (mcpm_kernel_variants_json(model, variants, 4096) || mcpm_stats_json(model, stats, MCPM_STATS_JSON_MAX))
+        fail("%s", mcpm_last_error(model));
+    else {
+        printf("{\"self_test\": %s, \"kernel_variants\": %s, \"stats\": %s}\n", result, variants, stats);
+        int passed = strstr(result, "\"pass\": true") != NULL;
+        rc = fflush(stdout) || ferror(stdout) ? fail("cannot write to stdout") : passed ? 0 : 2;
+    }
+    mcpm_session_free(session);
+    free(buf);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- main */
 
 int main(int argc, char** argv) {
     const char *bundle = NULL, *tokens_arg = NULL, *prompt = NULL, *variant = NULL, *logits_path = NULL;
     long n_new = 16, threads = 0;
+    int self_test = 0;
     for (int i = 1; i < argc; i++) {
         const char* a = argv[i];
         int has_val = i + 1 < argc;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { puts(USAGE); return 0; }
+        if (!strcmp(a, "--self-test")) { self_test = 1; continue; }
         if (!strcmp(a, "--tokens") || !strcmp(a, "-p") || !strcmp(a, "-n") || !strcmp(a, "--threads") ||
             !strcmp(a, "--variant") || !strcmp(a, "--logits")) {
             if (!has_val) return fail("%s needs a value (%s)", a, USAGE);
@@ -192,7 +221,8 @@ int main(int argc, char** argv) {
         }
     }
     if (!bundle) return fail("no bundle given (%s)", USAGE);
-    if ((tokens_arg != NULL) == (prompt != NULL)) return fail("give exactly one of --tokens and -p (%s)", USAGE);
+    if ((tokens_arg != NULL) + (prompt != NULL) + self_test != 1)
+        return fail("give exactly one of --tokens, -p and --self-test (%s)", USAGE);
     if (logits_path && !tokens_arg) return fail("--logits needs --tokens");
 
     idlist prompt_ids = {0};
@@ -212,6 +242,10 @@ int main(int argc, char** argv) {
     float* logits = NULL;
     char* stats = NULL;
 
+    if (self_test) {
+        rc = run_self_test(model);
+        goto done;
+    }
     if (tokens_arg) {
         if (logits_path) {
             int vocab = mcpm_vocab_size(model);
