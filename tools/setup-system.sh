@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages mcpm needs (Debian/Ubuntu, run as root): host C compilers, the Android build tools without
 # the SDK/NDK (aapt, zipalign, apksigner, dx, android.jar, clang+lld, jni.h and android/log.h), the aarch64 cross
-# compiler and qemu-user for emulated ARM64 tests, libFuzzer (libclang-rt-14-dev, `make fuzz`), cmake and pkg-config (the standalone C runtime build), Android's org.json for the app's Java logic on the host JVM (libandroid-json-java), PoCL (OpenCL on the CPU) for GPU-path tests. android.jar (libandroid-23-java) and dx (dalvik-exchange) are
+# compiler and qemu-user for emulated ARM64 tests, libFuzzer (libclang-rt-14-dev, `make fuzz`), cmake and pkg-config (the standalone C runtime build), Android's org.json for the app's Java logic on the host JVM (libandroid-json-java), Chromium (headless: renders
+# the self-test report in a test), PoCL (OpenCL on the CPU) for GPU-path tests. android.jar (libandroid-23-java) and dx (dalvik-exchange) are
 # not in bookworm: their two .deb files come from bullseye through a private apt configuration (the system's
 # sources are never changed). Not root: prints what is missing and exits 1 (MCPM_SKIP_SYSTEM_PACKAGES=1 makes that a
 # warning, for a machine whose tools come from elsewhere). Exits 1 when a package is still missing after installing.
@@ -9,7 +10,7 @@ set -euo pipefail
 
 BOOKWORM="gcc clang lld llvm openjdk-17-jdk-headless aapt zipalign apksigner dexdump \
 android-libnativehelper-dev android-liblog-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user \
-pocl-opencl-icd ocl-icd-opencl-dev clinfo libclang-rt-14-dev cmake make pkg-config libandroid-json-java"
+pocl-opencl-icd ocl-icd-opencl-dev clinfo libclang-rt-14-dev cmake make pkg-config libandroid-json-java chromium"
 BULLSEYE="libandroid-23-java dalvik-exchange"
 
 missing=""

@@ -219,10 +219,11 @@ class Adb:
 
     def bench(self, model: str, prompt_tokens: int = 128, gen_tokens: int = 64, threads: int = 4,
               device: str = "cpu", timeout: float = 600.0, image: Path | None = None,
-              kernel_variant: str | None = None) -> dict[str, Any]:
+              kernel_variant: str | None = None, self_test: bool = False) -> dict[str, Any]:
         """Run ``.BenchmarkActivity`` on MODEL (a name under MODELS_DIR or a folder on the phone) and return the
         runtime's stats JSON that it writes to RESULT_PATH. image: a local image file, pushed to IMAGES_DIR and
-        passed as the ``image`` extra (MiniCPM-V models: the JSON then has image_encode_ms, image_slices, ...)."""
+        passed as the ``image`` extra (MiniCPM-V models: the JSON then has image_encode_ms, image_slices, ...).
+        self_test: the app runs the bundle's self-test first (the JSON's "self_test", docs/self-test.md)."""
         if not model.strip():
             raise McpmError("no model given", "pass a model name (see push-model) or an absolute folder on the phone")
         remote_image = self.push_image(Path(image)) if image is not None else None
@@ -234,6 +235,8 @@ class Adb:
             start += ["--es", "image", remote_image]
         if kernel_variant:
             start += ["--es", "kernel_variant", kernel_variant]
+        if self_test:
+            start += ["--ez", "selftest", "true"]
         proc = self.shell(*start)
         started = f"{proc.stdout}\n{proc.stderr}"
         if re.search(r"^\s*Error", started, re.MULTILINE):  # `am start` exits 0 when the activity is unknown

@@ -528,6 +528,39 @@ JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_bench(JNIEnv* env, jclas
     return s;
 }
 
+/* static native String selfTest(long handle) throws McpmException
+ * mcpm_self_test_json: the bundle's golden check (docs/self-test.md) on this model; the conversation is forgotten
+ * before and after. Throws when the test cannot run (no golden results in the bundle, a Stop). */
+JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_selfTest(JNIEnv* env, jclass cls, jlong handle) {
+    (void)cls;
+    mcpm_jni_handle* h = handle_of(handle);
+    if (!h) {
+        throw_mcpm(env, "the model is not loaded (handle 0)");
+        return NULL;
+    }
+    clear_stop(h);
+    char* buf = malloc(MCPM_SELF_TEST_JSON_MAX); /* char[MCPM_SELF_TEST_JSON_MAX]: always enough (mcpm.h) */
+    if (!buf) {
+        throw_mcpm(env, "out of memory");
+        return NULL;
+    }
+    jstring s = NULL;
+    if (mcpm_self_test_json(h->session, buf, MCPM_SELF_TEST_JSON_MAX) == 0) s = jstring_from_utf8(env, buf, strlen(buf));
+    else throw_mcpm(env, mcpm_session_last_error(h->session));
+    free(buf);
+    return s;
+}
+
+/* static native String kernelVariants(long handle): mcpm_kernel_variants_json ([{"name", "supported"}, ...] in
+ * preference order; "[]" for a bundle with one kernel set); null for handle 0 or on failure */
+JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_kernelVariants(JNIEnv* env, jclass cls, jlong handle) {
+    (void)cls;
+    mcpm_jni_handle* h = handle_of(handle);
+    char buf[4096]; /* a handful of {"name": ..., "supported": ...} objects */
+    if (!h || mcpm_kernel_variants_json(h->model, buf, sizeof buf)) return NULL;
+    return jstring_from_utf8(env, buf, strlen(buf));
+}
+
 /* static native String kernelTimes(long handle): mcpm_kernel_times_json (GPU kernel times of the last bench or
  * generation, slowest first; "[]" on the CPU or when loaded without profile); null for handle 0 */
 JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_kernelTimes(JNIEnv* env, jclass cls, jlong handle) {

@@ -30,7 +30,9 @@ import java.util.Locale;
  * A benchmark runs alone: the chat's model is freed first (ChatEngine.pauseForBenchmark; `mcpm android bench` also
  * force-stops the app with {@code am start -S}), the screen is kept on, and the JSON records
  * {@code thermal_status_before} / {@code thermal_status_after} (PowerManager, Android 10+; "unknown" below) and
- * {@code chat_model_freed}.
+ * {@code chat_model_freed}. The JSON always has {@code kernel_variants} (the bundle's CPU kernel sets and whether this
+ * phone runs each); with {@code --ez selftest true} also {@code self_test}: the bundle's golden check on the loaded
+ * model (McpmNative.selfTest, docs/self-test.md), run after the load and before the benchmark.
  * Only the shell (adb) can start it: the manifest protects it with android.permission.DUMP, which apps cannot get.
  */
 public class BenchmarkActivity extends Activity {
@@ -43,6 +45,8 @@ public class BenchmarkActivity extends Activity {
     public static final String EXTRA_IMAGE = "image";
     /** "i8mm", "dotprod" or "neon": benchmark that CPU kernel set (absent: the best one the phone supports). */
     public static final String EXTRA_KERNEL_VARIANT = "kernel_variant";
+    /** true: run the bundle's self-test (docs/self-test.md) after the load, before the benchmark. */
+    public static final String EXTRA_SELF_TEST = "selftest";
 
     private TextView text;
 
@@ -60,6 +64,7 @@ public class BenchmarkActivity extends Activity {
         final int genTokens = getIntent().getIntExtra(EXTRA_GEN_TOKENS, 64);
         final int threads = getIntent().getIntExtra(EXTRA_THREADS, 0); // 0 = automatic: the big cores
         final String kernelVariant = getIntent().getStringExtra(EXTRA_KERNEL_VARIANT);
+        final boolean selfTest = getIntent().getBooleanExtra(EXTRA_SELF_TEST, false);
         String deviceExtra = getIntent().getStringExtra(EXTRA_DEVICE);
         final String device = deviceExtra == null ? Prefs.DEVICE_CPU
                 : deviceExtra.trim().toLowerCase(Locale.US);
@@ -68,14 +73,14 @@ public class BenchmarkActivity extends Activity {
         Thread worker = new Thread(new Runnable() {
             @Override
             public void run() {
-                runBenchmark(modelDir, promptTokens, genTokens, threads, device, kernelVariant, image);
+                runBenchmark(modelDir, promptTokens, genTokens, threads, device, kernelVariant, image, selfTest);
             }
         }, "mcpm-bench");
         worker.start();
     }
 
     private void runBenchmark(String modelDir, int promptTokens, int genTokens, int threads, String device,
-                              String kernelVariant, String image) {
+                              String kernelVariant, String image, boolean selfTest) {
         String result = null;
         String error = null;
         String thermalBefore;
@@ -109,7 +114,14 @@ public class BenchmarkActivity extends Activity {
                     cache != null ? cache.getAbsolutePath() : null, !Prefs.DEVICE_CPU.equals(device));
             String kernelTimes;
             JSONObject imageStats = null;
+            JSONObject selfTestResult = null;
+            String variants;
             try {
+                variants = McpmNative.kernelVariants(handle);
+                if (selfTest) {
+                    show("Self-test of " + model.name + " (the export's golden results)...");
+                    selfTestResult = runSelfTest(handle);
+                }
                 if (image != null) { // decoded at the model's size limit (the bundle's vision.max_pixels)
                     show("Reading the image " + image + "...");
                     File file = new File(image);
@@ -125,7 +137,11 @@ public class BenchmarkActivity extends Activity {
             }
             runFacts = new JSONObject().put("thermal_status_before", thermalBefore)
                     .put("thermal_status_after", thermalStatus(this)).put("chat_model_freed", chatFreed)
-                    .put("screen_kept_on", true);
+                    .put("screen_kept_on", true)
+                    .put("kernel_variants", variants != null ? new JSONArray(variants) : new JSONArray());
+            if (selfTestResult != null) {
+                runFacts.put("self_test", selfTestResult);
+            }
             if (result == null) {
                 throw new McpmException("the runtime returned no statistics");
             }
@@ -227,6 +243,18 @@ public class BenchmarkActivity extends Activity {
             return o;
         } catch (JSONException e) {
             throw new McpmException("the runtime's statistics are not valid JSON: " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * McpmNative.selfTest as an object; when the test cannot run (e.g. a bundle exported before golden results
+     * existed), {"pass": null, "error": "..."} so that the benchmark still runs and the report says why.
+     */
+    private static JSONObject runSelfTest(long handle) throws JSONException {
+        try {
+            return new JSONObject(McpmNative.selfTest(handle));
+        } catch (McpmException e) {
+            return new JSONObject().put("pass", JSONObject.NULL).put("error", e.getMessage());
         }
     }
 

@@ -95,6 +95,16 @@ public final class McpmNative {
      */
     static native String kernelTimes(long handle);
 
+    /**
+     * The bundle's golden check on this model (mcpm_self_test_json, docs/self-test.md): a JSON object with "pass",
+     * "reason", "kernel_variant", "device", "steps", "near_ties", "max_logit_diff", "tolerance", "tokenizer", "ms".
+     * Throws when the test cannot run (no golden results in the bundle: re-export it).
+     */
+    static native String selfTest(long handle) throws McpmException;
+
+    /** The bundle's CPU kernel sets, [{"name", "supported"}, ...] in preference order; "[]" with one set. */
+    static native String kernelVariants(long handle);
+
     /** Releases the model; the handle is invalid afterwards. */
     static native void free(long handle);
 }
