@@ -63,10 +63,15 @@ from mcpm.quantize.schemes import ARM_DEFAULT_SCHEME, DEFAULT_SCHEME, SCHEMES
 @click.option("--allow-unused-tensors", is_flag=True,
               help="Drop checkpoint tensors this model family does not use (default: refuse them, since dropping a "
                    "weight such as a q_proj.bias changes the model).")
+@click.option("--golden/--no-golden", default=True, show_default=True,
+              help="Record golden results for the self-test (the PyTorch reference's greedy continuation of a fixed "
+                   "prompt and its top-5 logits; `mcpm selftest`, `mcpm android verify`, docs/self-test.md). It runs "
+                   "the reference once after the weights are written: 1 s for the shipped model).")
 def export(model_dir: str, target: str, quant: str | None, quant_rules: tuple[str, ...], context_length: int,
            prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
            key_alias: str, device: str = "cpu", vision_dtype: str = "f16", max_patches: int | None = None,
-           force: bool = False, kv_dtype: str | None = None, allow_unused_tensors: bool = False) -> None:
+           force: bool = False, kv_dtype: str | None = None, allow_unused_tensors: bool = False,
+           golden: bool = True) -> None:
     """Export MODEL_DIR (`default` = the shipped model) to a bundle: plan, kernels, weights, tokenizer.
 
     \b
@@ -83,7 +88,7 @@ def export(model_dir: str, target: str, quant: str | None, quant_rules: tuple[st
                          debug_dump, progress=sys.stderr.isatty(), embed_model=embed_model,
                          keystore=_keystore(keystore, key_alias), device=device, vision_dtype=vision_dtype,
                          max_patches=max_patches or 0, force=force, kv_dtype=kv_dtype,
-                         allow_unused_tensors=allow_unused_tensors)
+                         allow_unused_tensors=allow_unused_tensors, golden=golden)
     with _sigterm_as_exit():  # a killed export removes its staging folder like Ctrl-C does
         report = run_export(opts)
     click.echo(report.table())
@@ -95,7 +100,7 @@ def export(model_dir: str, target: str, quant: str | None, quant_rules: tuple[st
     elif target == "host" and "vision" in json.loads((out / "plan.json").read_text()):  # a MiniCPM-V bundle
         click.echo(f"next: mcpm chat {out} --image PHOTO.jpg")
     elif target == "host":
-        click.echo(f"next: mcpm generate {out} -p \"The people of the\"")
+        click.echo(f"next: mcpm generate {out} -p \"The people of the\"   (or check it: mcpm selftest {out})")
 
 
 @contextmanager

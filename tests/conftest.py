@@ -153,3 +153,15 @@ def default_q4_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "default-q4"
     run_export(ExportOptions(DEFAULT_MODEL_DIR, out, "host", "q4g32", (), 128, 16, progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def default_arm64_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped default model exported for linux-arm64 like default_q4_bundle (q4g32, context 128, chunk 16): three
+    kernel sets (i8mm, dotprod, neon), once per session. Read-only for tests."""
+    from mcpm.export.exporter import ExportOptions, run_export
+    from mcpm.export.loading import DEFAULT_MODEL_DIR
+
+    out = tmp_path_factory.mktemp("bundle-arm64") / "default-q4"
+    run_export(ExportOptions(DEFAULT_MODEL_DIR, out, "linux-arm64", "q4g32", (), 128, 16, progress=False))
+    return out

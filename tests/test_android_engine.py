@@ -171,6 +171,18 @@ public final class EngineHarness {
         idle(engine);
         out.put("after_stop", s6.lastStatus());
 
+        // 6b. Self-test (docs/self-test.md): the bundle's golden results, verdict in the status line; refused
+        //     while a reply runs
+        Screen s6b = new Screen();
+        engine.attach(s6b);
+        engine.send(args[1], model, GREEDY);
+        boolean testWhileBusy = engine.selfTest(model);
+        idle(engine);
+        boolean tested = engine.selfTest(model);
+        idle(engine);
+        out.put("self_test", new JSONArray().put(testWhileBusy).put(tested).put(s6b.lastStatus())
+            .put(s6b.json().getString("chat")));
+
         // 7. a benchmark runs alone: the model is freed and not loaded again until resume()
         Screen s7 = new Screen();
         engine.attach(s7);
@@ -336,3 +348,14 @@ public final class D {
     got = res.stdout.strip().split("|")
     assert got == ["0.7", "0.7", "1.0", "0.5", "2.0", "null", "null", "null", "null", "null", "null", "-0.25",
                    "null", "0,7", "1.0"]
+
+
+@NEEDS_JAVA
+def test_self_test_button_shows_the_verdict(engine_run: dict) -> None:
+    """The app's Self-test button (ChatEngine.selfTest): PASS on the default bundle, shown in the status line; the
+    conversation is cleared; refused while a message is answered."""
+    while_busy, tested, status, chat = engine_run["self_test"]
+    assert while_busy is False and tested is True
+    assert status.startswith("Self-test PASS: kernels default on the cpu, 16 steps (0 near-ties), max logit diff "), \
+        status
+    assert status.endswith("tokenizer pass") and chat == ""

@@ -67,14 +67,10 @@ def build(bundle: Path, out: Path, arm: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def default_arm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def default_arm(tmp_path_factory: pytest.TempPathFactory, default_arm64_bundle: Path) -> tuple[Path, Path]:
     """The default model exported for linux-arm64 like default_q4_bundle (q4g32, context 128, chunk 16) and its
     cross-built mcpm_run."""
-    from mcpm.export.loading import DEFAULT_MODEL_DIR
-
-    root = tmp_path_factory.mktemp("arm64-default")
-    bundle = export(DEFAULT_MODEL_DIR, root / "bundle", "linux-arm64", "q4g32", 128, 16)
-    return bundle, build(bundle, root / "build", arm=True)
+    return default_arm64_bundle, build(default_arm64_bundle, tmp_path_factory.mktemp("arm64-default"), arm=True)
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,9 @@ def export(model_dir: Path, out: Path, quant: str = "q4g32", ctx: int = 256, chu
 
 
 @pytest.fixture(scope="module")
-def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export(DEFAULT_MODEL_DIR, tmp_path_factory.mktemp("b") / "default-q4")
+def default_bundle(default_q4_bundle: Path) -> Path:
+    """The session's default bundle (q4g32, context 128, chunk 16; read-only: the damage tests copy it)."""
+    return default_q4_bundle
 
 
 def test_bundle_contents_and_config(default_bundle: Path) -> None:
@@ -38,7 +39,7 @@ def test_bundle_contents_and_config(default_bundle: Path) -> None:
                      "weights.bin"]
     cfg = json.loads((default_bundle / "mcpm-config.json").read_text())
     assert cfg["family"] == "minicpm" and cfg["quantization"] == "q4g32"
-    assert cfg["context_length"] == 256 and cfg["prefill_chunk"] == 32
+    assert cfg["context_length"] == 128 and cfg["prefill_chunk"] == 16
     assert cfg["stop_token_ids"] == [2] and cfg["chat_template"]["name"] == "minicpm"
     assert cfg["model_config"]["scale_emb"] == 12.0
     assert set(cfg["files"]) == {"kernels.o", "plan.json", "tokenizer.model", "weights.bin"}
@@ -52,8 +53,8 @@ def test_q4_bundle_greedy_equals_reference_with_dequantized_weights(default_bund
     loaded = load_model(DEFAULT_MODEL_DIR)
     twin = dequantized_copy(loaded.model, Recipe.parse("q4g32"))
     ids = tok.encode("The Congress of the United States", add_bos=True)
-    ours = generate(BundleStepper(plan_model), ids, 32, 256)
-    ref = generate(twin, ids, 32, 256)
+    ours = generate(BundleStepper(plan_model), ids, 32, 128)
+    ref = generate(twin, ids, 32, 128)
     assert ours.tokens == ref.tokens
     assert len(set(ours.tokens)) > 5
 
@@ -74,12 +75,12 @@ def test_f32_bundle_logits_match_reference(tmp_path: Path) -> None:
 
 def test_context_full(default_bundle: Path) -> None:
     _, plan_model, tok = load_bundle(default_bundle)
-    with pytest.raises(ContextOverflowError, match="does not fit the context of 256 tokens"):
-        generate(BundleStepper(plan_model), [1] + [100] * 300, 4, 256)
-    out = generate(BundleStepper(plan_model), [1] + [100] * 250, 50, 256)  # stops at the context's end
+    with pytest.raises(ContextOverflowError, match="does not fit the context of 128 tokens"):
+        generate(BundleStepper(plan_model), [1] + [100] * 150, 4, 128)
+    out = generate(BundleStepper(plan_model), [1] + [100] * 122, 50, 128)  # stops at the context's end
     assert len(out.tokens) == 5
     plan_model.reset()
-    plan_model.prefill(np.array([1] * 256, np.int32))
+    plan_model.prefill(np.array([1] * 128, np.int32))
     with pytest.raises(McpmError, match="context full"):
         plan_model.decode(5)
 
@@ -184,13 +185,11 @@ def test_every_scheme_and_mixed_recipes_match_the_dequantized_reference(tmp_path
     assert rel < 2e-3  # residual scale folded before quantization: scales round to fp16 differently
 
 
-def test_arm64_export_has_kernel_variants(tmp_path: Path) -> None:
+def test_arm64_export_has_kernel_variants(default_arm64_bundle: Path) -> None:
     """linux-arm64: three AArch64 kernel objects (i8mm, dotprod, NEON fallback) listed in the plan and the config."""
     from mcpm.export.compiler.plan import Plan, kernel_object_files
 
-    out = tmp_path / "arm"
-    run_export(ExportOptions(DEFAULT_MODEL_DIR, out, "linux-arm64", context_length=64, prefill_chunk=8,
-                             progress=False))
+    out = default_arm64_bundle
     plan = Plan.from_json((out / "plan.json").read_text())
     assert [(v.name, v.requires) for v in plan.kernel_variants] == [
         ("i8mm", ("dotprod", "i8mm")), ("dotprod", ("dotprod",)), ("neon", ())]

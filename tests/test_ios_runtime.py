@@ -54,13 +54,9 @@ def test_apple_cpu_feature_branch_compiles(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def host_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mcpm.export.exporter import ExportOptions, run_export
-    from mcpm.export.loading import DEFAULT_MODEL_DIR
-
-    out = tmp_path_factory.mktemp("ios-table") / "bundle"
-    run_export(ExportOptions(DEFAULT_MODEL_DIR, out, "host", "q4g32", (), 64, 16, progress=False))
-    return out
+def host_bundle(default_q4_bundle: Path) -> Path:
+    """The session's default host bundle (read-only)."""
+    return default_q4_bundle
 
 
 def _build(bundle: Path, out: Path, table: bool) -> Path:

@@ -250,10 +250,12 @@ def test_app_info_plist_is_valid() -> None:
 def test_app_uses_the_documented_benchmark_contract() -> None:
     text = "\n".join(f.read_text() for f in SWIFT_APP)
     for needle in ('"-benchmark"', '"-model"', '"-prompt-tokens"', '"-gen-tokens"', '"-threads"', '"latest.json"',
-                   "MCPM_BENCH ", "MCPM_BENCH_ERROR ", ".fileImporter(", "PhotosPicker", '"Models"'):
+                   "MCPM_BENCH ", "MCPM_BENCH_ERROR ", ".fileImporter(", "PhotosPicker", '"Models"', '"-selftest"',
+                   "MCPM_SELFTEST ", "selfTest()", "kernelVariants()", '"selftest"'):
         assert needle in text, needle
     readme = (IOS / "README.md").read_text()
-    for needle in ("-benchmark", "latest.json", "decode_tok_s", "Verified here", "Only on a Mac"):
+    for needle in ("-benchmark", "latest.json", "decode_tok_s", "Verified here", "Only on a Mac", "-selftest",
+                   "Documents/selftest/latest.json", "MCPM_SELFTEST"):
         assert needle in readme, needle
 
 

@@ -12,8 +12,9 @@ struct BenchmarkOptions {
 
     init() {}
 
-    init?(arguments: [String]) {
-        guard arguments.contains("-benchmark") else { return nil }
+    /// flag: "-benchmark", or "-selftest" (SelfTestRunner: the same options).
+    init?(arguments: [String], flag: String = "-benchmark") {
+        guard arguments.contains(flag) else { return nil }
         func value(_ flag: String) -> String? {
             guard let i = arguments.firstIndex(of: flag), i + 1 < arguments.count else { return nil }
             return arguments[i + 1]
@@ -26,6 +27,8 @@ struct BenchmarkOptions {
 
     /// The options of this launch (nil without -benchmark).
     static let launch = BenchmarkOptions(arguments: ProcessInfo.processInfo.arguments)
+    /// The options of a `-selftest` launch (nil without it).
+    static let selfTestLaunch = BenchmarkOptions(arguments: ProcessInfo.processInfo.arguments, flag: "-selftest")
 }
 
 enum BenchmarkRunner {

@@ -4,8 +4,9 @@ import SwiftUI
 @main
 struct MCPMDemoApp: App {
     @StateObject private var store = ModelStore()
-    /// Launched with -benchmark: the chat loads nothing (the benchmark runs alone).
-    @StateObject private var chat = ChatViewModel(pausedForBenchmark: BenchmarkOptions.launch != nil)
+    /// Launched with -benchmark or -selftest: the chat loads nothing (the benchmark runs alone).
+    @StateObject private var chat = ChatViewModel(pausedForBenchmark: BenchmarkOptions.launch != nil
+                                                                      || BenchmarkOptions.selfTestLaunch != nil)
     @Environment(\.scenePhase) private var scenePhase
 
     var body: some Scene {
@@ -20,11 +21,17 @@ struct MCPMDemoApp: App {
             .task {
                 // `-benchmark [-model NAME] [-prompt-tokens N] [-gen-tokens N] [-threads N]`: run the benchmark
                 // once at launch and write its stats JSON to Documents/bench/latest.json (see README).
-                if let options = BenchmarkOptions.launch {
+                // `-selftest [same options]`: the self-test and benchmark in every kernel set (and on the GPU),
+                // written to Documents/selftest/latest.json (docs/self-test.md).
+                let selfTest = BenchmarkOptions.selfTestLaunch
+                if let options = selfTest {
+                    let entry = options.model.flatMap { store.model(named: $0) } ?? store.selected
+                    await SelfTestRunner.run(options, entry: entry, chat: chat)
+                } else if let options = BenchmarkOptions.launch {
                     await BenchmarkRunner.runFromLaunchArguments(options, store: store, chat: chat)
-                    if let entry = store.selected {  // then the chat, as after any launch
-                        await chat.load(entry, settings: AppSettings.shared.modelSettings)
-                    }
+                }
+                if selfTest != nil || BenchmarkOptions.launch != nil, let entry = store.selected {
+                    await chat.load(entry, settings: AppSettings.shared.modelSettings)  // then the chat, as always
                 }
             }
         }

@@ -94,6 +94,20 @@ public final class MCPMModel: @unchecked Sendable {
         }
     }
 
+    /// The bundle's CPU kernel sets in preference order and whether this CPU runs each (mcpm_kernel_variants_json);
+    /// empty for a bundle with one set.
+    public func kernelVariants() -> [(name: String, supported: Bool)] {
+        let json: String = queue.sync {
+            var buffer = [CChar](repeating: 0, count: 4096)
+            return mcpm_kernel_variants_json(handle, &buffer, buffer.count) == 0 ? String(cString: buffer) : "[]"
+        }
+        let list = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [[String: Any]] ?? []
+        return list.compactMap { item in
+            guard let name = item["name"] as? String else { return nil }
+            return (name, item["supported"] as? Bool ?? false)
+        }
+    }
+
     /// mcpm_stats_json as it comes.
     public func statsJSON() throws -> String {
         try queue.sync { try statsJSONOnQueue() }

@@ -139,6 +139,24 @@ public final class MCPMSession: @unchecked Sendable {
         }
     }
 
+    /// The bundle's golden check on this model (mcpm_self_test_json, docs/self-test.md): the JSON object with
+    /// "pass", "reason", "kernel_variant", "device", "steps", "near_ties", "max_logit_diff", "tolerance",
+    /// "tokenizer", "ms". Throws when it cannot run (a bundle exported without golden results: export it again).
+    public func selfTest() async throws -> String {
+        let model = self.model
+        return try await withCheckedThrowingContinuation { continuation in
+            model.queue.async {
+                var buffer = [CChar](repeating: 0, count: Int(MCPM_SELF_TEST_JSON_MAX))
+                let rc = mcpm_self_test_json(self.handle, &buffer, buffer.count)
+                guard rc == 0 else {
+                    continuation.resume(throwing: MCPMError.generationFailed(model.lastErrorOnQueue()))
+                    return
+                }
+                continuation.resume(returning: String(cString: buffer))
+            }
+        }
+    }
+
     static func syntheticPrompt(count: Int, vocab: Int, bos: Int32?) -> [Int32] {
         var x: UInt32 = 0x9E37_79B9
         var out = [Int32]()

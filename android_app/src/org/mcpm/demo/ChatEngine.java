@@ -265,6 +265,65 @@ public final class ChatEngine {
         return queued;
     }
 
+    /**
+     * Self-test (docs/self-test.md): loads the model if needed, checks it against the bundle's golden results
+     * (McpmNative.selfTest) and shows the verdict in the status line: "Self-test PASS: ..." or "Self-test FAIL: "
+     * with the one-line reason (an error status). The conversation is forgotten (the check feeds its own prompt).
+     * Returns false (and changes nothing) while a message is being answered.
+     */
+    public boolean selfTest(final ModelRequest request) {
+        synchronized (lock) {
+            if (busy) {
+                return false;
+            }
+            setBusy(true);
+            conversation++;
+            transcript.setLength(0);
+            if (listener != null) {
+                listener.onTranscript("");
+            }
+        }
+        boolean queued = submit(new Runnable() {
+            @Override
+            public void run() {
+                try {
+                    ensureModel(request);
+                    status("Self-test of " + request.name + "...", false);
+                    String json = McpmNative.selfTest(handle);
+                    status(selfTestLine(json), !json.contains("\"pass\": true"));
+                } catch (Throwable t) {
+                    status("Self-test could not run: " + describe(t), true);
+                } finally {
+                    synchronized (lock) {
+                        setBusy(false);
+                    }
+                }
+            }
+        });
+        if (!queued) {
+            synchronized (lock) {
+                setBusy(false);
+            }
+        }
+        return queued;
+    }
+
+    /** The self-test JSON as one status line. */
+    static String selfTestLine(String json) {
+        try {
+            JSONObject o = new JSONObject(json);
+            if (!o.optBoolean("pass", false)) {
+                return "Self-test FAIL: " + o.optString("reason", "no reason given");
+            }
+            return String.format(Locale.US, "Self-test PASS: kernels %s on the %s, %d steps (%d near-ties), max "
+                    + "logit diff %.1e (tolerance %.0e), tokenizer %s", o.optString("kernel_variant"),
+                    o.optString("device"), o.optInt("steps"), o.optInt("near_ties"), o.optDouble("max_logit_diff"),
+                    o.optDouble("tolerance"), o.optString("tokenizer"));
+        } catch (JSONException e) {
+            return "Self-test: unreadable result: " + e.getMessage();
+        }
+    }
+
     /** Stop: ends the reply, or drops the message while its prompt or image is still being read. Any thread. */
     public void stop() {
         stopRequested = true;

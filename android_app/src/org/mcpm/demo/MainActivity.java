@@ -167,6 +167,17 @@ public class MainActivity extends Activity {
                 engine.newChat();
             }
         });
+        findViewById(R.id.selftest_button).setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                ModelStore.Model model = selectedModel();
+                if (model == null) {
+                    engine.status("No model selected to self-test", true);
+                } else {
+                    engine.selfTest(request(model));
+                }
+            }
+        });
         findViewById(R.id.settings_button).setOnClickListener(new View.OnClickListener() {
             @Override
             public void onClick(View v) {
