@@ -31,7 +31,7 @@ from mcpm.export.android.apk import (
 )
 
 CONTRACT_METHODS = ("load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free", "hasVision",
-                    "maxImagePixels", "encodeImage", "clearImages", "stop")
+                    "maxImagePixels", "encodeImage", "clearImages", "stop", "selfTest", "kernelVariants")
 CONTRACT_SYMBOLS = {f"Java_org_mcpm_demo_McpmNative_{m}" for m in CONTRACT_METHODS}
 ACTIVITIES = {f"org.mcpm.demo.{a}" for a in ("MainActivity", "SettingsActivity", "BenchmarkActivity")}
 

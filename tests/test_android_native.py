@@ -115,7 +115,7 @@ def test_jni_exports_equal_the_contract(android_lib: Path) -> None:
     r = native.check_android_library(android_lib)
     contract = _contract_methods()
     assert contract == {"load", "chat", "complete", "reset", "stats", "bench", "kernelTimes", "free", "hasVision",
-                        "maxImagePixels", "encodeImage", "clearImages", "stop"}
+                        "maxImagePixels", "encodeImage", "clearImages", "stop", "selfTest", "kernelVariants"}
     assert set(r.jni_methods) == contract
     java = (JAVA_SRC / "McpmNative.java").read_text()
     assert set(re.findall(r"static native \w+ (\w+)\(", java)) == contract
@@ -143,6 +143,7 @@ def test_jni_signatures_match_java_and_readme() -> None:
     assert java["hasVision"] == ("boolean", ("long",))
     assert java["maxImagePixels"] == ("long", ("long",))
     assert java["stop"] == ("void", ("long",))
+    assert java["selfTest"] == ("String", ("long",)) and java["kernelVariants"] == ("String", ("long",))
     assert java["encodeImage"] == ("int", ("long", "int[]", "int", "int"))
     assert java["clearImages"] == ("void", ("long",))
     c = {}
