@@ -11,7 +11,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -153,7 +152,8 @@ def starts(state: Path) -> list[dict[str, str]]:
 def test_parsers() -> None:
     props = parse_getprop(GETPROP)
     assert props["ro.soc.model"] == "Tensor G3" and props["ro.odd"] == "with ] bracket"
-    text = "".join(f"processor\t: {i}\nFeatures\t: fp asimd asimddp\nCPU part\t: {p}\n\n" for i, p in enumerate(CPU_PARTS))
+    text = "".join(f"processor\t: {i}\nFeatures\t: fp asimd asimddp\nCPU part\t: {p}\n\n"
+                   for i, p in enumerate(CPU_PARTS))
     cpu = parse_cpuinfo(text)
     assert cpu["features"] == ["fp", "asimd", "asimddp"]
     assert [c["name"] for c in cpu["cores"]] == ["Cortex-A510"] * 4 + ["Cortex-A715"] * 4 + ["Cortex-X3"]
