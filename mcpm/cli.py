@@ -296,6 +296,30 @@ def selftest(bundle: Path, threads: int, gpu: bool | None, as_json: bool, verify
         raise click.exceptions.Exit(1)
 
 
+@cli.command()
+@click.argument("report_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True, help="Folder for <device>.json and <device>.html.")
+def report(report_file: Path, results_dir: Path) -> None:
+    """Turn a self-test JSON into the report page: the iOS app's selftest/latest.json (`-selftest`), or a
+    results/<device>.json of `mcpm android verify` (written again with its HTML).
+
+    \b
+    Example:
+      mcpm report selftest.json            # from an iPhone: results/apple-iphone15-2.json and .html
+    """
+    from mcpm.export.android.report import write_html
+    from mcpm.export.android.verify import device_slug, format_verify, report_from_file
+
+    data = report_from_file(report_file)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    slug = device_slug(data["device"])
+    json_path, html_path = results_dir / f"{slug}.json", results_dir / f"{slug}.html"
+    json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_html(data, html_path)
+    click.echo(format_verify(data, json_path, html_path))
+
+
 @cli.command("make-checkpoint")
 @click.option("--preset", required=True, help="minicpm-2b, minicpm-1b, minicpm-2b-128k, minicpm-moe-8x2b, minicpm3-4b.")
 @click.option("--random", "random_", is_flag=True, required=True, help="Random weights (the only kind available).")

@@ -258,3 +258,32 @@ def test_html_report_renders_in_chromium(phone: Path, tmp_path: Path, default_q4
     widths = [int(decode[b].sum(axis=1).max()) for b in bars]
     assert len(widths) == 3 and widths[0] > widths[1] > widths[2] > 0, widths
     assert abs(widths[0] / widths[2] - 3.0) < 0.2  # 15 vs 5 tok/s
+
+
+def test_report_of_an_iphone_selftest_json(tmp_path: Path, default_q4_bundle: Path) -> None:
+    """`mcpm report` on what the iOS app's -selftest writes (SelfTestRunner: Documents/selftest/latest.json)."""
+    from mcpm.cli import cli
+    from mcpm.runtime.binding import Model, Session
+    from mcpm.runtime.build import build_library
+
+    with Model.load(default_q4_bundle, threads=2, library=build_library(default_q4_bundle)) as model, \
+            Session(model) as session:
+        test = session.self_test()
+        stats = model.stats()
+    ios = {"device": {"manufacturer": "Apple", "model": "iPhone15,2", "system": "iOS", "version": "17.5", "cores": 6,
+                      "performance_cores": 2, "memory_bytes": 6 << 30},
+           "model": "default", "pass": False, "settings": {"prompt_tokens": 128, "gen_tokens": 64, "threads": 0},
+           "runs": [{**stats, "kernel_variant": "i8mm", "self_test": {**test, "kernel_variant": "i8mm"},
+                     "thermal_state_before": "nominal", "thermal_state_after": "fair"},
+                    {"kernel_variant": "neon", "device": "cpu", "error": "the model could not be loaded"}]}
+    (tmp_path / "selftest.json").write_text(json.dumps(ios))
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "selftest.json"), "-o", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("Apple iPhone15,2 (iPhone15,2, iOS 17.5), model default"), res.output
+    report = json.loads((tmp_path / "r" / "apple-iphone15-2.json").read_text())
+    assert [(r["kernel_variant"], r["verdict"]) for r in report["runs"]] == [("i8mm", "PASS"), ("neon", "FAIL")]
+    assert report["pass"] is False and "the model could not be loaded" in res.output
+    html = (tmp_path / "r" / "apple-iphone15-2.html").read_text()
+    assert "nominal / fair" in html and "iOS 17.5" in html and "PyTorch reference of q4g32" in html
+    bad = CliRunner().invoke(cli, ["report", str(default_q4_bundle / "plan.json")])
+    assert bad.exit_code != 0 and "is not a self-test report" in str(bad.exception)

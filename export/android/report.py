@@ -62,7 +62,7 @@ def render_html(report: dict[str, Any]) -> str:
     title = f"{d.get('manufacturer', '')} {d.get('model', '')}".strip() or d.get("serial", "phone")
     facts = [("SoC", d.get("soc_model") or d.get("board") or d.get("hardware")),
              ("SoC maker", d.get("soc_manufacturer")),
-             ("Android", f"{d.get('android', '?')} (SDK {d.get('sdk', '?')})"), ("ABI", d.get("abi")),
+             ("OS", d.get("os") or f"Android {d.get('android', '?')} (SDK {d.get('sdk', '?')})"), ("ABI", d.get("abi")),
              ("GPU", d.get("gpu")), ("CPU features", " ".join(d.get("cpu_features", []))), ("Build", d.get("build"))]
     kinds: dict[str, int] = {}  # "Cortex-X3 2.91 GHz" -> how many cores, in core order
     for c in d.get("cores", []):
@@ -86,7 +86,8 @@ def render_html(report: dict[str, Any]) -> str:
                  _num(r.get("prefill_tok_s"), ".2f"), _num(r.get("decode_tok_s"), ".2f"), _num(r.get("ttft_ms"), ".0f"),
                  _num(r.get("load_ms"), ".0f"), _num(r.get("peak_rss_kb"), ".0f", 1024),
                  _num(r.get("kv_bytes"), ".1f", 2**20)]
-        thermal = f"{r.get('thermal_status_before', '?')} / {r.get('thermal_status_after', '?')}"
+        before = r.get("thermal_status_before", r.get("thermal_state_before", "?"))
+        thermal = f"{before} / {r.get('thermal_status_after', r.get('thermal_state_after', '?'))}"
         rows.append(f"<tr><td>{escape(r['kernel_variant'])}</td><td>{escape(r['device'])}</td>"
                     f'<td class="verdict" style="color:{color}">{escape(r["verdict"])}{reason}</td>'
                     + "".join(f'<td class="num">{c}</td>' for c in cells) + f"<td>{escape(thermal)}</td></tr>")

@@ -200,17 +200,50 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     else:
         verdict, reason = "FAIL", f"the self-test did not run: {self_test.get('error', 'no result')}"
     keys = ("prefill_tok_s", "decode_tok_s", "ttft_ms", "load_ms", "peak_rss_kb", "kv_bytes", "threads",
-            "image_encode_ms", "thermal_status_before", "thermal_status_after", "gpu_device", "notice")
+            "image_encode_ms", "thermal_status_before", "thermal_status_after", "gpu_device", "notice",
+            "thermal_state_before", "thermal_state_after")  # thermal_state_*: the iOS app's (ProcessInfo)
     return {"kernel_variant": result.get("kernel_variant", "-"),
             "device": result.get("device", result.get("requested_device", "cpu")), "verdict": verdict,
             "reason": reason, **{k: result[k] for k in keys if k in result}, "self_test": self_test}
+
+
+def report_from_file(path: Path) -> dict[str, Any]:
+    """A report from a JSON file: one `mcpm android verify` wrote (as it is), or the iOS app's
+    Documents/selftest/latest.json (`-selftest`: its runs summarized like the phone's)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise McpmError(f"cannot read {path}: {exc}", "give a results/<device>.json or the iOS app's "
+                        "selftest/latest.json") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not isinstance(data.get("device"),
+                                                                                                 dict):
+        raise McpmError(f"{path} is not a self-test report (no \"runs\" list and \"device\" object)",
+                        "give a results/<device>.json or the iOS app's selftest/latest.json")
+    if all(isinstance(r, dict) and "verdict" in r for r in data["runs"]):
+        return data  # mcpm android verify's own
+    runs = [summarize(r) for r in data["runs"] if isinstance(r, dict)]
+    device = data["device"]
+    settings: dict[str, Any] = data["settings"] if isinstance(data.get("settings"), dict) else {}
+    return {
+        "mcpm_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": {**{k: v for k, v in device.items() if k not in ("cores",)}, "manufacturer": "Apple",
+                   "model": device.get("model", "iPhone"), "soc_model": device.get("model"),
+                   "os": f"{device.get('system', 'iOS')} {device.get('version', '?')}", "cores": [],
+                   "cpu_features": []},
+        "bundle": {"model": data.get("model", "?"), "quantization": "?", "family": "?", "context_length": "?",
+                   "golden_reference": next((r["self_test"].get("reference") for r in runs if r["self_test"]), "?")},
+        "settings": {"prompt_tokens": settings.get("prompt_tokens", "?"), "gen_tokens": settings.get("gen_tokens", "?"),
+                     "threads": settings.get("threads", 0)},
+        "runs": runs,
+        "pass": bool(runs) and all(r["verdict"] == "PASS" for r in runs if r["verdict"] != "NOT RUN"),
+    }
 
 
 def format_verify(report: dict[str, Any], json_path: Path, html_path: Path) -> str:
     """The runs as a table (PASS/FAIL and speeds), the reasons, and where the report is."""
     d = report["device"]
     lines = [f"{d.get('manufacturer', '?')} {d.get('model', '?')} ({d.get('soc_model') or d.get('board', '?')}, "
-             f"Android {d.get('android', '?')}), model {report['bundle']['model']} "
+             f"{d.get('os') or 'Android ' + str(d.get('android', '?'))}), model {report['bundle']['model']} "
              f"({report['bundle']['quantization']})",
              f"{'kernels':<10}{'device':<8}{'result':<9}{'prefill tok/s':>14}{'decode tok/s':>13}{'ttft ms':>9}"
              f"{'peak MiB':>10}"]

@@ -460,18 +460,31 @@ JNIEXPORT void JNICALL Java_org_mcpm_demo_McpmNative_clearImages(JNIEnv* env, jc
     if (h) mcpm_session_clear_images(h->session);
 }
 
-/* mcpm_stats_json of h as a Java string (NULL with an exception pending on failure). */
-static jstring stats_string(JNIEnv* env, mcpm_jni_handle* h) {
-    char* buf = malloc(MCPM_STATS_JSON_MAX); /* char[MCPM_STATS_JSON_MAX]: always enough (mcpm.h) */
+/* A runtime function that writes one JSON text of h into buf char[len] (0, or -1 with mcpm_last_error). */
+typedef int (*json_writer)(mcpm_jni_handle* h, char* buf, size_t len);
+static int write_stats(mcpm_jni_handle* h, char* buf, size_t len) { return mcpm_stats_json(h->model, buf, len); }
+static int write_self_test(mcpm_jni_handle* h, char* buf, size_t len) {
+    return mcpm_self_test_json(h->session, buf, len);
+}
+
+/* write's JSON (at most max bytes: the runtime's bound) as a Java string (NULL with an exception pending on
+ * failure). */
+static jstring json_string(JNIEnv* env, mcpm_jni_handle* h, json_writer write, size_t max) {
+    char* buf = malloc(max); /* char[max] */
     if (!buf) {
         throw_mcpm(env, "out of memory");
         return NULL;
     }
     jstring s = NULL;
-    if (mcpm_stats_json(h->model, buf, MCPM_STATS_JSON_MAX) == 0) s = jstring_from_utf8(env, buf, strlen(buf));
+    if (write(h, buf, max) == 0) s = jstring_from_utf8(env, buf, strlen(buf));
     else throw_mcpm(env, mcpm_last_error(h->model));
     free(buf);
     return s;
+}
+
+/* mcpm_stats_json of h as a Java string (NULL with an exception pending on failure). */
+static jstring stats_string(JNIEnv* env, mcpm_jni_handle* h) {
+    return json_string(env, h, write_stats, MCPM_STATS_JSON_MAX); /* always enough (mcpm.h) */
 }
 
 /* static native String stats(long handle): null for handle 0 */
@@ -539,16 +552,7 @@ JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_selfTest(JNIEnv* env, jc
         return NULL;
     }
     clear_stop(h);
-    char* buf = malloc(MCPM_SELF_TEST_JSON_MAX); /* char[MCPM_SELF_TEST_JSON_MAX]: always enough (mcpm.h) */
-    if (!buf) {
-        throw_mcpm(env, "out of memory");
-        return NULL;
-    }
-    jstring s = NULL;
-    if (mcpm_self_test_json(h->session, buf, MCPM_SELF_TEST_JSON_MAX) == 0) s = jstring_from_utf8(env, buf, strlen(buf));
-    else throw_mcpm(env, mcpm_session_last_error(h->session));
-    free(buf);
-    return s;
+    return json_string(env, h, write_self_test, MCPM_SELF_TEST_JSON_MAX); /* always enough (mcpm.h) */
 }
 
 /* static native String kernelVariants(long handle): mcpm_kernel_variants_json ([{"name", "supported"}, ...] in

@@ -245,11 +245,21 @@ public final class ChatEngine {
                     + request.name + ": ");
         }
         stopRequested = false;
+        return submitWhileBusy(new Runnable() {
+            @Override
+            public void run() {
+                answer(message.trim(), image, request, sampling, turnOf);
+            }
+        });
+    }
+
+    /** Runs work on the worker thread; busy (set by the caller) is cleared when it ends or could not be queued. */
+    private boolean submitWhileBusy(final Runnable work) {
         boolean queued = submit(new Runnable() {
             @Override
             public void run() {
                 try {
-                    answer(message.trim(), image, request, sampling, turnOf);
+                    work.run();
                 } finally {
                     synchronized (lock) {
                         setBusy(false);
@@ -283,7 +293,7 @@ public final class ChatEngine {
                 listener.onTranscript("");
             }
         }
-        boolean queued = submit(new Runnable() {
+        return submitWhileBusy(new Runnable() {
             @Override
             public void run() {
                 try {
@@ -293,19 +303,9 @@ public final class ChatEngine {
                     status(selfTestLine(json), !json.contains("\"pass\": true"));
                 } catch (Throwable t) {
                     status("Self-test could not run: " + describe(t), true);
-                } finally {
-                    synchronized (lock) {
-                        setBusy(false);
-                    }
                 }
             }
         });
-        if (!queued) {
-            synchronized (lock) {
-                setBusy(false);
-            }
-        }
-        return queued;
     }
 
     /** The self-test JSON as one status line. */
