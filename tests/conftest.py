@@ -165,3 +165,19 @@ def default_arm64_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundle-arm64") / "default-q4"
     run_export(ExportOptions(DEFAULT_MODEL_DIR, out, "linux-arm64", "q4g32", (), 128, 16, progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def default_android_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`mcpm-export default --target android -o OUT --context-length 128 --prefill-chunk 16` once per session (the
+    ARM default scheme q4g32-a8, rows4 weights, three kernel sets, libmcpm.so, the signed APK): (OUT, the CLI's
+    output). Read-only for tests. Needs the Android build tools (callers skip without them)."""
+    from click.testing import CliRunner
+
+    from mcpm.export_cli import export
+
+    out = tmp_path_factory.mktemp("android") / "out"
+    res = CliRunner().invoke(export, ["default", "--target", "android", "-o", str(out), "--context-length", "128",
+                                      "--prefill-chunk", "16"])
+    assert res.exit_code == 0, res.output
+    return out, res.output

@@ -22,12 +22,8 @@ pytestmark = pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
 
 
 @pytest.fixture(scope="module")
-def android_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("android") / "out"
-    res = CliRunner().invoke(export, ["default", "--target", "android", "-o", str(out), "--context-length", "128",
-                                      "--prefill-chunk", "16"])
-    assert res.exit_code == 0, res.output
-    return out, res.output
+def android_out(default_android_out: tuple[Path, str]) -> tuple[Path, str]:
+    return default_android_out
 
 
 def test_layout_and_next_steps(android_out: tuple[Path, str]) -> None:

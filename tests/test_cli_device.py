@@ -1,8 +1,9 @@
 """`mcpm bench | generate | chat --device cpu|gpu|auto` on tiny host bundles: the GPU runs for real on PoCL (the
 OpenCL platform that runs kernels on this CPU; the numbers are for correctness, not speed).
 
-Two bundles of one tiny model, exported once per module: one with `--device gpu` (CPU kernels + kernels.cl + the
-"gpu" launch records) and one without. The GPU tests skip when no OpenCL platform answers (apt: pocl-opencl-icd).
+A tiny model exported once per module with `--device gpu` (CPU kernels + kernels.cl + the "gpu" launch
+records), and the session's default bundle as one without GPU kernels. The GPU tests skip when no OpenCL
+platform answers (apt: pocl-opencl-icd).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not fou
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """{"gpu": bundle with GPU kernels, "cpu": the same model without}; MCPM_CACHE_DIR (runtime libraries, the
-    compiled OpenCL program) in a temporary folder for the whole module."""
+def bundles(tmp_path_factory: pytest.TempPathFactory, default_q4_bundle: Path) -> Iterator[dict[str, Path]]:
+    """{"gpu": a tiny model's bundle with GPU kernels, "cpu": a bundle without (the session's default bundle);
+    MCPM_CACHE_DIR (runtime libraries, the compiled OpenCL program) in a temporary folder for the whole module."""
     from mcpm.export.exporter import ExportOptions, run_export
     from tests.conftest import tiny_minicpm, write_tiny
 
@@ -36,10 +37,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path
     ckpt = write_tiny(base / "tiny", tiny_minicpm(num_hidden_layers=1, tie_word_embeddings=False), seed=3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MCPM_CACHE_DIR", str(base / "cache"))
-        out = {}
-        for device in ("gpu", "cpu"):
-            out[device] = base / f"bundle-{device}"
-            run_export(ExportOptions(ckpt, out[device], "host", "q4g32", (), 64, 8, progress=False, device=device))
+        out = {"gpu": base / "bundle-gpu", "cpu": default_q4_bundle}
+        run_export(ExportOptions(ckpt, out["gpu"], "host", "q4g32", (), 64, 8, progress=False, device="gpu"))
         yield out
 
 

@@ -8,7 +8,7 @@
  *   gcc -std=c11 -O2 -fPIC -shared -fvisibility=hidden -o libmcpm_bundle.so \
  *       mcpm_json.c mcpm_weights.c mcpm_plan.c mcpm_cpu.c mcpm_gpu_setup.c mcpm_runtime.c mcpm_generate.c \
  *       mcpm_backend.c mcpm_kernel_abi.c mcpm_sampler.c mcpm_tokenizer.c mcpm_session.c mcpm_gpu_plan.c \
- *       mcpm_opencl.c mcpm_image.c mcpm_vision.c <bundle>/kernels.o -lm -lpthread -ldl
+ *       mcpm_opencl.c mcpm_image.c mcpm_vision.c mcpm_selftest.c <bundle>/kernels.o -lm -lpthread -ldl
  * (the sources are listed once, in sources.txt, which CMake and mcpm's Python builds read)
  * mcpm_model_load() then finds every kernel of plan.json as the symbol <symbol_prefix><name> in that library; with
  * kernel variants (ARM64: one kernel object per CPU feature set, all linked in) it picks the variant first.
