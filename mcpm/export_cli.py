@@ -67,7 +67,7 @@ from mcpm.quantize.schemes import ARM_DEFAULT_SCHEME, DEFAULT_SCHEME, SCHEMES
               help="Record golden results for the self-test (the PyTorch reference's greedy continuation of a fixed "
                    "prompt and its top-5 logits; `mcpm selftest`, `mcpm android verify`, docs/self-test.md). It runs "
                    "the float32 reference once after the weights are written: 1 s for the shipped model, ~1.5 min and "
-                   "17 GiB for a 2B model; skipped with a notice when it would take over half of the memory).")
+                   "17 GiB for a 2B model; skipped with a notice when it would take over 80% of the memory).")
 def export(model_dir: str, target: str, quant: str | None, quant_rules: tuple[str, ...], context_length: int,
            prefill_chunk: int, out: Path, debug_dump: Path | None, embed_model: bool | None, keystore: Path | None,
            key_alias: str, device: str = "cpu", vision_dtype: str = "f16", max_patches: int | None = None,

@@ -145,3 +145,21 @@ def test_cli_passes_then_fails_with_the_reason(default_q4_bundle: Path, tmp_path
     report = json.loads(bad.output)
     assert report["pass"] is False and [r["device"] for r in report["runs"]] == ["cpu"]
     assert "step 0: predicts token" in report["runs"][0]["reason"]
+
+
+def test_a_model_too_large_for_the_reference_is_exported_without_golden(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden run's memory guard (export/golden.py): over budget, the export goes on without it, with a notice
+    in its summary; the self-test then says what to do."""
+    import mcpm.export.golden as golden
+    from mcpm.export.exporter import ExportOptions, run_export
+    from tests.conftest import tiny_minicpm, write_tiny
+
+    ckpt = write_tiny(tmp_path / "tiny", tiny_minicpm(num_hidden_layers=1), seed=2)
+    monkeypatch.setattr(golden, "REFERENCE_BYTES_PER_PARAM", 1e9)  # "needs" a petabyte
+    report = run_export(ExportOptions(ckpt, tmp_path / "b", "host", "q4g32", (), 32, 8, progress=False))
+    assert "golden" not in json.loads((tmp_path / "b" / "mcpm-config.json").read_text())
+    assert "notice: no golden results in the bundle (the float32 reference needs about " in report.table()
+    assert "export on a machine with more memory" in report.table()
+    with pytest.raises(McpmError, match="has no golden results"):
+        self_test(tmp_path / "b")
