@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mcpm.export.android.adb import BENCH_ACTIVITY, MODELS_DIR, RESULT_PATH
+from mcpm.export.android.adb import BENCH_ACTIVITY, IMAGES_DIR, MODELS_DIR, RESULT_PATH
 from mcpm.export.android.report import DECODE_COLOR, PREFILL_COLOR
 from mcpm.export.android.verify import FREQ_SCRIPT, parse_cpuinfo, parse_getprop
 
@@ -79,7 +79,8 @@ elif argv[:3] == ["shell", "am", "start"]:
                                                   "the reference predicts 4 (logit gap 0.2 of max|logit|, tolerance "
                                                   "0.03) (1 of 16 steps off)"})
         speed = {"i8mm": 3.0, "dotprod": 2.0, "neon": 1.0}[variant]
-        run = {"load_ms": 300.0, "prefill_tokens": int(extras["prompt_tokens"]), "prefill_tok_s": 40.0 * speed,
+        image = {"image_encode_ms": 2500.0, "image_slices": 3} if "image" in extras else {}
+        run = {**image, "load_ms": 300.0, "prefill_tokens": int(extras["prompt_tokens"]), "prefill_tok_s": 40.0 * speed,
                "decode_tokens": int(extras["gen_tokens"]), "decode_tok_s": 5.0 * speed, "ttft_ms": 900.0 / speed,
                "peak_rss_kb": 512000, "threads": 4, "kernel_variant": variant, "device": "cpu", "kv_bytes": 2 ** 22,
                "thermal_status_before": "none", "thermal_status_after": "light", "self_test": test,
@@ -121,13 +122,15 @@ def phone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_q4_bundle: Pa
     return state
 
 
-def android_export(tmp_path: Path, bundle: Path, embedded: bool, gpu: bool = False) -> Path:
+def android_export(tmp_path: Path, bundle: Path, embedded: bool, gpu: bool = False, vision: bool = False) -> Path:
     """An OUT folder shaped like `mcpm-export --target android -o OUT` (the bundle's config retargeted; the fake
     phone never opens the APK, which holds the model's config when embedded)."""
     out = tmp_path / "dist-a"
     shutil.copytree(bundle, out / "bundle")
     config = json.loads((out / "bundle" / "mcpm-config.json").read_text())
     config["target"] = {**config["target"], "name": "android", "platform": "android"}
+    if vision:  # verify then benchmarks an image too (the fake phone only looks at the extra)
+        config["vision"] = {"max_pixels": 4096 * 4096}
     (out / "bundle" / "mcpm-config.json").write_text(json.dumps(config))
     if gpu:
         plan = json.loads((out / "bundle" / "plan.json").read_text())
@@ -196,15 +199,19 @@ def test_a_failing_kernel_set_fails_the_verification(phone: Path, tmp_path: Path
 
     monkeypatch.setenv("FAKE_PHONE", "dotprod")
     monkeypatch.setenv("FAKE_FAIL", "dotprod")
-    out = android_export(tmp_path, default_q4_bundle, embedded=False)
+    out = android_export(tmp_path, default_q4_bundle, embedded=False, vision=True)
     res = CliRunner().invoke(cli, ["android", "verify", str(out), "-o", str(tmp_path / "r"), "--no-install"])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exc_info  # the verdict, not a crash
     log = calls(phone)
     assert not any(a[0] == "install" for a in log)
     pushed = [a for a in log if a[0] == "push"]
-    assert pushed and all(a[2].startswith(f"{MODELS_DIR}/dist-a/") for a in pushed)  # not in the APK: pushed
+    models = [a for a in pushed if not a[1].endswith("verify-image.png")]
+    assert models and all(a[2].startswith(f"{MODELS_DIR}/dist-a/") for a in models)  # not in the APK: pushed
     assert [(r.get("kernel_variant"), r["device"]) for r in starts(phone)] == [(None, "cpu"), ("neon", "cpu")]
+    assert all(r["image"] == f"{IMAGES_DIR}/verify-image.png" for r in starts(phone))  # MiniCPM-V: an image too
+    assert [a for a in pushed if a[1].endswith("verify-image.png")], pushed
     report = json.loads((tmp_path / "r" / "google-pixel-8.json").read_text())
+    assert [r.get("image_encode_ms") for r in report["runs"]] == [2500.0, 2500.0]
     assert [r["verdict"] for r in report["runs"]] == ["FAIL", "PASS"] and report["pass"] is False
     assert "dotprod on the cpu: kernel set dotprod on the cpu: step 3: predicts token 9" in res.output
     assert res.output.rstrip().splitlines()[-1].startswith("FAIL: report ")

@@ -76,7 +76,7 @@ def render_html(report: dict[str, Any]) -> str:
                            ("context", "context_length"), ("golden results", "golden_reference")))
     head = ("<tr><th>kernels</th><th>device</th><th>self-test</th><th>steps</th><th>near-ties</th>"
             "<th>max logit diff</th><th>prefill tok/s</th><th>decode tok/s</th><th>TTFT ms</th><th>load ms</th>"
-            "<th>peak RSS MiB</th><th>KV MiB</th><th>thermal before/after</th></tr>")
+            "<th>peak RSS MiB</th><th>KV MiB</th><th>image ms</th><th>thermal before/after</th></tr>")
     rows = []
     for r in runs:
         st = r.get("self_test") or {}
@@ -85,7 +85,7 @@ def render_html(report: dict[str, Any]) -> str:
         cells = [_num(st.get("steps"), "d"), _num(st.get("near_ties"), "d"), _num(st.get("max_logit_diff"), ".1e"),
                  _num(r.get("prefill_tok_s"), ".2f"), _num(r.get("decode_tok_s"), ".2f"), _num(r.get("ttft_ms"), ".0f"),
                  _num(r.get("load_ms"), ".0f"), _num(r.get("peak_rss_kb"), ".0f", 1024),
-                 _num(r.get("kv_bytes"), ".1f", 2**20)]
+                 _num(r.get("kv_bytes"), ".1f", 2**20), _num(r.get("image_encode_ms"), ".0f")]
         before = r.get("thermal_status_before", r.get("thermal_state_before", "?"))
         thermal = f"{before} / {r.get('thermal_status_after', r.get('thermal_state_after', '?'))}"
         rows.append(f"<tr><td>{escape(r['kernel_variant'])}</td><td>{escape(r['device'])}</td>"

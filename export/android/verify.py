@@ -141,11 +141,13 @@ def run_verify(adb: Adb, export_dir: Path, results_dir: Path, prompt_tokens: int
         raise McpmError(f"{bundle} has no golden results (mcpm-config.json \"golden\")",
                         "export it again with this mcpm (without --no-golden)")
 
+    image = _test_image(results_dir) if "vision" in config else None  # MiniCPM-V: the image encode time too
+
     def run(device: str, variant: str | None) -> dict[str, Any]:
         say(f"self-test and benchmark: kernels {variant or 'best'} on the {device}")
         try:
             result = adb.bench(model, prompt_tokens, gen_tokens, threads, device, timeout, kernel_variant=variant,
-                               self_test=True)
+                               self_test=True, image=image)
         except McpmError as exc:
             return {"requested_device": device, "kernel_variant": variant or "-", "error": str(exc)}
         return result
@@ -168,7 +170,8 @@ def run_verify(adb: Adb, export_dir: Path, results_dir: Path, prompt_tokens: int
         "bundle": {"path": str(bundle), "model": model, "family": config.get("family"),
                    "quantization": config.get("quantization"), "context_length": config.get("context_length"),
                    "golden_reference": config["golden"].get("reference")},
-        "settings": {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "threads": threads},
+        "settings": {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "threads": threads,
+                     **({"image": f"{TEST_IMAGE[0]}x{TEST_IMAGE[1]} generated ({image.name})"} if image else {})},
         "runs": [summarize(r) for r in runs],
     }
     report["pass"] = all(r["verdict"] == "PASS" for r in report["runs"] if r["verdict"] != "NOT RUN")
@@ -178,6 +181,24 @@ def run_verify(adb: Adb, export_dir: Path, results_dir: Path, prompt_tokens: int
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_html(report, html_path)
     return report, json_path, html_path
+
+
+TEST_IMAGE = (896, 448)  # width, height: MiniCPM-V 2.0 slices it (overview + 2 slices at scale_resolution 448)
+
+
+def _test_image(results_dir: Path) -> Path:
+    """A fixed, generated PNG (colour gradients and stripes, the same bytes every time) for the image-encode benchmark
+    of MiniCPM-V bundles; written beside the reports."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = TEST_IMAGE
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(x * 255) // (w - 1), (y * 255) // (h - 1), ((x // 32 + y // 32) % 2) * 200 + 30], axis=-1)
+    path = results_dir / "verify-image.png"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb.astype(np.uint8)).save(path)
+    return path
 
 
 def _has_gpu_kernels(bundle: Path) -> bool:
@@ -200,7 +221,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     else:
         verdict, reason = "FAIL", f"the self-test did not run: {self_test.get('error', 'no result')}"
     keys = ("prefill_tok_s", "decode_tok_s", "ttft_ms", "load_ms", "peak_rss_kb", "kv_bytes", "threads",
-            "image_encode_ms", "thermal_status_before", "thermal_status_after", "gpu_device", "notice",
+            "image_encode_ms", "image_slices", "thermal_status_before", "thermal_status_after", "gpu_device", "notice",
             "thermal_state_before", "thermal_state_after")  # thermal_state_*: the iOS app's (ProcessInfo)
     return {"kernel_variant": result.get("kernel_variant", "-"),
             "device": result.get("device", result.get("requested_device", "cpu")), "verdict": verdict,
