@@ -219,7 +219,7 @@ def test_a_failing_kernel_set_fails_the_verification(phone: Path, tmp_path: Path
 
 
 def test_not_an_android_export_is_refused(tmp_path: Path, default_q4_bundle: Path, phone: Path) -> None:
-    from mcpm.cli import main
+    from mcpm.cli import cli, main
 
     with pytest.raises(SystemExit) as exc:
         main(["android", "verify", str(default_q4_bundle)])
@@ -228,6 +228,16 @@ def test_not_an_android_export_is_refused(tmp_path: Path, default_q4_bundle: Pat
     shutil.copytree(default_q4_bundle, tmp_path / "x" / "bundle")
     with pytest.raises(SystemExit):
         main(["android", "verify", str(tmp_path / "x")])
+    out = android_export(tmp_path, default_q4_bundle, embedded=True)
+    config = json.loads((out / "bundle" / "mcpm-config.json").read_text())
+    del config["golden"]
+    (out / "bundle" / "mcpm-config.json").write_text(json.dumps(config))
+    res = CliRunner().invoke(cli, ["android", "verify", str(out)])
+    assert res.exit_code != 0 and "has no golden results" in str(res.exception)
+    (out / "bundle" / "mcpm-config.json").write_text("{garbled")
+    res = CliRunner().invoke(cli, ["android", "verify", str(out)])
+    assert res.exit_code != 0 and "mcpm-config.json cannot be read" in str(res.exception)
+    assert not (phone / "log.jsonl").exists() or not any(a[0] == "install" for a in calls(phone))  # refused first
 
 
 def test_html_report_renders_in_chromium(phone: Path, tmp_path: Path, default_q4_bundle: Path) -> None:

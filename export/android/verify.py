@@ -89,9 +89,9 @@ def device_slug(facts: dict[str, Any]) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "phone"
 
 
-def resolve_export(path: Path) -> tuple[Path | None, Path, str | None]:
-    """(APK or None, bundle folder, model name inside the APK or None) of an ``mcpm-export --target android`` output
-    folder (or of its bundle/ folder)."""
+def resolve_export(path: Path) -> tuple[Path | None, Path, str | None, dict[str, Any]]:
+    """(APK or None, bundle folder, model name inside the APK or None, the bundle's mcpm-config.json) of an
+    ``mcpm-export --target android`` output folder (or of its bundle/ folder)."""
     path = Path(path)
     if (path / BUNDLE_CONFIG).is_file() and (path.parent / APK_NAME).is_file():
         path = path.parent
@@ -99,20 +99,25 @@ def resolve_export(path: Path) -> tuple[Path | None, Path, str | None]:
     if not (bundle / BUNDLE_CONFIG).is_file():
         raise McpmError(f"{path} is not an Android export (no bundle/{BUNDLE_CONFIG})",
                         "give the folder of `mcpm-export MODEL --target android -o OUT`")
-    config = json.loads((bundle / BUNDLE_CONFIG).read_text(encoding="utf-8"))
-    if config.get("target", {}).get("platform") != "android":
-        raise McpmError(f"{bundle} was exported for {config.get('target', {}).get('name')!r}, not for Android",
+    try:
+        config = json.loads((bundle / BUNDLE_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise McpmError(f"{bundle / BUNDLE_CONFIG} cannot be read: {exc}", "export the model again") from None
+    if not isinstance(config, dict) or not isinstance(config.get("target"), dict):
+        raise McpmError(f"{bundle / BUNDLE_CONFIG} is not an mcpm bundle config", "export the model again")
+    if config["target"].get("platform") != "android":
+        raise McpmError(f"{bundle} was exported for {config['target'].get('name')!r}, not for Android",
                         "export it with --target android")
     apk = path / APK_NAME
     if not apk.is_file():
-        return None, bundle, None
+        return None, bundle, None, config
     try:
         with zipfile.ZipFile(apk) as z:
             names = {n.split("/")[2] for n in z.namelist()
                      if n.startswith("assets/models/") and n.endswith(f"/{BUNDLE_CONFIG}") and n.count("/") == 3}
     except zipfile.BadZipFile:
         raise McpmError(f"{apk} is not a valid APK", "export it again") from None
-    return apk, bundle, (sorted(names)[0] if len(names) == 1 else None)
+    return apk, bundle, (sorted(names)[0] if len(names) == 1 else None), config
 
 
 def run_verify(adb: Adb, export_dir: Path, results_dir: Path, prompt_tokens: int = 128, gen_tokens: int = 64,
@@ -120,9 +125,13 @@ def run_verify(adb: Adb, export_dir: Path, results_dir: Path, prompt_tokens: int
                progress: Any = None) -> tuple[dict[str, Any], Path, Path]:
     """The whole verification; returns (report, its JSON path, its HTML path)."""
     from mcpm.export.android.report import write_html
+    from mcpm.runtime.bench import has_gpu_kernels
 
     say = progress or (lambda message: None)
-    apk, bundle, embedded = resolve_export(export_dir)
+    apk, bundle, embedded, config = resolve_export(export_dir)
+    if "golden" not in config:  # before any slow step
+        raise McpmError(f"{bundle} has no golden results (mcpm-config.json \"golden\")",
+                        "export it again with this mcpm (without --no-golden)")
     if install:
         if apk is None:
             raise McpmError(f"{export_dir} has no {APK_NAME}", "export with --target android, or pass --no-install")
@@ -136,11 +145,6 @@ def run_verify(adb: Adb, export_dir: Path, results_dir: Path, prompt_tokens: int
         else:
             model = embedded
     facts = device_facts(adb)
-    config = json.loads((bundle / BUNDLE_CONFIG).read_text(encoding="utf-8"))
-    if "golden" not in config:
-        raise McpmError(f"{bundle} has no golden results (mcpm-config.json \"golden\")",
-                        "export it again with this mcpm (without --no-golden)")
-
     image = _test_image(results_dir) if "vision" in config else None  # MiniCPM-V: the image encode time too
 
     def run(device: str, variant: str | None) -> dict[str, Any]:
@@ -158,7 +162,7 @@ def run_verify(adb: Adb, export_dir: Path, results_dir: Path, prompt_tokens: int
         have = set(facts["cpu_features"])
         supported = [name for name, needs in KERNEL_SETS if set(needs) <= have]
     runs += [run("cpu", v) for v in supported if v != runs[0].get("kernel_variant")]
-    if _has_gpu_kernels(bundle):
+    if has_gpu_kernels(bundle):
         runs.append(run("gpu", None))
     gpu = next((r.get("gpu_device") for r in runs if r.get("gpu_device")), "")
     if gpu:
@@ -199,13 +203,6 @@ def _test_image(results_dir: Path) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb.astype(np.uint8)).save(path)
     return path
-
-
-def _has_gpu_kernels(bundle: Path) -> bool:
-    try:
-        return "gpu" in json.loads((bundle / "plan.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,11 @@ def run_self_test(bundle_dir: Path, threads: int = 0, gpu: bool | None = None,
 
     with Model.load(bundle.path, threads=threads, library=library) as model:
         variants = [v["name"] for v in model.kernel_variants() if v["supported"]]
-    runs = [one("cpu", v) for v in variants] if variants else [one("cpu", None)]
+        if not variants:  # one kernel set (host bundles): this model is the run
+            with Session(model) as session:
+                runs = [session.self_test()]
+    if variants:
+        runs = [one("cpu", v) for v in variants]
     if gpu is None and has_gpu_kernels(bundle.path) or gpu:
         if gpu and not has_gpu_kernels(bundle.path):
             raise McpmError(f"{bundle_dir} has no GPU kernels", "re-export it with --device gpu, or drop --gpu")
