@@ -175,8 +175,20 @@ public final class EngineHarness {
         //     while a reply runs
         Screen s6b = new Screen();
         engine.attach(s6b);
-        engine.send(args[1], model, GREEDY);
+        final CountDownLatch hold = new CountDownLatch(1);  // the engine stays busy until released: no race
+        final CountDownLatch preparing = new CountDownLatch(1);
+        ChatEngine.ModelRequest held = new ChatEngine.ModelRequest("held", "held", 2, "cpu", null,
+            new ChatEngine.Preparer() {
+                public File prepare(ChatEngine.Progress p) {
+                    preparing.countDown();
+                    try { hold.await(60, TimeUnit.SECONDS); } catch (InterruptedException e) { }
+                    return new File(bundle);
+                }
+            });
+        engine.send("MSG0", held, GREEDY);
+        preparing.await(60, TimeUnit.SECONDS);
         boolean testWhileBusy = engine.selfTest(model);
+        hold.countDown();
         idle(engine);
         boolean tested = engine.selfTest(model);
         idle(engine);

@@ -33,6 +33,7 @@ def test_layout_and_next_steps(android_out: tuple[Path, str]) -> None:
     assert f"mcpm android install {out / 'mcpm-demo.apk'}" in output
     assert "mcpm android bench --model default" in output
     assert "push-model" not in output  # the small default model is inside the APK
+    assert f"mcpm android verify {out}" in output  # all of it in one command (docs/self-test.md)
     cfg = json.loads((out / "bundle" / "mcpm-config.json").read_text())
     assert cfg["target"]["platform"] == "android" and cfg["target"]["kernel_variants"] == ["i8mm", "dotprod", "neon"]
 

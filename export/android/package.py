@@ -34,7 +34,9 @@ class AndroidPackage:
         if not self.embedded:
             lines.append(f"  mcpm android push-model {self.bundle} --name {self.model_name}")
         lines += [f"  mcpm android bench --model {self.model_name} -p 128 -n 64 -t 4",
-                  "  then open the 'mcpm' app on the phone to chat"]
+                  "  then open the 'mcpm' app on the phone to chat",
+                  "or all at once (install, self-test and benchmark of every kernel set, results/<phone>.html):",
+                  f"  mcpm android verify {self.apk.parent}"]
         return "\n".join(lines)
 
 
