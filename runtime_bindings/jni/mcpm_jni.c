@@ -60,6 +60,13 @@ static void throw_mcpm(JNIEnv* env, const char* message) {
     }
 }
 
+/* The handle of a call that needs a loaded model; NULL with McpmException pending for handle 0. */
+static mcpm_jni_handle* loaded_handle(JNIEnv* env, jlong handle) {
+    mcpm_jni_handle* h = handle_of(handle);
+    if (!h) throw_mcpm(env, "the model is not loaded (handle 0)");
+    return h;
+}
+
 /* ---------------------------------------------------------------- UTF-16 <-> UTF-8 */
 
 /* Java string -> malloc'ed NUL-terminated standard UTF-8 (caller frees); *len_out (may be NULL) gets the byte
@@ -180,11 +187,8 @@ typedef int (*session_fn)(mcpm_session*, const char*, int, const mcpm_sampling*,
 /* Shared body of chat() and complete(). Returns the generated token count, or -1 with an exception pending. */
 static jint run_text(JNIEnv* env, jlong handle, jstring text, jint max_tokens, jfloat temperature, jint top_k,
                      jfloat top_p, jlong seed, jobject sink, session_fn fn) {
-    mcpm_jni_handle* h = handle_of(handle);
-    if (!h) {
-        throw_mcpm(env, "the model is not loaded (handle 0)");
-        return -1;
-    }
+    mcpm_jni_handle* h = loaded_handle(env, handle);
+    if (!h) return -1;
     if (!text) {
         throw_mcpm(env, "the text is null");
         return -1;
@@ -393,11 +397,8 @@ JNIEXPORT jlong JNICALL Java_org_mcpm_demo_McpmNative_maxImagePixels(JNIEnv* env
 JNIEXPORT jint JNICALL Java_org_mcpm_demo_McpmNative_encodeImage(JNIEnv* env, jclass cls, jlong handle,
                                                                  jintArray argb, jint width, jint height) {
     (void)cls;
-    mcpm_jni_handle* h = handle_of(handle);
-    if (!h) {
-        throw_mcpm(env, "the model is not loaded (handle 0)");
-        return -1;
-    }
+    mcpm_jni_handle* h = loaded_handle(env, handle);
+    if (!h) return -1;
     clear_stop(h);
     if (!argb) {
         throw_mcpm(env, "the image pixels are null");
@@ -501,11 +502,8 @@ JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_stats(JNIEnv* env, jclas
 JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_bench(JNIEnv* env, jclass cls, jlong handle,
                                                               jint prompt_tokens, jint gen_tokens) {
     (void)cls;
-    mcpm_jni_handle* h = handle_of(handle);
-    if (!h) {
-        throw_mcpm(env, "the model is not loaded (handle 0)");
-        return NULL;
-    }
+    mcpm_jni_handle* h = loaded_handle(env, handle);
+    if (!h) return NULL;
     clear_stop(h);
     if (prompt_tokens < 1 || gen_tokens < 0) {
         char msg[128];
@@ -546,11 +544,8 @@ JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_bench(JNIEnv* env, jclas
  * before and after. Throws when the test cannot run (no golden results in the bundle, a Stop). */
 JNIEXPORT jstring JNICALL Java_org_mcpm_demo_McpmNative_selfTest(JNIEnv* env, jclass cls, jlong handle) {
     (void)cls;
-    mcpm_jni_handle* h = handle_of(handle);
-    if (!h) {
-        throw_mcpm(env, "the model is not loaded (handle 0)");
-        return NULL;
-    }
+    mcpm_jni_handle* h = loaded_handle(env, handle);
+    if (!h) return NULL;
     clear_stop(h);
     return json_string(env, h, write_self_test, MCPM_SELF_TEST_JSON_MAX); /* always enough (mcpm.h) */
 }

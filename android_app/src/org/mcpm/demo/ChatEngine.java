@@ -299,8 +299,8 @@ public final class ChatEngine {
                 try {
                     ensureModel(request);
                     status("Self-test of " + request.name + "...", false);
-                    String json = McpmNative.selfTest(handle);
-                    status(selfTestLine(json), !json.contains("\"pass\": true"));
+                    String line = selfTestLine(McpmNative.selfTest(handle));
+                    status(line, !line.startsWith(SELF_TEST_PASS));
                 } catch (Throwable t) {
                     status("Self-test could not run: " + describe(t), true);
                 }
@@ -308,14 +308,16 @@ public final class ChatEngine {
         });
     }
 
-    /** The self-test JSON as one status line. */
+    static final String SELF_TEST_PASS = "Self-test PASS: ";
+
+    /** The self-test JSON as one status line (starting with SELF_TEST_PASS when it passed). */
     static String selfTestLine(String json) {
         try {
             JSONObject o = new JSONObject(json);
             if (!o.optBoolean("pass", false)) {
                 return "Self-test FAIL: " + o.optString("reason", "no reason given");
             }
-            return String.format(Locale.US, "Self-test PASS: kernels %s on the %s, %d steps (%d near-ties), max "
+            return SELF_TEST_PASS + String.format(Locale.US, "kernels %s on the %s, %d steps (%d near-ties), max "
                     + "logit diff %.1e (tolerance %.0e), tokenizer %s", o.optString("kernel_variant"),
                     o.optString("device"), o.optInt("steps"), o.optInt("near_ties"), o.optDouble("max_logit_diff"),
                     o.optDouble("tolerance"), o.optString("tokenizer"));
