@@ -281,18 +281,30 @@ def _golden(loaded: LoadedModel, recipe: Recipe, spec: CompileSpec, opts: Export
             report: ExportReport) -> dict[str, Any] | None:
     """mcpm-config.json "golden" (export/golden.py), or None (--no-golden, or a model too large for the reference:
     then a notice). Turns the loaded model into its own reference: call it when the weights are written."""
-    from mcpm.export.golden import golden_results, reference_too_large
+    from mcpm.export.compiler.layout import vision_max_patches
+    from mcpm.export.golden import golden_results, image_golden_results, reference_too_large
 
     if not opts.golden:
         return None
-    lm = loaded.model.llm if loaded.family.model_type == "minicpmv" else loaded.model
-    too_large = reference_too_large(lm)
+    vision = loaded.family.model_type == "minicpmv"
+    lm = loaded.model.llm if vision else loaded.model
+    too_large = reference_too_large(loaded.model)
     if too_large:
         report.notices.append(f"no golden results in the bundle ({too_large}): `mcpm selftest` and the apps' "
                               "self-test cannot check it; export on a machine with more memory to add them")
         return None
     with _Phase("golden", report, opts.progress):  # the reference's greedy ids and top-5 logits for the self-test
-        return golden_results(lm, loaded.tokenizer, recipe, spec.kv_dtype, opts.context_length)
+        golden = golden_results(lm, loaded.tokenizer, recipe, spec.kv_dtype, opts.context_length)
+        if vision:  # the same check through a generated image (slicing, vision kernels, placeholders)
+            image = image_golden_results(loaded.model, loaded.tokenizer, spec.vision_dtype,
+                                         vision_max_patches(loaded.config, spec),
+                                         opts.context_length, golden["tolerance"])
+            if image is None:
+                report.notices.append("no golden image in the bundle (the context or --max-patches holds no image "
+                                      "overview): the self-test checks text only")
+            else:
+                golden["image"] = image
+        return golden
 
 
 PHONE_MEMORY = 24 * 2**30  # more than any phone or ARM board a bundle for android/ios/linux-arm64 runs on

@@ -64,3 +64,22 @@ def test_app_has_the_image_picker(v_android: Path) -> None:
     assert "Lorg/mcpm/demo/ImageLoader;" in dump
     for action in ("android.intent.action.GET_CONTENT", "android.media.action.IMAGE_CAPTURE"):
         assert action in dump, f"the app never starts {action}"
+
+
+def test_self_test_with_the_golden_image_in_each_arm_kernel_set(v_android: Path) -> None:
+    """The APK's bundle (vision tower, resampler and LM in the android kernel objects) passes its own self-test,
+    the golden image turn included, under qemu in every kernel set: the runtime's pick on each emulated CPU."""
+    from mcpm.export.compiler.plan import kernel_object_files
+    from mcpm.runtime.cross import build_linux_arm64, missing_cross_tools, run_qemu
+    from tests.test_arm64_qemu import CPUS, last_json
+
+    if missing_cross_tools():
+        pytest.skip(f"ARM64 cross tools missing: {', '.join(missing_cross_tools())} (make setup installs them)")
+    bundle = v_android / "bundle"
+    _, exe = build_linux_arm64(kernel_object_files(bundle), v_android / "arm64-build")
+    for cpu, variant in CPUS.items():
+        res = run_qemu(exe, [str(bundle), "--self-test", "--threads", "2"], cpu=cpu, timeout=300)
+        result = last_json(res.stdout)["self_test"]
+        assert res.returncode == 0 and result["pass"] is True, (cpu, result)
+        assert result["kernel_variant"] == variant and result["image"]["pass"] is True, (cpu, result)
+        assert result["image"]["slices"] == 3 and result["image"]["prompt"] == "pass"

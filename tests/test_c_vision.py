@@ -202,6 +202,7 @@ def bind(path: Path) -> ctypes.CDLL:
     lib.mcpm_encode_image.argtypes = [P, P, ctypes.c_int, ctypes.c_int]
     lib.mcpm_vision_session_features.argtypes = [P, P, ctypes.c_int]
     lib.mcpm_vision_model_logits.argtypes = [P, P]
+    lib.mcpm_self_test_json.argtypes = [P, ctypes.c_char_p, ctypes.c_size_t]
     for f in ("mcpm_session_clear_images", "mcpm_session_reset", "mcpm_session_free"):
         getattr(lib, f).argtypes = [P]
         getattr(lib, f).restype = None
@@ -254,6 +255,13 @@ class CVision:
     def stats(self) -> dict:
         buf = ctypes.create_string_buffer(4096)
         assert self.lib.mcpm_stats_json(self.m, buf, len(buf)) == 0
+        return json.loads(buf.value.decode())
+
+    def self_test(self) -> dict | str:
+        """mcpm_self_test_json's object, or the error when the test could not run."""
+        buf = ctypes.create_string_buffer(8192)  # MCPM_SELF_TEST_JSON_MAX
+        if self.lib.mcpm_self_test_json(self.s, buf, len(buf)) != 0:
+            return self.error()
         return json.loads(buf.value.decode())
 
     def close(self) -> None:
@@ -582,6 +590,63 @@ def test_gpu_device_is_refused_for_vision_bundles(vbundle: Path, vlib_full) -> N
         c.close()
 
 
+# ---------------------------------------------------------------- the self-test's image turn (golden.image)
+
+
+def _newline_at(image: dict, newline: int) -> int:
+    return image["prompt_ids"].index(newline)
+
+
+IMAGE_GOLDEN_DAMAGES = [  # (name, change of mcpm-config.json "golden.image" given the newline id, the verdict)
+    ("intact", lambda im, nl: None, True),
+    ("logit", lambda im, nl: im["top5"][2][0].__setitem__(1, im["top5"][2][0][1] + 0.5 * im["scale"][2]),
+     "kernel set default on the cpu, image turn (3 slices): step 2: the logit of token"),
+    ("layout", lambda im, nl: im["prompt_ids"].__setitem__(_newline_at(im, nl), nl + 1),
+     "image turn: id {k} of the image turn is {nl}, the reference's {nl1}"),
+    ("size", lambda im, nl: im.update(width=im["width"] + 14), "image turn"),
+    ("damaged", lambda im, nl: im.pop("message"), "\"golden.image\" is damaged (width, height, message)"),
+    ("ids", lambda im, nl: im["top5"].pop(), "\"golden.image\" is damaged (prompt_ids, ids, top5"),
+]
+
+
+def altered_image_golden(bundle: Path, root: Path, name: str, change) -> tuple[Path, dict]:
+    copy = Path(shutil.copytree(bundle, root / name))
+    config = json.loads((copy / "mcpm-config.json").read_text())
+    image = config["golden"]["image"]
+    newline = config["vision"]["image_tokens"]["newline"]
+    fill = {"k": _newline_at(image, newline), "nl": newline, "nl1": newline + 1}
+    change(image, newline)
+    (copy / "mcpm-config.json").write_text(json.dumps(config))
+    return copy, fill
+
+
+def check_image_self_test(lib: ctypes.CDLL, bundle: Path, root: Path) -> None:
+    """Every IMAGE_GOLDEN_DAMAGES case on a copy of bundle gives its verdict (shared with the sanitizer run)."""
+    for name, change, verdict in IMAGE_GOLDEN_DAMAGES:
+        copy, fill = altered_image_golden(bundle, root, name, change)
+        c = CVision(lib, copy)
+        got = c.self_test()
+        c.close()
+        if verdict is True:
+            assert isinstance(got, dict) and got["pass"] is True and got["image"]["pass"] is True, got
+            assert got["image"]["slices"] == 3 and got["image"]["argmax_equal"] == got["image"]["steps"], got
+        elif isinstance(got, dict):
+            assert got["pass"] is False and got["image"]["pass"] is False, (name, got)
+            assert verdict.format(**fill) in got["reason"] and "\n" not in got["reason"], (name, got)
+            assert got["tokenizer"] == "pass" and got["argmax_equal"] == got["steps"], got  # the text part holds
+        else:
+            assert verdict.format(**fill) in got, (name, got)
+
+
+def test_self_test_checks_the_image_turn(vbundle: Path, vlib_full, tmp_path: Path) -> None:
+    """The golden image (overview + 2 slices in two rows: the newline between rows is in the turn) is encoded by the
+    C runtime and its turn checked: intact it passes; a changed logit, a changed placeholder layout or image size
+    fail with a one-line reason naming the image turn; a damaged record cannot run."""
+    golden = json.loads((vbundle / "mcpm-config.json").read_text())["golden"]["image"]
+    assert golden["slices"] == 3 and golden["height"] == 2 * golden["width"]
+    check_image_self_test(vlib_full, vbundle, tmp_path)
+
+
 # ---------------------------------------------------------------- (c) AddressSanitizer + UBSan
 
 ASAN_DRIVER = textwrap.dedent(
@@ -589,7 +654,8 @@ ASAN_DRIVER = textwrap.dedent(
     import ctypes, json, sys
     import numpy as np
     sys.path.insert(0, sys.argv[4])
-    from tests.test_c_vision import CVision, bind, image
+    from pathlib import Path
+    from tests.test_c_vision import CVision, bind, check_image_self_test, image
     lib = bind(sys.argv[1])
     bundle, expected = sys.argv[2], json.load(open(sys.argv[3]))
     c = CVision(lib, bundle)
@@ -606,6 +672,7 @@ ASAN_DRIVER = textwrap.dedent(
     for rgb, w, h in [(None, 3, 3), (np.zeros((1, 1, 3), np.uint8), 0, 1), (tall, None, None)]:
         assert c.encode(rgb, w, h) == -1
     c.close()
+    check_image_self_test(lib, Path(bundle), Path(sys.argv[3]).parent)
     print("ASAN-OK")
     """
 )

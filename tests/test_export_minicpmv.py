@@ -218,6 +218,27 @@ def test_q4_f16_bundle_close_to_reference(q4_chat: ImageChat, ref) -> None:
     assert rel(logits[-1], want) <= 1e-2
 
 
+def test_golden_image_record_is_the_reference_turn(q4_chat: ImageChat, ref) -> None:
+    """mcpm-config.json golden.image: the chat turn of the generated image (two rows of slices: the newline between
+    them is in the ids) and the greedy continuation of the reference (q4g32 dequantized, f16 vision weights, f16 KV)."""
+    from mcpm.export.golden import GOLDEN_IMAGE_MESSAGE, golden_image
+    from mcpm.quantize.apply import reference_for
+
+    golden = json.loads((_bundle(q4_chat) / "mcpm-config.json").read_text())["golden"]
+    image = golden["image"]
+    prep = prepare_config_image(golden_image(image["width"], image["height"]), q4_chat.cfg)
+    assert prep.plan.grid == (1, 2) and image["slices"] == 3 and image["tolerance"] == golden["tolerance"]
+    ids = chat_prompt_ids(q4_chat.tokenizer, GOLDEN_IMAGE_MESSAGE, [prep], 16, q4_chat.tokens)
+    assert image["prompt_ids"] == ids and q4_chat.tokens.newline in ids
+    twin = copy.deepcopy(ref)
+    twin.llm = reference_for(twin.llm, Recipe.parse("q4g32"), "float16")
+    with torch.no_grad():
+        for p in (*twin.vision.parameters(), *twin.resampler.parameters()):
+            p.copy_(p.half().float())
+    want, _ = reference_greedy(twin, ids, prep, q4_chat.tokens, len(image["ids"]))
+    assert image["ids"] == want
+
+
 # -- bad input --------------------------------------------------------------------------------------------------------
 def test_gpu_device_is_refused_for_minicpmv(v_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(McpmError, match="--device gpu does not support MiniCPM-V") as info:

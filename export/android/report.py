@@ -82,6 +82,10 @@ def render_html(report: dict[str, Any]) -> str:
         st = r.get("self_test") or {}
         color = VERDICT_COLOR.get(r["verdict"], "#000")
         reason = f'<div class="reason">{escape(r["reason"])}</div>' if r["reason"] else ""
+        image = st.get("image")
+        if isinstance(image, dict):  # MiniCPM-V: the turn with the golden image is part of the verdict
+            reason += (f'<div class="reason">image turn ({image.get("slices")} slices, encode '
+                       f'{_num(image.get("encode_ms"), ".0f")} ms): {"pass" if image.get("pass") else "fail"}</div>')
         cells = [_num(st.get("steps"), "d"), _num(st.get("near_ties"), "d"), _num(st.get("max_logit_diff"), ".1e"),
                  _num(r.get("prefill_tok_s"), ".2f"), _num(r.get("decode_tok_s"), ".2f"), _num(r.get("ttft_ms"), ".0f"),
                  _num(r.get("load_ms"), ".0f"), _num(r.get("peak_rss_kb"), ".0f", 1024),

@@ -204,13 +204,17 @@ MCPM_API void mcpm_session_free(mcpm_session* session);
  * golden prompt with the bundle's tokenizer (it must give the recorded ids), feeds the recorded ids, then each
  * golden id in turn (teacher-forced: a near-tie does not derail the steps after it), and at every step compares the
  * logits of the reference's top-5 ids (each within tolerance x max|logit|) and the argmax (the reference's token, or
- * one whose logit is within that tolerance of it: a near-tie, counted). Forgets the conversation before and after.
+ * one whose logit is within that tolerance of it: a near-tie, counted). MiniCPM-V bundles also record a chat turn
+ * with a generated image ("golden.image"): the image is encoded here (slicing, vision tower, resampler), the turn's
+ * ids must equal the recorded ones, and its steps are checked the same way. Forgets the conversation before and after.
  * Writes one JSON object into out char[len] (MCPM_SELF_TEST_JSON_MAX bytes always suffice): pass (true/false),
  * reason ("" or one line naming the kernel set, the device and the first failing step), kernel_variant, device,
  * prompt_tokens, steps, argmax_equal, near_ties, max_logit_diff (a fraction of max|logit|), tolerance, tokenizer
- * ("pass" or "fail: ..."), ms, reference. Returns 0 when the test ran (passed or failed); -1 when it could not
- * (mcpm_session_last_error): the bundle has no golden results, a damaged record, a cancel (mcpm_set_abort_callback). */
-#define MCPM_SELF_TEST_JSON_MAX 4096
+ * ("pass" or "fail: ..."), ms, reference, image (null, or: pass, width, height, slices, prompt_tokens, prompt ("pass"
+ * or "fail: ..."), steps, argmax_equal, near_ties, max_logit_diff, tolerance, encode_ms, ms). Returns 0 when the test
+ * ran (passed or failed); -1 when it could not (mcpm_session_last_error): the bundle has no golden results, a
+ * damaged record, a cancel (mcpm_set_abort_callback). */
+#define MCPM_SELF_TEST_JSON_MAX 8192
 MCPM_API int mcpm_self_test_json(mcpm_session* session, char* out, size_t len);
 
 /* The bundle's CPU kernel sets (plan.json "kernel_variants", in preference order) and whether this CPU runs each, as

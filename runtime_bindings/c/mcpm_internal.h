@@ -216,5 +216,10 @@ MCPM_HIDDEN const struct json_doc* mcpm_session_config(const mcpm_session* s);
 /* BOS (when the bundle has one) + text char[len] as the session encodes it, into *ids int32[return] (malloc'ed, the
  * caller frees); -1 on failure (mcpm_last_error of the model). */
 MCPM_HIDDEN int mcpm_session_encode_bos(mcpm_session* s, const char* text, size_t len, int32_t** ids);
+/* A new conversation's chat turn with the images attached (mcpm_encode_image) and the message msg, as
+ * mcpm_session_chat builds it: ids into *ids int32[return], image positions into *image uint8[return] (both
+ * malloc'ed, the caller frees), img pointing at them and at the session's features; -1 on failure. */
+MCPM_HIDDEN int mcpm_session_image_prompt(mcpm_session* s, const char* msg, int32_t** ids, uint8_t** image,
+                                          mcpm_image_prompt* img);
 
 #endif

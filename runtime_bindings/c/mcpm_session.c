@@ -724,3 +724,21 @@ int mcpm_session_encode_bos(mcpm_session* s, const char* text, size_t len, int32
     *ids = out.p;
     return out.n;
 }
+
+int mcpm_session_image_prompt(mcpm_session* s, const char* msg, int32_t** ids, uint8_t** image,
+                              mcpm_image_prompt* img) {
+    ibuf out = {0};
+    *ids = NULL;
+    *image = NULL;
+    if (s->n_images < 1) return seterr(s, "no image is attached");
+    if (s->add_bos && s->bos >= 0 && ibuf_add(&out, s->bos)) return seterr(s, "out of memory");
+    if (image_turn(s, msg, strlen(msg), &out, image)) {
+        free(out.p);
+        return -1;
+    }
+    img->image = *image;
+    img->feats = s->feats;
+    img->n_rows = (int)s->feat_rows;
+    *ids = out.p;
+    return out.n;
+}

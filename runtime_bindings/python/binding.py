@@ -124,7 +124,7 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "mcpm_self_test_json": ([_P, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
     "mcpm_kernel_variants_json": ([_P, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
 }
-SELF_TEST_JSON_MAX = 4096  # MCPM_SELF_TEST_JSON_MAX of mcpm.h
+SELF_TEST_JSON_MAX = 8192  # MCPM_SELF_TEST_JSON_MAX of mcpm.h
 _LIBS: dict[str, ctypes.CDLL] = {}
 _LIBS_LOCK = threading.Lock()
 

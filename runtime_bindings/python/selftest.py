@@ -56,10 +56,15 @@ def run_self_test(bundle_dir: Path, threads: int = 0, gpu: bool | None = None,
             "pass": all(r["pass"] is not False for r in runs)}
 
 
+def _image_verdict(image: dict[str, Any] | None) -> str:
+    """The image turn's column: '-' without a golden image (not a MiniCPM-V bundle), else pass / fail."""
+    return "-" if image is None else "pass" if image["pass"] else "fail"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The runs as a table, then the reason of every run that did not pass."""
     head = f"{'kernel set':<12}{'device':<8}{'result':<8}{'steps':>6}{'ties':>6}{'max diff':>11}{'tolerance':>11}" \
-           f"{'tokenizer':>11}"
+           f"{'tokenizer':>11}{'image':>7}"
     lines = [f"self-test of {report['bundle']}", head]
     for r in report["runs"]:
         verdict = "PASS" if r["pass"] else "FAIL" if r["pass"] is False else "not run"
@@ -67,7 +72,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{r['kernel_variant']:<12}{r['device']:<8}{verdict}")
             continue
         lines.append(f"{r['kernel_variant']:<12}{r['device']:<8}{verdict:<8}{r['steps']:>6}{r['near_ties']:>6}"
-                     f"{r['max_logit_diff']:>11.2e}{r['tolerance']:>11.0e}{r['tokenizer'].split(':')[0]:>11}")
+                     f"{r['max_logit_diff']:>11.2e}{r['tolerance']:>11.0e}{r['tokenizer'].split(':')[0]:>11}"
+                     f"{_image_verdict(r.get('image')):>7}")
     lines += [f"{r['kernel_variant']} on the {r['device']}: {r['reason']}" for r in report["runs"] if r["reason"]]
     lines.append("self-test passed" if report["pass"] else "self-test FAILED")
     return "\n".join(lines)
