@@ -204,6 +204,7 @@ def run_export(opts: ExportOptions) -> ExportReport:
     if opts.context_length > loaded.config.max_position_embeddings:
         raise McpmError(f"--context-length {opts.context_length} exceeds the model's max_position_embeddings "
                         f"({loaded.config.max_position_embeddings})", "choose a shorter context")
+    check_dense_context(loaded.config, opts.context_length)
     lm = loaded.model.llm if vision else loaded.model
     recipe.check_rules_match([name for name, _ in lm.named_parameters()])
     if vision:
@@ -221,6 +222,22 @@ def run_export(opts: ExportOptions) -> ExportReport:
                               if not e.name.startswith(("rope_", "vision.", "resampler.")))
     report.weight_count = sum(p.numel() for p in lm.parameters())
     return report
+
+
+def check_dense_context(config: Any, context_length: int) -> None:
+    """MiniCPM4-8B's InfLLM v2 (config.json ``sparse_config``) attends sparsely only past ``dense_len`` tokens; below
+    that the official model computes dense attention, which is what mcpm exports."""
+    sparse = config.extra.get("sparse_config")
+    if not isinstance(sparse, dict):
+        return
+    dense_len = sparse.get("dense_len", 8192)
+    if not isinstance(dense_len, int) or isinstance(dense_len, bool) or dense_len < 1:
+        raise McpmError(f"config.json sparse_config.dense_len ({dense_len!r}) is not a positive integer",
+                        "fix config.json or take it from the original checkpoint")
+    if context_length > dense_len:
+        raise McpmError(f"--context-length {context_length} exceeds sparse_config.dense_len ({dense_len}): past it "
+                        "the model uses InfLLM v2 sparse attention, which mcpm does not export",
+                        f"choose --context-length {dense_len} or less")
 
 
 def rows4_target(target: Target) -> bool:

@@ -41,11 +41,31 @@ def load_config(model_dir: Path) -> tuple[Family, Any]:
 
 
 def load_tokenizer(model_dir: Path, family: Family, config: Any) -> Tokenizer:
-    template = family.chat_template
-    tok_config = model_dir / "tokenizer_config.json"
-    if tok_config.is_file():
-        template = str(read_json_object(tok_config, TokenizerError).get("mcpm_chat_template", template))
-    return Tokenizer.from_dir(model_dir, template, bos_id=config.bos_token_id)
+    return Tokenizer.from_dir(model_dir, chat_template_name(model_dir, family), bos_id=config.bos_token_id)
+
+
+def chat_template_name(model_dir: Path, family: Family) -> str:
+    """The checkpoint's chat template: mcpm's own record (``mcpm_chat_template``), else the one the checkpoint's
+    Jinja ``chat_template`` writes (MiniCPM4 is ``model_type`` minicpm with ChatML), else the family's."""
+    tok_config = Path(model_dir) / "tokenizer_config.json"
+    if not tok_config.is_file():
+        return family.chat_template
+    data = read_json_object(tok_config, TokenizerError)
+    return str(data.get("mcpm_chat_template") or template_of_jinja(data.get("chat_template")) or family.chat_template)
+
+
+def template_of_jinja(jinja: Any) -> str | None:
+    """The mcpm chat template a transformers chat_template (a Jinja string, or a list of named ones) renders:
+    ChatML markers -> "chatml", MiniCPM-2B's <用户>/<AI> -> "minicpm"; None when it is neither."""
+    if isinstance(jinja, list):
+        jinja = " ".join(str(t.get("template", "")) for t in jinja if isinstance(t, dict))
+    if not isinstance(jinja, str):
+        return None
+    if "<|im_start|>" in jinja:
+        return "chatml"
+    if "<用户>" in jinja:
+        return "minicpm"
+    return None
 
 
 def load_model(

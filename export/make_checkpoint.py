@@ -3,7 +3,9 @@
 Tensors are generated and written one at a time into <=2 GiB safetensors shards, so MiniCPM-2B needs only a
 shard's worth of memory. The default model's tokenizer is copied so the checkpoint runs end to end (its
 vocabulary is smaller than the preset's: ids stay valid, the text is meaningless). MiniCPM-V checkpoints get
-the image markers ``<image>``, ``</image>``, ``<slice>``, ``</slice>`` as added tokens.
+the image markers ``<image>``, ``</image>``, ``<slice>``, ``</slice>`` as added tokens; ChatML checkpoints (MiniCPM3,
+MiniCPM4) get ``<|im_end|>`` and ``<|im_start|>`` where the vocabulary has room for them. A config's
+``mcpm_chat_template`` key (not written to config.json) picks the chat template when it is not the family's.
 """
 
 from __future__ import annotations
@@ -56,22 +58,31 @@ def write_random_checkpoint(
     for name, shape in tqdm(shapes.items(), desc=f"writing {out.name}", unit="tensor", disable=not progress):
         writer.add(family.names.to_hf(name), _init_tensor(name, shape, gen, init_std).to(DTYPES[dtype]))
     writer.close()
-    data = dict(config_dict)
+    data = {k: v for k, v in config_dict.items() if k != TEMPLATE_KEY}
     data["torch_dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
     data["mcpm_random_weights"] = True
     (out / "config.json").write_text(json.dumps(data, indent=2) + "\n")
     shutil.copy(DEFAULT_MODEL_DIR / "tokenizer.model", out / "tokenizer.model")
-    write_tokenizer_files(out, chat_template=family.chat_template, added=_added_tokens(family, config))
+    template = str(config_dict.get(TEMPLATE_KEY, family.chat_template))
+    write_tokenizer_files(out, chat_template=template, added=_added_tokens(family, config, template))
 
 
-def _added_tokens(family: Family, config: Any) -> dict[str, int] | None:
-    """MiniCPM-V: the image markers (pieces of the real tokenizer) as added tokens just past the default
-    SentencePiece model's pieces (``<unk>`` and the newline byte piece are already pieces)."""
-    if family.model_type != "minicpmv":
-        return None
+TEMPLATE_KEY = "mcpm_chat_template"
+CHATML_MARKERS = ("<|im_end|>", "<|im_start|>")
+
+
+def _added_tokens(family: Family, config: Any, template: str) -> dict[str, int] | None:
+    """Added tokens just past the default SentencePiece model's pieces: MiniCPM-V's image markers (pieces of the real
+    tokenizer; ``<unk>`` and the newline byte piece are already pieces), or the ChatML markers when the vocabulary
+    has room (else ChatML text is encoded as ordinary pieces)."""
     import sentencepiece as spm
 
     pieces = spm.SentencePieceProcessor(model_file=str(DEFAULT_MODEL_DIR / "tokenizer.model")).get_piece_size()
+    if template == "chatml" and family.model_type != "minicpmv":
+        fits = pieces + len(CHATML_MARKERS) <= config.vocab_size
+        return {m: pieces + i for i, m in enumerate(CHATML_MARKERS)} if fits else None
+    if family.model_type != "minicpmv":
+        return None
     markers = (IMAGE_START, IMAGE_END, SLICE_START, SLICE_END)
     if pieces + len(markers) > config.vocab_size:
         raise McpmError(f"vocab_size {config.vocab_size} leaves no room for the image tokens (the tokenizer has "

@@ -339,11 +339,13 @@ def make_checkpoint(preset: str, random_: bool, out: Path, seed: int, dtype: str
 def info(model_dir: str) -> None:
     """Print the family, derived config values and parameter count of MODEL_DIR (weights are not loaded)."""
     from mcpm.export.hf_config import config_to_dict
-    from mcpm.export.loading import load_config
+    from mcpm.export.loading import chat_template_name, load_config
 
-    family, config = load_config(resolve_model_dir(model_dir))
+    path = resolve_model_dir(model_dir)
+    family, config = load_config(path)
     derived = {k: v for k, v in vars(config).items() if k not in config_to_dict(config) and k != "extra"}
-    click.echo(json.dumps({"family": family.model_type, "chat_template": family.chat_template, **derived}, indent=2))
+    click.echo(json.dumps({"family": family.model_type, "chat_template": chat_template_name(path, family), **derived},
+                          indent=2))
 
 
 @cli.command("eval")

@@ -31,6 +31,7 @@ def param_counts(preset: str) -> tuple[int, int]:
         ("minicpm-2b-128k", 2.72, 3.01),  # untied: + a 122760 x 2304 lm_head (counted as non-embedding)
         ("minicpm-moe-8x2b", 13.59, 13.87),  # published: 13.6B (non-embedding), 4B activated
         ("minicpm3-4b", 3.89, 4.07),  # published: 4B
+        ("minicpm4-8b", 7.88, 8.19),  # published: 8B (untied: + a 73448 x 4096 lm_head)
     ],
 )
 def test_preset_sizes(preset: str, non_embedding_billions: float, total_billions: float) -> None:

@@ -21,7 +21,7 @@ from mcpm.export.compiler.layout import (
     weight_params,
 )
 from mcpm.export.compiler.spec import CompileSpec
-from mcpm.export.models.layers import default_inv_freq, rope_cos_sin
+from mcpm.export.models.layers import rope_cos_sin
 from mcpm.export.models.minicpm.config import MiniCPMConfig
 from mcpm.quantize.packing import quantize
 
@@ -55,8 +55,7 @@ def check_supported(cfg: MiniCPMConfig, spec: CompileSpec) -> None:
 
 def rope_tables(cfg: MiniCPMConfig, max_ctx: int) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin [max_ctx, head_dim] exactly as the reference computes them."""
-    inv_freq = default_inv_freq(cfg.rope_base(max_ctx), cfg.head_dim)
-    cos, sin = rope_cos_sin(torch.arange(max_ctx), inv_freq, torch.float32)
+    cos, sin = rope_cos_sin(torch.arange(max_ctx), cfg.rope_inv_freq(max_ctx), torch.float32, cfg.rope_scale)
     return _np(cos), _np(sin)
 
 

@@ -21,7 +21,6 @@ from mcpm.export.models.layers import (
     MuPCausalLM,
     apply_rope,
     causal_attention,
-    default_inv_freq,
     rope_cos_sin,
 )
 from mcpm.export.models.minicpm.config import MiniCPMConfig
@@ -83,9 +82,10 @@ class MiniCPM(MuPCausalLM):
         super().__init__(cfg, blocks)
 
     def rope_tables(self, start: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # dynamic NTK (2B-128k): the base depends on the total length, as in the published implementation
-        inv_freq = default_inv_freq(self.cfg.rope_base(start + n), self.cfg.head_dim)
-        return rope_cos_sin(torch.arange(start, start + n), inv_freq, dtype)
+        # dynamic NTK (2B-128k): the base depends on the total length, as in the published implementation;
+        # LongRoPE (MiniCPM4): per-frequency factors and a cos/sin scale fixed by the config
+        inv_freq = self.cfg.rope_inv_freq(start + n)
+        return rope_cos_sin(torch.arange(start, start + n), inv_freq, dtype, self.cfg.rope_scale)
 
 
 def with_kv_dtype(model: nn.Module, dtype: str) -> nn.Module:
