@@ -119,14 +119,6 @@ def test_chat_template_comes_from_the_checkpoint(tmp_path: Path) -> None:
     assert tok.token_id("<|im_end|>") == 4096 and tok.token_id("<|im_start|>") == 4097
 
 
-def _export(root: Path, quant: str) -> Path:
-    model_dir = root / "ckpt"
-    if not model_dir.exists():
-        write_tiny(model_dir, tiny_minicpm4(), seed=4)
-    run_export(ExportOptions(model_dir, root / quant, "host", quant, (), CTX, CHUNK, progress=False))
-    return root / quant
-
-
 @pytest.fixture(scope="module")
 def m4_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("m4")
@@ -134,17 +126,19 @@ def m4_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def m4_bundle(m4_root: Path) -> Path:
-    return _export(m4_root, "f32")
+    write_tiny(m4_root / "ckpt", tiny_minicpm4(), seed=4)
+    run_export(ExportOptions(m4_root / "ckpt", m4_root / "f32", "host", "f32", (), CTX, CHUNK, progress=False))
+    return m4_root / "f32"
 
 
-@pytest.mark.parametrize("quant", ["f32", "q4g32"])
-def test_export_passes_the_self_test(m4_root: Path, m4_bundle: Path, quant: str) -> None:
-    """The C runtime against the PyTorch reference of the bundle's quantization (golden results: float32, or the
-    dequantized q4g32 weights), teacher-forced over a prompt that crosses prefill chunks: every greedy id equal."""
+def test_export_passes_the_self_test(m4_bundle: Path) -> None:
+    """The C runtime against the PyTorch reference (golden results), teacher-forced over a prompt that crosses
+    prefill chunks: every greedy id equal. (The q4 kernels are the family's, checked on MiniCPM-2B shapes; only the
+    rope table is MiniCPM4's own.)"""
     from mcpm.runtime.binding import Model, Session
     from mcpm.runtime.build import build_library
 
-    bundle = m4_bundle if quant == "f32" else _export(m4_root, quant)
+    bundle = m4_bundle
     config = json.loads((bundle / "mcpm-config.json").read_text())
     assert config["chat_template"]["name"] == "chatml" and len(config["golden"]["prompt_ids"]) > CHUNK
     with Model.load(bundle, threads=2, library=build_library(bundle)) as model, Session(model) as session:

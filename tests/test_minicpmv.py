@@ -364,6 +364,26 @@ def test_placeholder_layout() -> None:
     assert len(pos) == 7 * q and all([1, 2, *ids, 9][i] == 0 for i in pos)
 
 
+class _Vocab:
+    """A tokenizer's token_id over a fixed vocabulary (the markers, and the newline pieces it has)."""
+
+    def __init__(self, **pieces: int) -> None:
+        self.pieces = {"<image>": 20, "</image>": 21, "<slice>": 22, "</slice>": 23, "<unk>": 0, **pieces}
+
+    def token_id(self, piece: str) -> int | None:
+        return self.pieces.get(piece)
+
+
+@pytest.mark.parametrize(("pieces", "newline"), [({"\n": 5, "<0x0A>": 13}, 5), ({"<0x0A>": 13}, 13)],
+                         ids=["newline-piece", "byte-piece-only"])
+def test_newline_between_slice_rows_is_the_newline_piece(pieces: dict[str, int], newline: int) -> None:
+    """The official processor joins slice rows with "\n", which a SentencePiece model with a "\n" piece (MiniCPM-2B's,
+    id 5: vLLM's MiniCPM-V-2 puts 5 between rows) encodes as that piece, not as the byte fallback <0x0A>."""
+    tokens = ImageTokens.from_tokenizer(_Vocab(**pieces))
+    assert tokens.newline == newline
+    assert placeholder_ids((1, 2), 1, tokens) == [20, 0, 21, 22, 20, 0, 21, newline, 20, 0, 21, 23]
+
+
 # -- bad images -------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(0, 10, 3), (10, 0, 3), (0, 0), (0, 5)])
 def test_empty_images_are_refused(shape) -> None:

@@ -191,17 +191,15 @@ TEST_IMAGE = (896, 448)  # width, height: MiniCPM-V 2.0 slices it (overview + 2 
 
 
 def _test_image(results_dir: Path) -> Path:
-    """A fixed, generated PNG (colour gradients and stripes, the same bytes every time) for the image-encode benchmark
-    of MiniCPM-V bundles; written beside the reports."""
-    import numpy as np
+    """A fixed, generated PNG (the self-test's gradients and checkerboard at 896x448, the same bytes every time) for
+    the image-encode benchmark of MiniCPM-V bundles; written beside the reports."""
     from PIL import Image
 
-    w, h = TEST_IMAGE
-    y, x = np.mgrid[0:h, 0:w]
-    rgb = np.stack([(x * 255) // (w - 1), (y * 255) // (h - 1), ((x // 32 + y // 32) % 2) * 200 + 30], axis=-1)
+    from mcpm.export.golden import golden_image
+
     path = results_dir / "verify-image.png"
     results_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb.astype(np.uint8)).save(path)
+    Image.fromarray(golden_image(*TEST_IMAGE)).save(path)
     return path
 
 

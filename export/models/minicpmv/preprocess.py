@@ -322,9 +322,11 @@ class ImageTokens:
             if i is None:
                 raise TokenizerError(f"the tokenizer has no {piece!r} token", "use the MiniCPM-V 2.0 tokenizer")
             ids[key] = i
-        newline = tokenizer.token_id("<0x0A>")
+        # the "\n" piece when the vocabulary has one (MiniCPM-2B's: id 5, which vLLM's MiniCPM-V-2 puts between slice
+        # rows), else the byte piece SentencePiece falls back to
+        newline = tokenizer.token_id("\n")
         if newline is None:
-            newline = tokenizer.token_id("\n")
+            newline = tokenizer.token_id("<0x0A>")
         if newline is None:
             raise TokenizerError("the tokenizer has no newline token", "use the MiniCPM-V 2.0 tokenizer")
         return cls(newline=newline, **ids)
