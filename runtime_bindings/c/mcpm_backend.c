@@ -113,9 +113,11 @@ int mcpm_backend_free_workspace(int device_type, int device_id, void* ptr) {
  * sleepers) and (worker: sleepers++ under mu, then re-read generation), and mirrored for the caller. */
 
 #define TASKS_PER_THREAD 4 /* tasks per launch and thread: small enough chunks to balance unequal cores */
-#define LATE_MIN_NS 20000L /* a wait for workers shorter than this is never "late" */
-#define LATE_SERIAL 512    /* launches the caller runs alone the first time (about one decode step of a 2B model) */
-#define LATE_SERIAL_MAX 65536
+#define LATE_MIN_NS 20000L         /* a wait for workers shorter than this is never "late" */
+#define WINDOW_NS 20000000L        /* the caller judges contention once per 20 ms of launches */
+#define LATE_SHARE 8               /* contention: over 1/8 of a window spent waiting for late workers */
+#define SERIAL_MIN_NS 100000000L   /* the first serial stretch: 0.1 s */
+#define SERIAL_MAX_NS 3200000000L  /* the longest: 3.2 s */
 
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -211,12 +213,16 @@ int mcpm_backend_parallel_launch(mcpm_parallel_lambda fn, void* cdata, int num_t
     int threads = pool ? pool->threads : 1;
     (void)num_task; /* a hint: the lambdas split their loops by env->num_task, which is ours to choose */
     if (!pool || threads == 1 || tls_in_parallel) return run_tasks_serial(fn, cdata);
-    if (pool->serial_left > 0) { /* workers kept off their cores lately: run alone for a while */
-        pool->serial_left--;
-        tls_in_parallel = 1;
-        int rc = run_tasks_serial(fn, cdata);
-        tls_in_parallel = 0;
-        return rc;
+    if (pool->serial_until_ns) { /* workers kept off their cores lately: run alone for a while */
+        if (now_ns() < pool->serial_until_ns) {
+            tls_in_parallel = 1;
+            int rc = run_tasks_serial(fn, cdata);
+            tls_in_parallel = 0;
+            return rc;
+        }
+        pool->serial_until_ns = 0; /* try the workers again, in a fresh window */
+        pool->window_start_ns = now_ns();
+        pool->window_late_ns = 0;
     }
     int tasks = threads * TASKS_PER_THREAD;
     long t0 = now_ns();
@@ -244,19 +250,24 @@ int mcpm_backend_parallel_launch(mcpm_parallel_lambda fn, void* cdata, int num_t
         pthread_mutex_unlock(&pool->mu);
     }
     /* Another process keeping a worker off its core shows as the caller waiting for a task that worker claimed
-     * longer than its own share took. A few such launches close together (a decaying score) and the next
-     * serial_len launches run on the caller alone (as fast as one thread, not a timeslice per launch); each time
-     * that happens again soon after, serial_len doubles (up to LATE_SERIAL_MAX); a run of on-time launches resets
-     * it. Quiet or unequal cores never wait that long, so they keep every worker. */
-    long waited = now_ns() - t1;
-    int late = waited > t1 - t0 && waited > LATE_MIN_NS;
-    pool->late = pool->late - pool->late / 8 + (late ? 8 : 0);
-    pool->on_time = late ? 0 : pool->on_time + 1;
-    if (pool->on_time >= LATE_SERIAL) pool->serial_len = LATE_SERIAL;
-    if (pool->late >= 20) {
-        pool->late = 0;
-        pool->serial_left = pool->serial_len;
-        if (pool->serial_len < LATE_SERIAL_MAX) pool->serial_len *= 2;
+     * longer than its own share took ("late": a timeslice, milliseconds, where a launch takes microseconds). Such
+     * waits come once per timeslice of the other process, so they are judged by the time they take: when over
+     * 1/LATE_SHARE of a WINDOW_NS window went to them, the caller runs the launches of the next serial_ns alone (as
+     * fast as one thread, not a timeslice per launch; the idle workers sleep, so the scheduler gives the caller a
+     * core of its own). Found again in the first window after, serial_ns doubles (up to SERIAL_MAX_NS); a quiet
+     * window resets it. Quiet or unequal cores never wait that long, so they keep every worker. */
+    long t2 = now_ns(), waited = t2 - t1;
+    if (waited > t1 - t0 && waited > LATE_MIN_NS) pool->window_late_ns += waited;
+    long span = t2 - pool->window_start_ns;
+    if (span >= WINDOW_NS) {
+        if (pool->window_late_ns * LATE_SHARE > span) {
+            pool->serial_until_ns = t2 + pool->serial_ns;
+            if (pool->serial_ns < SERIAL_MAX_NS) pool->serial_ns *= 2;
+        } else {
+            pool->serial_ns = SERIAL_MIN_NS;
+        }
+        pool->window_start_ns = t2;
+        pool->window_late_ns = 0;
     }
     return atomic_load(&pool->failed) ? -1 : 0;
 }
@@ -326,7 +337,8 @@ int mcpm_pool_init(mcpm_pool* pool, struct mcpm_model* model, int threads, size_
     memset(pool, 0, sizeof(*pool));
     pool->model = model;
     pool->threads = threads < 1 ? 1 : threads;
-    pool->serial_len = LATE_SERIAL;
+    pool->serial_ns = SERIAL_MIN_NS;
+    pool->window_start_ns = now_ns();
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pthread_cond_init(&pool->done, NULL);

@@ -102,10 +102,10 @@ typedef struct mcpm_pool {
                                     from it by any thread (caller or worker), so a slow or descheduled core takes
                                     fewer of them */
     _Atomic int pending;         /* tasks of the current launch not yet finished */
-    int late;                    /* caller only: decaying score of launches that waited long for a worker */
-    int on_time;                 /* caller only: launches since the last late one */
-    int serial_left;             /* caller only: launches still to run without the workers */
-    int serial_len;              /* caller only: how many the next serial stretch gets (doubles, resets) */
+    long window_start_ns;        /* caller only: start of the current contention window (mcpm_backend.c) */
+    long window_late_ns;         /* caller only: time waited for late workers in that window */
+    long serial_until_ns;        /* caller only: launches run without the workers until then (0: none) */
+    long serial_ns;              /* caller only: length of the next serial stretch (doubles, resets) */
     _Atomic int sleepers;        /* workers blocked on `wake` */
     _Atomic int caller_sleeping; /* the caller blocked on `done` */
     _Atomic int stop;
