@@ -50,7 +50,20 @@ GOLDEN_IMAGE_MESSAGE = "What is in this picture? Describe it in one sentence."
 # parameter (measured: 17 GiB for a MiniCPM-2B-shaped checkpoint of 2.7B parameters: the float32 weights plus one
 # tensor's quantize/dequantize temporaries).
 REFERENCE_BYTES_PER_PARAM = 6.5
+# The golden image runs after the LM's golden run, whose quantize/dequantize temporaries are gone by then: the LM's
+# float32 weights stay, and the vision tower and resampler join them in float32 (with their bf16 originals while
+# converting). An estimate, not a measurement: peak = max(text peak, 4 B x LM + 6 B x vision parameters).
+FLOAT32_BYTES = 4.0
+VISION_BYTES_PER_PARAM = 6.0
 MAX_REFERENCE_SHARE = 0.8
+
+
+def machine_bytes() -> int:
+    """This machine's physical memory (0 when the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def tolerance_for(recipe: Recipe) -> float:
@@ -58,14 +71,16 @@ def tolerance_for(recipe: Recipe) -> float:
     return TOLERANCE_A8 if any(s.activations == "int8" for s in schemes) else TOLERANCE_FLOAT
 
 
-def reference_too_large(lm: nn.Module) -> str:
-    """'' when the float32 reference of ``lm`` fits comfortably in this machine's memory, else why not."""
-    need = REFERENCE_BYTES_PER_PARAM * sum(p.numel() for p in lm.parameters())
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return ""
-    if need > MAX_REFERENCE_SHARE * have:
+def reference_too_large(lm: nn.Module, vision: tuple[nn.Module, ...] = ()) -> str:
+    """'' when the float32 reference of ``lm`` (and of the ``vision`` modules, for the golden image) fits comfortably
+    in this machine's memory, else why not."""
+    lm_params = sum(p.numel() for p in lm.parameters())
+    need = REFERENCE_BYTES_PER_PARAM * lm_params
+    if vision:
+        vision_params = sum(p.numel() for m in vision for p in m.parameters())
+        need = max(need, FLOAT32_BYTES * lm_params + VISION_BYTES_PER_PARAM * vision_params)
+    have = machine_bytes()
+    if have and need > MAX_REFERENCE_SHARE * have:
         return (f"the float32 reference needs about {need / 2**30:.1f} GiB, more than {MAX_REFERENCE_SHARE:.0%} of "
                 f"this machine's {have / 2**30:.0f} GiB")
     return ""

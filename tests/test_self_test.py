@@ -165,3 +165,20 @@ def test_a_model_too_large_for_the_reference_is_exported_without_golden(tmp_path
 
     with pytest.raises(McpmError, match="has no golden results"):  # said before any library is built
         run_self_test(tmp_path / "b")
+
+
+def test_memory_guard_counts_the_vision_tower_for_the_golden_image_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MiniCPM-V: the text golden needs the LM's reference (6.5 B/param), the golden image the LM in float32 with the
+    vision tower's float32 copy (4 B/LM param + 6 B/vision param): a machine that holds the first but not the second
+    gets the text golden and a notice; a small tower fits within the text run's peak."""
+    from torch import nn
+
+    import mcpm.export.golden as golden
+
+    lm, vision = nn.Linear(1000, 1000, bias=False), nn.Linear(1000, 500, bias=False)  # 1.0M and 0.5M parameters
+    monkeypatch.setattr(golden, "machine_bytes", lambda: int(6.8e6 / golden.MAX_REFERENCE_SHARE))  # 6.8 MB usable
+    assert golden.reference_too_large(lm) == ""  # 6.5 MB
+    assert "reference needs about" in golden.reference_too_large(lm, (vision,))  # 4 + 3 = 7 MB
+    assert golden.reference_too_large(lm, (nn.Linear(100, 100, bias=False),)) == ""  # max(6.5, 4 + 0.06) MB
+    monkeypatch.setattr(golden, "machine_bytes", lambda: 0)  # the OS does not say: no guard
+    assert golden.reference_too_large(lm, (vision,)) == ""
