@@ -65,6 +65,18 @@ public final class EngineHarness {
         });
     }
 
+    /** A model whose preparation signals {@code started}, then blocks until {@code release} (the engine is busy). */
+    static ChatEngine.ModelRequest blockingRequest(String key, final String dir, final CountDownLatch started,
+                                                   final CountDownLatch release) {
+        return new ChatEngine.ModelRequest(key, key, 2, "cpu", null, new ChatEngine.Preparer() {
+            public File prepare(ChatEngine.Progress p) {
+                started.countDown();
+                try { release.await(60, TimeUnit.SECONDS); } catch (InterruptedException e) { }
+                return new File(dir);
+            }
+        });
+    }
+
     static final ChatEngine.Sampling GREEDY = new ChatEngine.Sampling(MAX_NEW, 0f, 0, 1f, 0L);
 
     static void idle(ChatEngine e) {
@@ -123,14 +135,7 @@ public final class EngineHarness {
         engine.attach(s4);
         final CountDownLatch release = new CountDownLatch(1);
         final CountDownLatch started = new CountDownLatch(1);
-        ChatEngine.ModelRequest slow = new ChatEngine.ModelRequest("slow", "slow", 2, "cpu", null,
-            new ChatEngine.Preparer() {
-                public File prepare(ChatEngine.Progress p) {
-                    started.countDown();
-                    try { release.await(60, TimeUnit.SECONDS); } catch (InterruptedException e) { }
-                    return new File(bundle);
-                }
-            });
+        ChatEngine.ModelRequest slow = blockingRequest("slow", bundle, started, release);
         engine.load(slow);
         started.await(60, TimeUnit.SECONDS);
         engine.load(request("broken", bundle + "/does-not-exist"));
@@ -177,14 +182,7 @@ public final class EngineHarness {
         engine.attach(s6b);
         final CountDownLatch hold = new CountDownLatch(1);  // the engine stays busy until released: no race
         final CountDownLatch preparing = new CountDownLatch(1);
-        ChatEngine.ModelRequest held = new ChatEngine.ModelRequest("held", "held", 2, "cpu", null,
-            new ChatEngine.Preparer() {
-                public File prepare(ChatEngine.Progress p) {
-                    preparing.countDown();
-                    try { hold.await(60, TimeUnit.SECONDS); } catch (InterruptedException e) { }
-                    return new File(bundle);
-                }
-            });
+        ChatEngine.ModelRequest held = blockingRequest("held", bundle, preparing, hold);
         engine.send("MSG0", held, GREEDY);
         preparing.await(60, TimeUnit.SECONDS);
         boolean testWhileBusy = engine.selfTest(model);
